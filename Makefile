@@ -1,0 +1,49 @@
+# vmbackup: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export VMBACKUP_HOME ?= /var/lib/vmbackup
+
+.PHONY: setup host venv demo test test-fast lint proto lab-image bench bench-smoke clean-lab
+
+setup: host venv ## apt packages, libvirtd running, venv with everything
+
+host:
+	@bash scripts/host-setup.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup ## lab VM -> the furthest end-to-end story that exists today
+	@$(PY) -m controller.demo
+
+test: setup ## the whole suite, real VMs included
+	@$(PY) -m pytest -v --timeout=1800 tests
+
+test-fast: setup ## only what needs no VM
+	@$(PY) -m pytest -q -m 'not vm' tests
+
+lint: venv
+	@$(VENV)/bin/ruff check controller agent tests bench
+	@$(VENV)/bin/mypy
+
+proto: venv ## regenerate protos/vmbackup/**/*_pb2*.py (reproducible: grpcio-tools is pinned)
+	@bash scripts/gen-proto.sh $(PY)
+
+lab-image: setup
+	@$(VENV)/bin/vmbackup lab image
+
+bench: setup
+	@$(PY) -m bench.run
+
+bench-smoke: setup
+	@$(PY) -m bench.run --smoke
+
+clean-lab: venv ## destroy every lab VM this host has
+	@for vm in $$($(VENV)/bin/vmbackup lab list --names); do $(VENV)/bin/vmbackup lab destroy $$vm; done

@@ -1,0 +1,45 @@
+"""Shared output helpers for CLI commands: rich tables on a terminal, JSON for scripts, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.errors import VmBackupError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Print data as indented JSON (datetimes and paths as strings)."""
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a rich table; cells are turned into strings ('' for None)."""
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console.print(t)
+
+
+def error(e: VmBackupError, as_json: bool = False) -> None:
+    """Report a typed error: `error CODE: message` then `  fix: remediation` on stderr."""
+    if as_json:
+        print(json.dumps({"error": e.to_dict()}, indent=2, default=str), file=sys.stderr)
+        return
+    print(f"error {e.code}: {e.message}", file=sys.stderr)
+    print(f"  fix: {e.remediation}", file=sys.stderr)
+
+
+def add_json_flag(p: Any) -> None:
+    """Give a subcommand the standard --json flag."""
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")

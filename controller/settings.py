@@ -1,0 +1,53 @@
+"""Where the controller keeps its state, and the few settings that can be overridden by environment variables.
+
+=====================  ===============================  ==============================================
+variable               default                          meaning
+=====================  ===============================  ==============================================
+VMBACKUP_HOME          /var/lib/vmbackup                state dir: state.db, pki/, lab/, locks
+VMBACKUP_VAULT         $VMBACKUP_HOME/vault             vault directory (recovery points)
+VMBACKUP_URI           qemu:///system                   default libvirt connection URI
+VMBACKUP_VIRT_TYPE     auto                             kvm | qemu | auto (see controller.lab.host)
+=====================  ===============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved paths and defaults for one controller process."""
+
+    home: Path
+    vault: Path
+    uri: str
+    virt_type: str
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite state database (jobs, inventory, registrations, policies)."""
+        return self.home / "state.db"
+
+    @property
+    def pki_dir(self) -> Path:
+        """The controller's CA and issued agent certificates."""
+        return self.home / "pki"
+
+    @property
+    def lab_dir(self) -> Path:
+        """Lab images, VM overlays, console logs and the lab SSH key."""
+        return self.home / "lab"
+
+
+def load() -> Settings:
+    """Settings from the environment, with the documented defaults."""
+    home = Path(os.environ.get("VMBACKUP_HOME", "/var/lib/vmbackup"))
+    return Settings(
+        home=home,
+        vault=Path(os.environ.get("VMBACKUP_VAULT", str(home / "vault"))),
+        uri=os.environ.get("VMBACKUP_URI", "qemu:///system"),
+        virt_type=os.environ.get("VMBACKUP_VIRT_TYPE", "auto"),
+    )

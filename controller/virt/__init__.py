@@ -1,0 +1,1 @@
+"""Thin helpers over libvirt-python: connections, domain XML, and translation of libvirt errors."""

@@ -1,0 +1,66 @@
+"""Opening libvirt connections and translating libvirt errors into the product's typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import libvirt
+
+from controller.errors import VmBackupError
+from controller.virt.exceptions import DomainBusy, DomainNotFound, HypervisorError, HypervisorUnreachable
+
+# Silence libvirt's default handler, which prints every error to stderr even when we handle it.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def translate(err: libvirt.libvirtError, context: str = "") -> VmBackupError:
+    """Map a libvirtError to our error type, keeping libvirt's message in the details."""
+    msg = err.get_error_message() or str(err)
+    code = err.get_error_code()
+    details = {"libvirt_code": code, "libvirt_message": msg}
+    prefix = f"{context}: " if context else ""
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(f"{prefix}{msg}", details=details)
+    if "cannot acquire state change lock" in msg or code == libvirt.VIR_ERR_OPERATION_TIMEOUT:
+        return DomainBusy(f"{prefix}the VM is busy with another operation ({msg})", details=details)
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR) and "connect" in msg.lower():
+        return HypervisorUnreachable(f"{prefix}{msg}", details=details)
+    return HypervisorError(f"{prefix}{msg}", details=details)
+
+
+def open_connection(uri: str) -> libvirt.virConnect:
+    """Open a read-write libvirt connection or raise HypervisorUnreachable."""
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise HypervisorUnreachable(
+            f"cannot connect to libvirt at {uri}: {e.get_error_message()}",
+            details={"uri": uri, "libvirt_message": e.get_error_message()},
+        ) from e
+    if conn is None:  # pragma: no cover - old bindings returned None
+        raise HypervisorUnreachable(f"cannot connect to libvirt at {uri}")
+    return conn
+
+
+@contextmanager
+def connection(uri: str) -> Iterator[libvirt.virConnect]:
+    """``with connection(uri) as conn:`` opens and always closes a libvirt connection."""
+    conn = open_connection(uri)
+    try:
+        yield conn
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
+    """Find a domain by name or UUID string, or raise DomainNotFound."""
+    try:
+        if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
+            return conn.lookupByUUIDString(name_or_uuid)
+        return conn.lookupByName(name_or_uuid)
+    except libvirt.libvirtError as e:
+        raise translate(e, f"VM {name_or_uuid!r}") from e
