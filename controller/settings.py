@@ -7,6 +7,7 @@ VMBACKUP_HOME          /var/lib/vmbackup                state dir: state.db, pki
 VMBACKUP_VAULT         $VMBACKUP_HOME/vault             vault directory (recovery points)
 VMBACKUP_URI           qemu:///system                   default libvirt connection URI
 VMBACKUP_VIRT_TYPE     auto                             kvm | qemu | auto (see controller.lab.host)
+VMBACKUP_IMAGE_CACHE   $VMBACKUP_HOME/lab/images        cached lab base images (tests share one cache)
 =====================  ===============================  ==============================================
 """
 
@@ -25,6 +26,7 @@ class Settings:
     vault: Path
     uri: str
     virt_type: str
+    image_cache: Path
 
     @property
     def db_path(self) -> Path:
@@ -50,4 +52,5 @@ def load() -> Settings:
         vault=Path(os.environ.get("VMBACKUP_VAULT", str(home / "vault"))),
         uri=os.environ.get("VMBACKUP_URI", "qemu:///system"),
         virt_type=os.environ.get("VMBACKUP_VIRT_TYPE", "auto"),
+        image_cache=Path(os.environ.get("VMBACKUP_IMAGE_CACHE", str(home / "lab" / "images"))),
     )
