@@ -1,0 +1,65 @@
+"""The vault: recovery points on disk.
+
+Layout (``VAULT`` is ``settings.vault``, default ``$VMBACKUP_HOME/vault``)::
+
+    VAULT/
+      <vm-uuid>/                           lower-case libvirt uuid
+        <point-id>/                        published point, e.g. 20261125T101500Z-3fa9c1 (UTC time + 6 hex)
+          manifest.json                    see below
+          domain.xml                       the domain's inactive XML as it was at backup time
+          disks/<target>.qcow2             one self-contained image per disk (no backing file);
+          disks/<target>.raw               a raw source without backing chain stays raw (see "file")
+        .tmp-<point-id>/                   a point being written (or left by a crash): never listed
+
+A point is built under ``.tmp-<point-id>``; every file is fsynced, then the directory, then it is renamed to
+``<point-id>`` and the VM directory is fsynced. A point is therefore either complete or invisible.
+``Vault.remove_partials()`` clears crash leftovers. Deleting renames back to ``.tmp-`` first, then removes.
+
+manifest.json (format_version 1)::
+
+    {"format_version": 1, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
+     "created": "2026-11-25T10:15:00+00:00", "consistency": "APPLICATION|FILE_SYSTEM|CRASH",
+     "consistency_reason": "...", "freeze_window_ms": 41.2,
+     "disks": [{"target": "vda", "file": "disks/vda.qcow2", "format": "qcow2", "virtual_size": ...,
+                "logical_size": ..., "stored_bytes": ..., "sha256": "...", "source_path": "...",
+                "method": "sparse-copy|qemu-img-convert"}],
+     "agent_version": "...", "controller_version": "...", "policy": "...", "job_id": "...",
+     "boot_check": null | {...}}
+
+``virtual_size`` is the guest-visible size, ``logical_size`` the stored file's apparent size (what ``sha256``
+covers, equal to ``sha256sum FILE``), ``stored_bytes`` what it occupies on the vault filesystem.
+``boot_check`` is filled later with ``Vault.update_manifest(point, boot_check={...})`` (atomic rewrite).
+
+Every uuid, point id and disk target is checked against a strict pattern and every path is resolved and must
+stay inside the vault (``PATH_ESCAPE`` / ``INVALID_ARGUMENT`` otherwise).
+
+Usage::
+
+    vault = Vault(settings.vault)
+    vault.check_space(bytes_needed)
+    with vault.new_point(vm_uuid) as w:             # leaving with an exception aborts (removes .tmp-<id>)
+        w.copy_disk("vda", "/var/lib/libvirt/images/web1.qcow2", progress=cb, fmt="qcow2")
+        w.write_domain_xml(xml)
+        vm = {"uuid": vm_uuid, "name": "web1", "host": uri}
+        point = w.publish({"vm": vm, "consistency": "FILE_SYSTEM"})
+    copy_out_disk(point, "vda", "/restore/web1-vda.qcow2")   # verifies sha256 while copying
+"""
+
+from controller.vault.copyout import copy_out_disk, verify_point_quick
+from controller.vault.layout import new_point_id
+from controller.vault.manifest import DiskRecord, Manifest, RecoveryPoint
+from controller.vault.vault import DiskVerify, Vault, VerifyResult
+from controller.vault.writer import PointWriter
+
+__all__ = [
+    "DiskRecord",
+    "DiskVerify",
+    "Manifest",
+    "PointWriter",
+    "RecoveryPoint",
+    "Vault",
+    "VerifyResult",
+    "copy_out_disk",
+    "new_point_id",
+    "verify_point_quick",
+]

@@ -1,0 +1,89 @@
+"""Errors of the vault layer (recovery points on disk)."""
+
+from __future__ import annotations
+
+from controller.errors import InvalidArgument, VmBackupError
+
+
+class VaultError(VmBackupError):
+    """Base of the vault's errors."""
+
+    code = "VAULT_ERROR"
+    operation = "backup"
+    remediation = (
+        "Check that the vault directory (VMBACKUP_VAULT) exists, is writable and its disk is healthy."
+    )
+
+
+class PathEscape(VmBackupError):
+    """A name or id would resolve to a path outside the vault."""
+
+    code = "PATH_ESCAPE"
+    operation = "any"
+    remediation = (
+        "Use the ids vmbackup prints (`vmbackup points`); names may not contain '/', '..' or be absolute."
+    )
+
+
+class InvalidVaultId(InvalidArgument):
+    """A VM uuid, point id or disk target does not match its strict pattern."""
+
+    operation = "any"
+
+
+class VaultFull(VmBackupError):
+    """Not enough free space in the vault for the next recovery point."""
+
+    code = "VAULT_FULL"
+    operation = "backup"
+    remediation = (
+        "Free space in the vault: delete old points (`vmbackup prune` or retention), move VMBACKUP_VAULT "
+        "to a larger filesystem, or grow it; then retry."
+    )
+
+
+class PointNotFound(VmBackupError):
+    """No published recovery point has this id (or no disk with this target)."""
+
+    code = "POINT_NOT_FOUND"
+    operation = "restore"
+    remediation = "List the recovery points with `vmbackup points [VM]` and use an id it prints."
+
+
+class ManifestInvalid(VmBackupError):
+    """A point's manifest.json is missing, unreadable or of an unknown format."""
+
+    code = "MANIFEST_INVALID"
+    operation = "verify"
+    remediation = (
+        "The point is damaged; run `vmbackup vault verify POINT`, then delete it and take a new backup."
+    )
+
+
+class ChecksumMismatch(VmBackupError):
+    """A stored disk's content no longer matches the SHA-256 recorded at backup time."""
+
+    code = "CHECKSUM_MISMATCH"
+    operation = "restore"
+    remediation = (
+        "The stored disk is corrupt (storage fault or tampering): restore from another point "
+        "(`vmbackup points VM`), run `vmbackup vault verify`, and check the vault's disk."
+    )
+
+
+class DiskCopyFailed(VmBackupError):
+    """Copying or converting a disk into or out of the vault failed."""
+
+    code = "DISK_COPY_FAILED"
+    operation = "backup"
+    remediation = "Check the source image (qemu-img info/check), free space and permissions (see details)."
+
+
+class PointCorrupt(VmBackupError):
+    """A quick pre-restore check found missing or damaged disks."""
+
+    code = "POINT_CORRUPT"
+    operation = "restore"
+    remediation = (
+        "Restore from another point (`vmbackup points VM`); run `vmbackup vault verify` for the full report."
+    )

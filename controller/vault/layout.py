@@ -1,0 +1,91 @@
+"""Strict names for everything that becomes a path in the vault, and the one place paths are built."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from pathlib import Path
+
+from controller.vault.exceptions import InvalidVaultId, PathEscape
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+POINT_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
+#: libvirt disk targets: vda, sdb, hdc, xvda, vdaa ... (letters then letters/digits, short).
+TARGET_RE = re.compile(r"^[a-z]{2,8}[a-z0-9]{0,8}$")
+TMP_PREFIX = ".tmp-"
+MANIFEST = "manifest.json"
+DOMAIN_XML = "domain.xml"
+DISKS_DIR = "disks"
+
+
+def new_point_id(now: dt.datetime | None = None) -> str:
+    """A sortable point id: UTC time to the second plus 6 random hex digits, e.g. 20261125T101500Z-3fa9c1."""
+    t = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    return f"{t:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def check_uuid(value: str) -> str:
+    """A VM uuid, lower-cased; anything else is refused."""
+    v = str(value).strip().lower()
+    if not UUID_RE.fullmatch(v):
+        raise InvalidVaultId(f"not a VM uuid: {value!r}")
+    return v
+
+
+def check_point_id(value: str) -> str:
+    """A point id of the form YYYYMMDDTHHMMSSZ-xxxxxx."""
+    if not isinstance(value, str) or not POINT_ID_RE.fullmatch(value):
+        raise InvalidVaultId(f"not a recovery point id: {value!r} (expected e.g. 20261125T101500Z-3fa9c1)")
+    return value
+
+
+def check_target(value: str) -> str:
+    """A disk target name such as vda or sdb."""
+    if not isinstance(value, str) or not TARGET_RE.fullmatch(value):
+        raise InvalidVaultId(f"not a disk target name: {value!r} (expected e.g. vda, sdb)")
+    return value
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts, resolved, refused with PATH_ESCAPE unless it stays strictly inside root."""
+    base = root.resolve()
+    for p in parts:
+        if not p or Path(p).is_absolute() or "/" in p or "\\" in p or p in (".", ".."):
+            raise PathEscape(f"refusing path component {p!r} under {base}")
+    path = base.joinpath(*parts).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise PathEscape(f"{path} is outside the vault {base}")
+    return path
+
+
+def vm_dir(root: Path, vm_uuid: str) -> Path:
+    """VAULT/<vm-uuid>."""
+    return inside(root, check_uuid(vm_uuid))
+
+
+def point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
+    """VAULT/<vm-uuid>/<point-id> (published)."""
+    return inside(root, check_uuid(vm_uuid), check_point_id(point_id))
+
+
+def tmp_point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
+    """VAULT/<vm-uuid>/.tmp-<point-id> (being written, never listed)."""
+    return inside(root, check_uuid(vm_uuid), TMP_PREFIX + check_point_id(point_id))
+
+
+def disk_file_name(target: str, fmt: str) -> str:
+    """disks/<target>.<fmt> relative to the point directory (qcow2, or raw for raw sources)."""
+    if fmt not in ("qcow2", "raw"):
+        raise InvalidVaultId(f"unsupported stored disk format {fmt!r}")
+    return f"{DISKS_DIR}/{check_target(target)}.{fmt}"
+
+
+def disk_path(pdir: Path, file_name: str) -> Path:
+    """The stored disk named by a manifest, refused unless it is disks/<target>.<fmt> inside pdir."""
+    parts = file_name.split("/")
+    if len(parts) != 2 or parts[0] != DISKS_DIR:
+        raise PathEscape(f"manifest names a disk outside disks/: {file_name!r}")
+    stem, _, fmt = parts[1].rpartition(".")
+    disk_file_name(stem, fmt)
+    return inside(pdir, DISKS_DIR, parts[1])

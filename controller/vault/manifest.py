@@ -1,0 +1,168 @@
+"""manifest.json of a recovery point: what was backed up, its consistency, each stored disk's checksum."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.vault.exceptions import ManifestInvalid
+
+FORMAT_VERSION = 1
+CONSISTENCY = ("APPLICATION", "FILE_SYSTEM", "CRASH")
+
+
+@dataclass
+class DiskRecord:
+    """One stored disk: where it came from, what it holds, and how to check it."""
+
+    target: str
+    file: str  # relative to the point dir: disks/<target>.qcow2
+    format: str  # qcow2 | raw
+    virtual_size: int  # guest-visible size
+    logical_size: int  # apparent size of the stored file (what sha256 covers)
+    stored_bytes: int  # bytes allocated on the vault filesystem
+    sha256: str
+    source_path: str
+    method: str = ""  # sparse-copy | qemu-img-convert (how it got here)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiskRecord:
+        """Parse one entry of manifest['disks']."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Manifest:
+    """The whole manifest; ``to_dict``/``from_dict`` give the JSON form (vm fields nested under "vm")."""
+
+    point_id: str
+    vm_uuid: str
+    vm_name: str
+    host: str
+    created: str  # UTC ISO 8601
+    consistency: str
+    consistency_reason: str = ""
+    freeze_window_ms: float | None = None
+    disks: list[DiskRecord] = field(default_factory=list)
+    agent_version: str | None = None
+    controller_version: str | None = None
+    policy: str | None = None
+    job_id: str | None = None
+    boot_check: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to manifest.json."""
+        d = asdict(self)
+        d["vm"] = {"uuid": d.pop("vm_uuid"), "name": d.pop("vm_name"), "host": d.pop("host")}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """Parse the JSON form; raises MANIFEST_INVALID on a missing field or unknown version."""
+        try:
+            if d.get("format_version") != FORMAT_VERSION:
+                raise ManifestInvalid(f"unknown manifest format_version {d.get('format_version')!r}")
+            vm = d["vm"]
+            simple = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("disks",)}
+            m = cls(
+                **simple,
+                vm_uuid=vm["uuid"],
+                vm_name=vm.get("name") or "",
+                host=vm.get("host") or "",
+                disks=[DiskRecord.from_dict(x) for x in d.get("disks", [])],
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ManifestInvalid(f"manifest is missing or has a bad field: {e}") from e
+        if m.consistency not in CONSISTENCY:
+            raise ManifestInvalid(
+                f"bad consistency {m.consistency!r} (expected one of {', '.join(CONSISTENCY)})"
+            )
+        return m
+
+    def disk(self, target: str) -> DiskRecord | None:
+        """The record of one target, if stored."""
+        return next((x for x in self.disks if x.target == target), None)
+
+
+@dataclass
+class RecoveryPoint:
+    """A published point: its directory and its manifest."""
+
+    path: Path
+    manifest: Manifest
+    error: str = (
+        ""  # set only for a listed point whose manifest cannot be read (list_points(include_broken=True))
+    )
+
+    @property
+    def point_id(self) -> str:
+        """The point's id (also its directory name)."""
+        return self.manifest.point_id
+
+    @property
+    def vm_uuid(self) -> str:
+        """The backed-up VM's uuid."""
+        return self.manifest.vm_uuid
+
+    @property
+    def vm_name(self) -> str:
+        """The VM's name at backup time."""
+        return self.manifest.vm_name
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the point's disks occupy in the vault."""
+        return sum(d.stored_bytes for d in self.manifest.disks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view for `--json` output: the manifest plus the path."""
+        out = {**self.manifest.to_dict(), "path": str(self.path), "stored_bytes": self.stored_bytes}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def read_manifest(point_path: Path) -> Manifest:
+    """Load <point>/manifest.json."""
+    p = point_path / "manifest.json"
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ManifestInvalid(f"cannot read {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ManifestInvalid(f"{p} is not a JSON object")
+    return Manifest.from_dict(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so renames and new entries in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durable(path: Path, data: bytes) -> None:
+    """Write path via a temporary sibling, fsync it, rename over path, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_manifest(point_path: Path, m: Manifest) -> None:
+    """Atomically (re)write <point>/manifest.json."""
+    text = json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n"
+    write_file_durable(point_path / "manifest.json", text.encode())

@@ -1,0 +1,121 @@
+"""The few qemu-img calls the vault needs: info, convert (flatten a backing chain) and check."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.vault.exceptions import DiskCopyFailed
+from controller.vault.sparse import Progress
+
+QEMU_IMG = "qemu-img"
+_LOCK_HINT = (
+    "The image is open for writing (a running VM uses it as its active disk). Back it up through a snapshot "
+    "so the file becomes a read-only backing image, or shut the VM off."
+)
+_PCT = re.compile(rb"\(([0-9.]+)/100%\)")
+
+
+@dataclass
+class ImageInfo:
+    """The fields of `qemu-img info` the vault uses."""
+
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: str | None
+
+
+def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
+    """A DISK_COPY_FAILED carrying qemu-img's own message (and a lock hint when relevant)."""
+    remediation = _LOCK_HINT if "lock" in err.lower() else None
+    return DiskCopyFailed(f"{what} {path}: {err.strip()}", remediation=remediation, details={"stderr": err})
+
+
+def _opts(force_share: bool, fmt: str | None, flag: str = "-f") -> list[str]:
+    """-U and an explicit format (never let qemu-img probe a format a guest could forge)."""
+    return [*(["-U"] if force_share else []), *([flag, fmt] if fmt else [])]
+
+
+def info(path: Path, force_share: bool = False, fmt: str | None = None) -> ImageInfo:
+    """`qemu-img info --output=json` of one image (without -U this also proves nobody writes it)."""
+    cmd = [QEMU_IMG, "info", "--output=json", *_opts(force_share, fmt), str(path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise _fail("qemu-img info failed for", path, p.stderr)
+    d: dict[str, Any] = json.loads(p.stdout)
+    return ImageInfo(
+        format=str(d["format"]),
+        virtual_size=int(d["virtual-size"]),
+        actual_size=int(d.get("actual-size", 0)),
+        backing_file=d.get("full-backing-filename") or d.get("backing-filename"),
+    )
+
+
+def convert(
+    src: Path, dst: Path, progress: Progress | None = None, force_share: bool = False, fmt: str | None = None
+) -> None:
+    """Flatten src and its whole backing chain into one self-contained qcow2 at dst, then fsync dst."""
+    total = info(src, force_share, fmt).virtual_size
+    cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *_opts(force_share, fmt), str(src), str(dst)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        pending = b""
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for ln in lines:
+                m = _PCT.search(ln)
+                if m and progress:
+                    progress(min(total, int(float(m.group(1)) * total / 100)), total)
+        err = proc.stderr.read().decode(errors="replace")
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        raise _fail("qemu-img convert failed for", src, err)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if progress:
+        progress(total, total)
+
+
+@dataclass
+class CheckResult:
+    """`qemu-img check` outcome: ok unless it found corruptions or could not complete."""
+
+    ok: bool
+    returncode: int
+    summary: str
+
+
+def check(path: Path, fmt: str) -> CheckResult:
+    """Run `qemu-img check` (qcow2 only; raw has no metadata to check). rc 3 (leaks only) counts as ok."""
+    if fmt != "qcow2":
+        return CheckResult(ok=True, returncode=0, summary="raw: nothing to check")
+    p = subprocess.run(
+        [QEMU_IMG, "check", "-f", fmt, "--output=json", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    summary = p.stderr.strip()
+    try:
+        d = json.loads(p.stdout)
+        summary = f"corruptions={d.get('corruptions', 0)} leaks={d.get('leaks', 0)}" + (
+            f" {summary}" if summary else ""
+        )
+    except ValueError:
+        summary = summary or p.stdout.strip()
+    return CheckResult(ok=p.returncode in (0, 3), returncode=p.returncode, summary=summary)

@@ -1,0 +1,166 @@
+"""PointWriter: builds one recovery point under a temporary name and publishes it by an atomic rename."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from controller.vault import layout, qemuimg, sparse
+from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError
+from controller.vault.manifest import (
+    CONSISTENCY,
+    DiskRecord,
+    Manifest,
+    RecoveryPoint,
+    fsync_dir,
+    write_file_durable,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    from controller.vault.vault import Vault
+
+
+class PointWriter:
+    """Builds one point in VAULT/<vm>/.tmp-<id>/ and publishes it by rename; abort() or a failure removes it.
+
+    Usable as a context manager: leaving the block with an exception aborts the point.
+    """
+
+    def __init__(self, vault: Vault, vm_uuid: str, point_id: str):
+        root = vault._ensure_root()
+        self.vault = vault
+        self.vm_uuid = vm_uuid
+        self.point_id = layout.check_point_id(point_id)
+        self.tmp = layout.tmp_point_dir(root, vm_uuid, point_id)
+        self.final = layout.point_dir(root, vm_uuid, point_id)
+        if self.final.exists() or self.tmp.exists():
+            raise InvalidVaultId(f"recovery point {point_id} already exists for VM {vm_uuid}")
+        self.tmp.parent.mkdir(mode=0o700, exist_ok=True)
+        (self.tmp / layout.DISKS_DIR).mkdir(mode=0o700, parents=True)
+        self.disks: list[DiskRecord] = []
+        self.published: RecoveryPoint | None = None
+        self._aborted = False
+
+    def __enter__(self) -> PointWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None or self.published is None:
+            self.abort()
+
+    def copy_disk(
+        self,
+        target: str,
+        src_path: str | Path,
+        progress: sparse.Progress | None = None,
+        force_share: bool = False,
+        fmt: str | None = None,
+    ) -> DiskRecord:
+        """Store one disk self-contained: sparse copy when it has no backing file, qemu-img convert otherwise.
+
+        fmt is the source's format from the domain XML (qcow2/raw); None lets qemu-img probe it. force_share
+        (-U) is only for images a VM still holds open for writing, which are not consistent: avoid it.
+        """
+        self._check_open()
+        layout.check_target(target)
+        if any(d.target == target for d in self.disks):
+            raise InvalidVaultId(f"disk {target} is already stored in point {self.point_id}")
+        src = Path(src_path)
+        inf = qemuimg.info(src, force_share, fmt)
+        fmt = "qcow2" if inf.backing_file or inf.format == "qcow2" else "raw"
+        if inf.format not in ("qcow2", "raw"):
+            fmt = "qcow2"  # anything else is converted
+        rel = layout.disk_file_name(target, fmt)
+        dst = layout.inside(self.tmp, *rel.split("/"))
+        try:
+            if inf.backing_file or inf.format not in ("qcow2", "raw"):
+                qemuimg.convert(src, dst, progress, force_share, inf.format)
+                res = sparse.stream(dst)
+                res.stored_bytes = dst.stat().st_blocks * 512
+                method = "qemu-img-convert"
+            else:
+                res = sparse.stream(src, dst, progress)
+                method = "sparse-copy"
+        except OSError as e:
+            dst.unlink(missing_ok=True)
+            raise DiskCopyFailed(f"copying disk {target} from {src} failed: {e}") from e
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
+        rec = DiskRecord(
+            target=target,
+            file=rel,
+            format=fmt,
+            virtual_size=inf.virtual_size,
+            logical_size=res.logical_size,
+            stored_bytes=res.stored_bytes,
+            sha256=res.sha256,
+            source_path=str(src),
+            method=method,
+        )
+        self.disks.append(rec)
+        return rec
+
+    def write_domain_xml(self, xml: str) -> None:
+        """Store the domain XML as it was at backup time."""
+        self._check_open()
+        write_file_durable(self.tmp / layout.DOMAIN_XML, xml.encode())
+
+    def publish(self, fields: dict[str, Any]) -> RecoveryPoint:
+        """Write the manifest, fsync everything, and rename .tmp-<id> to <id>: the point becomes visible."""
+        self._check_open()
+        if not self.disks:
+            raise VaultError(f"point {self.point_id} has no disks; nothing to publish")
+        if not (self.tmp / layout.DOMAIN_XML).is_file():
+            raise VaultError(f"point {self.point_id} has no domain.xml; call write_domain_xml first")
+        m = self._manifest(fields)
+        write_manifest(self.tmp, m)
+        fsync_dir(self.tmp / layout.DISKS_DIR)
+        fsync_dir(self.tmp)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        self.published = RecoveryPoint(self.final, m)
+        return self.published
+
+    def abort(self) -> None:
+        """Drop the unpublished point (no-op after publish or a previous abort)."""
+        if self.published is None and not self._aborted:
+            self._aborted = True
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        """Refuse to touch a point that is already published or aborted."""
+        if self.published is not None or self._aborted:
+            raise VaultError(
+                f"point {self.point_id} is already {'published' if self.published else 'aborted'}"
+            )
+
+    def _manifest(self, f: dict[str, Any]) -> Manifest:
+        """The manifest from the caller's fields (vm may be nested) plus what the writer knows."""
+        vm = f.get("vm") or {}
+        consistency = f.get("consistency")
+        if consistency not in CONSISTENCY:
+            raise InvalidVaultId(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+        uuid = layout.check_uuid(vm.get("uuid") or f.get("vm_uuid") or self.vm_uuid)
+        if uuid != self.vm_uuid:
+            raise InvalidVaultId(f"manifest VM uuid {uuid} does not match the point's VM {self.vm_uuid}")
+        return Manifest(
+            point_id=self.point_id,
+            vm_uuid=uuid,
+            vm_name=str(vm.get("name") or f.get("vm_name") or ""),
+            host=str(vm.get("host") or f.get("host") or ""),
+            created=str(f.get("created") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+            consistency=consistency,
+            consistency_reason=str(f.get("consistency_reason") or ""),
+            freeze_window_ms=f.get("freeze_window_ms"),
+            disks=list(self.disks),
+            agent_version=f.get("agent_version"),
+            controller_version=f.get("controller_version"),
+            policy=f.get("policy"),
+            job_id=f.get("job_id"),
+            boot_check=f.get("boot_check"),
+        )
