@@ -1,0 +1,1 @@
+"""Generated gRPC code of the vmbackup protocols (see protos/ and scripts/gen-proto.sh)."""

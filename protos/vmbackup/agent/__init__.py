@@ -1,0 +1,1 @@
+"""The vmbackup guest agent protocol."""
