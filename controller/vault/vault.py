@@ -100,10 +100,10 @@ class Vault:
 
     def _vm_dirs(self, vm_uuid: str | None) -> list[Path]:
         """The per-VM directories to look at (one, or all that look like uuids)."""
+        d = layout.vm_dir(self.root, vm_uuid) if vm_uuid is not None else None
         if not self.root.is_dir():
             return []
-        if vm_uuid is not None:
-            d = layout.vm_dir(self.root, vm_uuid)
+        if d is not None:
             return [d] if d.is_dir() else []
         return sorted(
             p for p in self.root.resolve().iterdir() if p.is_dir() and layout.UUID_RE.fullmatch(p.name)

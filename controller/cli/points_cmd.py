@@ -1,0 +1,68 @@
+"""`vmbackup points [VM] [--json]`: the recovery points in the vault, newest first."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from controller.cli import output
+from controller.vault import RecoveryPoint, Vault
+
+
+def human_size(n: int) -> str:
+    """Bytes as a short human size."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _boot_check(p: RecoveryPoint) -> str:
+    """The boot-check column: its result, or '-' when none ran yet."""
+    bc = p.manifest.boot_check
+    if not bc:
+        return "-"
+    return str(bc.get("result") or bc.get("status") or bc)
+
+
+def matches(p: RecoveryPoint, vm: str | None) -> bool:
+    """True when vm is None or names the point's VM (by uuid, case-insensitive, or by name)."""
+    return vm is None or vm.lower() == p.vm_uuid or vm == p.vm_name
+
+
+def _row(p: RecoveryPoint) -> list[Any]:
+    """One table row."""
+    m = p.manifest
+    freeze = "-" if m.freeze_window_ms is None else f"{m.freeze_window_ms:.0f}"
+    disks = ",".join(d.target for d in m.disks)
+    return [
+        p.point_id,
+        m.vm_name or m.vm_uuid,
+        m.created,
+        m.consistency,
+        freeze,
+        disks,
+        human_size(p.stored_bytes),
+        _boot_check(p),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    """List points, optionally only one VM's."""
+    points = [p for p in Vault().list_points() if matches(p, args.vm)]
+    if args.json:
+        output.print_json([p.to_dict() for p in points])
+        return 0
+    columns = ["point", "VM", "time (UTC)", "consistency", "freeze ms", "disks", "size", "boot-check"]
+    output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, [_row(p) for p in points])
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `points`."""
+    p = sub.add_parser("points", help="list recovery points in the vault (newest first)")
+    p.add_argument("vm", nargs="?", help="only this VM (name or uuid)")
+    output.add_json_flag(p)
+    p.set_defaults(func=run)

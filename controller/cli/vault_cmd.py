@@ -1,0 +1,68 @@
+"""`vmbackup vault verify [POINT] [--json]` and `vmbackup vault usage [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller.cli import output
+from controller.cli.points_cmd import human_size
+from controller.vault import Vault, VerifyResult
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Verify one point or all; exit 1 when any point is corrupt."""
+    v = Vault()
+    points = [v.get_point(args.point)] if args.point else v.list_points(include_broken=True)
+    results: list[VerifyResult] = []
+    for p in points:
+        if p.error:
+            results.append(VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error))
+        else:
+            results.append(v.verify(p))
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        output.print_json({"ok": not bad, "points": [r.to_dict() for r in results]})
+    else:
+        rows = []
+        for r in results:
+            what = r.error or "; ".join(
+                f"{d.target}: {d.status} {d.detail}".strip() for d in r.disks if d.status != "ok"
+            )
+            rows.append(
+                [r.point_id, r.vm_name or r.vm_uuid, "ok" if r.ok else "CORRUPT", ",".join(r.bad_disks), what]
+            )
+        output.table("vault verify", ["point", "VM", "result", "bad disks", "detail"], rows)
+        print(f"{len(results)} point(s) checked, {len(bad)} corrupt")
+    return 1 if bad else 0
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    """Bytes per VM and in total."""
+    u = Vault().usage()
+    if args.json:
+        output.print_json(u)
+        return 0
+    rows = [
+        [uuid, e["vm_name"], e["points"], human_size(e["bytes"]), human_size(e["partial_bytes"])]
+        for uuid, e in u["vms"].items()
+    ]
+    rows.append(["total", "", sum(e["points"] for e in u["vms"].values()), human_size(u["total_bytes"]), ""])
+    output.table(f"vault {u['vault']}", ["VM uuid", "name", "points", "size", "partial (.tmp)"], rows)
+    if u["free_bytes"] is not None:
+        print(f"free: {human_size(u['free_bytes'])}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `vault verify` and `vault usage`."""
+    p = sub.add_parser("vault", help="check and measure the vault")
+    vs = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
+    ver = vs.add_parser(
+        "verify", help="recompute checksums and run qemu-img check (exit 1 if anything is corrupt)"
+    )
+    ver.add_argument("point", nargs="?", help="one point id (default: every point)")
+    output.add_json_flag(ver)
+    ver.set_defaults(func=run_verify)
+    use = vs.add_parser("usage", help="bytes used per VM and in total")
+    output.add_json_flag(use)
+    use.set_defaults(func=run_usage)
