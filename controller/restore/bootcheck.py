@@ -1,0 +1,228 @@
+"""Boot-check: prove a recovery point really boots, in a throwaway isolated VM, and record the verdict.
+
+Flow (one job of type ``boot-check``)::
+
+    restore as vmb-bootcheck-<id> (isolated: restricted user-mode NIC; SSH + agent forwards on 127.0.0.1)
+    -> boot: the serial console reaches a login prompt or multi-user/graphical target within the timeout
+    -> agent: GetInfo over mTLS as the ORIGINAL VM uuid (only if the point's VM was registered)
+    -> command: the user's check command over SSH (optional)
+    -> shutdown (ACPI, then hard) -> fsck: offline e2fsck/xfs_repair of every restored filesystem
+    -> cleanup: domain and every file removed, whatever happened
+
+The result goes into the point's manifest (``boot_check``) and the job; a failure raises BOOT_CHECK_FAILED
+with the reason. Usage::
+
+    result = BootChecker(settings).run("20261125T101500Z-3fa9c1", command="test -f /etc/os-release")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+import uuid as uuid_mod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from controller.errors import VmBackupError
+from controller.jobs.store import JobRun, VmRef
+from controller.restore import fsck, probes
+from controller.restore.exceptions import BootCheckFailed
+from controller.restore.probes import Probe
+from controller.restore.restore import NewVmSpec, Restorer, RestoreResult
+from controller.restore.undo import Created
+from controller.settings import Settings
+from controller.vault import RecoveryPoint
+from controller.virt.connection import connection
+
+AGENT_PORT = 7470
+SSH_PORT = 22
+PREFIX = "vmb-bootcheck-"
+
+
+@dataclass
+class BootCheckResult:
+    """The verdict and what it rests on."""
+
+    point_id: str
+    job_id: str
+    vm_name: str
+    passed: bool = False
+    reason: str = ""
+    boot_seconds: float | None = None
+    duration_s: float = 0.0
+    checks: list[Probe] = field(default_factory=list)
+    console_tail: str = ""
+    checked_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form stored in the manifest's boot_check field and the job."""
+        out: dict[str, Any] = {
+            "result": "passed" if self.passed else "failed",
+            "reason": self.reason,
+            "point_id": self.point_id,
+            "job_id": self.job_id,
+            "vm_name": self.vm_name,
+            "boot_seconds": None if self.boot_seconds is None else round(self.boot_seconds, 1),
+            "duration_s": round(self.duration_s, 1),
+            "checked_at": self.checked_at,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+        if not self.passed:
+            out["console_tail"] = self.console_tail
+        return out
+
+
+class BootChecker:
+    """Runs boot-checks with the settings' vault, state DB and libvirt."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.restorer = Restorer(settings)
+
+    def run(
+        self, point_id: str, timeout_s: float = 180.0, command: str | None = None, host_uri: str | None = None
+    ) -> BootCheckResult:
+        """Boot-check one point; records the result on the point and raises BOOT_CHECK_FAILED if it failed."""
+        point = self.restorer.point(point_id)
+        uri = host_uri or self.settings.uri
+        name = PREFIX + secrets.token_hex(4)
+        new_uuid = str(uuid_mod.uuid4())
+        job = self.restorer.jobs.create("boot-check", vm=VmRef(uuid=new_uuid, name=name, host_uri=uri))
+        with self.restorer.jobs.run(job.id) as run:
+            run.detail("point_id", point.point_id)
+            run.detail("original_vm", {"uuid": point.vm_uuid, "name": point.vm_name})
+            res = BootCheckResult(point.point_id, run.job_id, name)
+            t0 = time.monotonic()
+            created = Created(uri=uri)
+            spec = NewVmSpec(name, uri, self.settings.home / "bootcheck" / name, start=False, isolate=True)
+            try:
+                self._check(run, point, spec, new_uuid, created, res, timeout_s, command)
+            finally:
+                with run.phase("cleanup"), connection(uri) as lv:
+                    left = created.remove_all(lv)
+                if left:
+                    run.detail("cleanup_problems", left)
+                res.duration_s = time.monotonic() - t0
+                self._record(run, point, res)
+            if not res.passed:
+                raise BootCheckFailed(
+                    f"boot-check of {point.point_id} failed: {res.reason}", details=res.to_dict()
+                )
+            return res
+
+    def _check(
+        self,
+        run: JobRun,
+        point: RecoveryPoint,
+        spec: NewVmSpec,
+        new_uuid: str,
+        created: Created,
+        res: BootCheckResult,
+        timeout_s: float,
+        command: str | None,
+    ) -> None:
+        """Restore, boot, probe, shut down, fsck; fills res (never raises for a failed check)."""
+        try:
+            restored = self.restorer.as_new_vm(run, point, spec, new_uuid, created)
+        except VmBackupError as e:
+            res.checks.append(Probe("restore", False, f"{e.code}: {e.message}"))
+            res.reason = f"the point could not be restored: {e.message}"
+            return
+        res.checks.append(
+            Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes")
+        )
+        console = Path(restored.console_log)
+        with connection(spec.host_uri) as lv:
+            dom = lv.lookupByName(spec.name)
+            self._boot_and_probe(run, dom, point, restored, res, timeout_s, command)
+            res.console_tail = probes.console_tail(console)
+            with run.phase("shutdown"):
+                res.checks.append(shutdown(dom, 90.0))
+        with run.phase("fsck"):
+            for target, path in restored.disks.items():
+                fmt = next(d.format for d in point.manifest.disks if d.target == target)
+                for fs in fsck.check_image(Path(path), fmt, target, workdir=spec.pool_dir):
+                    res.checks.append(
+                        Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}")
+                    )
+        failed = [c for c in res.checks if not c.ok and c.name != "shutdown"]
+        res.passed = not failed
+        if failed and not res.reason:
+            res.reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+    def _boot_and_probe(
+        self,
+        run: JobRun,
+        dom: libvirt.virDomain,
+        point: RecoveryPoint,
+        restored: RestoreResult,
+        res: BootCheckResult,
+        timeout_s: float,
+        command: str | None,
+    ) -> None:
+        """Start the VM, wait for the console; if it booted, ask the agent and run the command."""
+        with run.phase("boot"):
+            t0 = time.monotonic()
+            dom.create()
+            boot = probes.wait_for_boot(Path(restored.console_log), t0, timeout_s, dom.isActive)
+            res.checks.append(boot)
+            res.boot_seconds = boot.seconds
+            run.detail("boot_seconds", boot.seconds)
+        if not boot.ok:
+            res.reason = boot.detail
+            return
+        remaining = max(30.0, timeout_s - (time.monotonic() - t0))
+        if self._agent_expected(point):
+            with run.phase("agent"):
+                res.checks.append(
+                    probes.check_agent(self.settings, restored.ports[AGENT_PORT], point.vm_uuid, remaining)
+                )
+        if command:
+            user, key = self._ssh_identity(point)
+            with run.phase("command"):
+                res.checks.append(probes.run_command(restored.ports[SSH_PORT], user, key, command, remaining))
+
+    def _agent_expected(self, point: RecoveryPoint) -> bool:
+        """True when the point's VM had the agent: registered now, or the backup talked to an agent."""
+        from controller.registration.store import get_registration
+
+        return (
+            bool(point.manifest.agent_version)
+            or get_registration(self.restorer.conn, point.vm_uuid) is not None
+        )
+
+    def _ssh_identity(self, point: RecoveryPoint) -> tuple[str, Path]:
+        """The SSH user and key: the registration's, else the lab key as root."""
+        from controller.registration.store import get_registration
+
+        reg = get_registration(self.restorer.conn, point.vm_uuid)
+        if reg is not None and getattr(reg, "ssh_key", None):
+            return str(reg.ssh_user or "root"), Path(reg.ssh_key)
+        return "root", self.settings.lab_dir / "ssh" / "id_ed25519"
+
+    def _record(self, run: JobRun, point: RecoveryPoint, res: BootCheckResult) -> None:
+        """Store the verdict on the recovery point and on the job."""
+        data = res.to_dict()
+        run.detail("boot_check", data)
+        self.restorer.vault.update_manifest(point, boot_check=data)
+
+
+def shutdown(dom: libvirt.virDomain, timeout_s: float) -> Probe:
+    """ACPI shutdown, waiting up to timeout_s; then a hard power-off. ok means it shut down cleanly."""
+    t0 = time.monotonic()
+    try:
+        if not dom.isActive():
+            return Probe("shutdown", True, "already off")
+        dom.shutdown()
+        while time.monotonic() - t0 < timeout_s:
+            if not dom.isActive():
+                return Probe("shutdown", True, "clean ACPI shutdown", time.monotonic() - t0)
+            time.sleep(1.0)
+        dom.destroy()
+    except libvirt.libvirtError as e:
+        return Probe("shutdown", False, f"libvirt: {e.get_error_message()}")
+    return Probe("shutdown", False, f"no clean shutdown within {timeout_s:.0f} s: powered off hard")

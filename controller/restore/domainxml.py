@@ -1,0 +1,250 @@
+"""Rewriting a recovery point's domain XML so the restored VM never clashes with the original.
+
+What changes: name, UUID (fresh), MAC addresses (fresh, also on a ``-device ...`` NIC of our
+``<qemu:commandline>``), disk sources (the restored files; backing stores dropped), serial/console log files,
+user-mode ``hostfwd`` ports (fresh 127.0.0.1 ports, same guest ports), explicit guest-agent socket paths
+and the NVRAM path (libvirt assigns new ones), and the lab metadata (``vmblab`` namespace) values that named
+any of those.
+File-backed disks the point does not hold are dropped (they would be the original VM's live files).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid as uuid_mod
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+LAB_NS = "http://vmbackup.local/xmlns/lab/1"
+ET.register_namespace("qemu", QEMU_NS)
+ET.register_namespace("vmblab", LAB_NS)
+
+#: hostfwd=tcp:127.0.0.1:HOSTPORT-:GUESTPORT (the guest address may be given or empty)
+HOSTFWD_RE = re.compile(r"hostfwd=(tcp|udp):([0-9.]*):(\d+)-([0-9.]*):(\d+)")
+MAC_OPT_RE = re.compile(r"(^|,)mac=[0-9a-fA-F:]{17}")
+
+
+@dataclass
+class RewritePlan:
+    """Everything the rewrite needs to know about the new VM."""
+
+    name: str
+    disks: dict[str, tuple[str, str]]  # target -> (new path, format)
+    console_log: str | None = None
+    ports: dict[int, int] = field(default_factory=dict)  # guest port -> new host port (127.0.0.1)
+    uuid: str = field(default_factory=lambda: str(uuid_mod.uuid4()))
+
+
+@dataclass
+class RewriteResult:
+    """The new XML and what was changed, for the job record and the lab metadata."""
+
+    xml: str
+    uuid: str
+    macs: list[str]
+    ports: dict[int, int]  # guest port -> new host port
+    old_ports: dict[int, int]  # guest port -> original host port
+    dropped_disks: list[str]
+    replaced: dict[str, str]  # old value -> new value (paths, ports), applied to the lab metadata too
+
+
+def new_mac() -> str:
+    """A random locally administered MAC in QEMU's 52:54:00 range."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def hostfwds(xml: str) -> dict[int, int]:
+    """guest port -> host port of every user-mode hostfwd in the domain's qemu:commandline."""
+    root = ET.fromstring(xml)
+    out: dict[int, int] = {}
+    for arg in root.iter(f"{{{QEMU_NS}}}arg"):
+        for m in HOSTFWD_RE.finditer(arg.get("value") or ""):
+            out[int(m.group(5))] = int(m.group(3))
+    return out
+
+
+def rewrite(xml: str, plan: RewritePlan) -> RewriteResult:
+    """Apply the plan to a point's domain XML (see the module docstring)."""
+    root = ET.fromstring(xml)
+    replaced: dict[str, str] = {}
+    old_name = root.findtext("name")
+    if old_name:
+        replaced[old_name] = plan.name
+    _set_text(root, "name", plan.name)
+    _set_text(root, "uuid", plan.uuid)
+    for tag in ("title", "description"):
+        for el in root.findall(tag):
+            root.remove(el)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    dropped = _rewrite_disks(devices, plan, replaced)
+    macs = _rewrite_macs(devices)
+    _rewrite_console(devices, plan, replaced)
+    _strip_generated_paths(root, devices)
+    old_ports = _rewrite_commandline(root, plan, macs, replaced)
+    _rewrite_lab_metadata(root, replaced)
+    return RewriteResult(
+        xml=ET.tostring(root, encoding="unicode"),
+        uuid=plan.uuid,
+        macs=macs,
+        ports={g: plan.ports[g] for g in old_ports if g in plan.ports},
+        old_ports=old_ports,
+        dropped_disks=dropped,
+        replaced=replaced,
+    )
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    """Set (creating if needed) a top-level element's text."""
+    el = root.find(tag)
+    if el is None:
+        el = ET.Element(tag)
+        root.insert(1 if tag == "uuid" else 0, el)
+    el.text = text
+
+
+def _rewrite_disks(devices: ET.Element, plan: RewritePlan, replaced: dict[str, str]) -> list[str]:
+    """Point file disks at the restored images; drop file disks the point does not hold."""
+    dropped: list[str] = []
+    for d in list(devices.findall("disk")):
+        target = d.find("target")
+        dev = target.get("dev") if target is not None else None
+        if d.get("device", "disk") != "disk" or d.get("type") != "file":
+            continue
+        if dev is None or dev not in plan.disks:
+            devices.remove(d)
+            dropped.append(str(dev))
+            continue
+        path, fmt = plan.disks[dev]
+        for bs in d.findall("backingStore"):
+            d.remove(bs)
+        src = d.find("source")
+        if src is None:
+            src = ET.SubElement(d, "source")
+        if src.get("file"):
+            replaced[str(src.get("file"))] = path
+        src.attrib = {"file": path}
+        drv = d.find("driver")
+        if drv is None:
+            drv = ET.SubElement(d, "driver", {"name": "qemu"})
+        drv.set("type", fmt)
+    return dropped
+
+
+def _rewrite_macs(devices: ET.Element) -> list[str]:
+    """Give every libvirt <interface> a fresh MAC; returns the new MACs."""
+    macs: list[str] = []
+    for iface in devices.findall("interface"):
+        mac = iface.find("mac")
+        if mac is None:
+            mac = ET.SubElement(iface, "mac")
+        mac.set("address", new_mac())
+        macs.append(str(mac.get("address")))
+    return macs
+
+
+def _rewrite_console(devices: ET.Element, plan: RewritePlan, replaced: dict[str, str]) -> None:
+    """Serial/console output to a file goes to the new console log (type=file source, or <log file=>)."""
+    if plan.console_log is None:
+        return
+    for dev in [*devices.findall("serial"), *devices.findall("console")]:
+        src = dev.find("source")
+        if dev.get("type") == "file" and src is not None and src.get("path"):
+            replaced[str(src.get("path"))] = plan.console_log
+            src.set("path", plan.console_log)
+        log = dev.find("log")
+        if log is not None and log.get("file"):
+            replaced[str(log.get("file"))] = plan.console_log
+            log.set("file", plan.console_log)
+
+
+def _strip_generated_paths(root: ET.Element, devices: ET.Element) -> None:
+    """Let libvirt choose guest-agent socket and NVRAM paths for the new VM (the old are the original's)."""
+    for ch in devices.findall("channel"):
+        src = ch.find("source")
+        if ch.get("type") == "unix" and src is not None:
+            ch.remove(src)
+    osel = root.find("os")
+    nvram = osel.find("nvram") if osel is not None else None
+    if nvram is not None:
+        nvram.text = None
+
+
+def _rewrite_commandline(
+    root: ET.Element, plan: RewritePlan, macs: list[str], replaced: dict[str, str]
+) -> dict[int, int]:
+    """New hostfwd host ports and NIC MACs in <qemu:commandline>; returns guest port -> original host port."""
+    old: dict[int, int] = {}
+
+    def port(m: re.Match[str]) -> str:
+        guest, host = int(m.group(5)), int(m.group(3))
+        old[guest] = host
+        new = plan.ports.get(guest)
+        if new is None:
+            raise KeyError(f"no new host port for guest port {guest}")
+        if host:
+            replaced[str(host)] = str(new)
+        return f"hostfwd={m.group(1)}:127.0.0.1:{new}-{m.group(4)}:{guest}"
+
+    args = list(root.iter(f"{{{QEMU_NS}}}arg"))
+    for i, arg in enumerate(args):
+        value = arg.get("value") or ""
+        value = HOSTFWD_RE.sub(port, value)
+        if i > 0 and args[i - 1].get("value") == "-device" and "netdev=" in value:
+            mac = new_mac()
+            macs.append(mac)
+            value = MAC_OPT_RE.sub("", value) + f",mac={mac}"
+        arg.set("value", value)
+    return old
+
+
+def _rewrite_lab_metadata(root: ET.Element, replaced: dict[str, str]) -> None:
+    """In the vmblab metadata, replace each attribute/text equal to an old value (port, path) by the new."""
+    meta = root.find("metadata")
+    if meta is None:
+        return
+    for top in meta:
+        if not top.tag.startswith(f"{{{LAB_NS}}}"):
+            continue
+        for el in top.iter():
+            for k, v in el.attrib.items():
+                if v in replaced:
+                    el.set(k, replaced[v])
+            if el.text and el.text.strip() in replaced:
+                el.text = replaced[el.text.strip()]
+
+
+def isolate(xml: str, guest_ports: tuple[int, ...] = (22, 7470)) -> str:
+    """No network but user-mode hostfwd of guest_ports on 127.0.0.1 with restrict=on (ports filled in later).
+
+    Drops every libvirt <interface> and any -netdev / -device ...netdev= pair of the qemu:commandline, then
+    adds one restricted user-mode NIC. The hostfwd host ports are placeholders (0) that ``rewrite`` replaces.
+    """
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    if devices is not None:
+        for iface in devices.findall("interface"):
+            devices.remove(iface)
+    cmdline = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmdline is None:
+        cmdline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    args = list(cmdline.findall(f"{{{QEMU_NS}}}arg"))
+    drop: set[int] = set()
+    for i, arg in enumerate(args[:-1]):
+        nxt = args[i + 1].get("value") or ""
+        if arg.get("value") == "-netdev" or (arg.get("value") == "-device" and "netdev=" in nxt):
+            drop.update((i, i + 1))
+    for i in sorted(drop, reverse=True):
+        cmdline.remove(args[i])
+    fwd = ",".join(f"hostfwd=tcp:127.0.0.1:0-:{p}" for p in guest_ports)
+    for value in (
+        "-netdev",
+        f"user,id=vmbnet0,restrict=on,{fwd}",
+        "-device",
+        "virtio-net-pci,netdev=vmbnet0,bus=pci.0,addr=0x10",
+    ):
+        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", {"value": value})
+    return ET.tostring(root, encoding="unicode")

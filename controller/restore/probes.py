@@ -1,0 +1,133 @@
+"""What boot-check looks at in a running guest: the serial console log, the agent (mTLS), an SSH command."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.errors import VmBackupError
+from controller.settings import Settings
+
+#: a getty prompt ("debian login: ") or systemd reaching the multi-user / graphical target
+BOOTED_RE = re.compile(
+    r"(^|\n)\S* ?login: ?$"
+    r"|Reached target.*(Multi-User System|multi-user\.target|Graphical Interface|graphical\.target)",
+    re.MULTILINE,
+)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+@dataclass
+class Probe:
+    """One check's outcome."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view."""
+        out: dict[str, Any] = {"name": self.name, "ok": self.ok, "detail": self.detail}
+        if self.seconds is not None:
+            out["seconds"] = round(self.seconds, 1)
+        return out
+
+
+def console_text(path: Path) -> str:
+    """The console log without terminal escapes ('' if absent)."""
+    try:
+        return _ANSI.sub("", path.read_bytes().decode("utf-8", errors="replace"))
+    except OSError:
+        return ""
+
+
+def console_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of the console log."""
+    return "\n".join(console_text(path).rstrip().split("\n")[-lines:])
+
+
+def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
+    """Poll the console log until a login prompt / multi-user target shows, the VM stops, or timeout."""
+    while True:
+        text = console_text(path)
+        m = BOOTED_RE.search(text)
+        if m:
+            line = m.group(0).strip()
+            return Probe("console", True, f"booted: {line!r}", time.monotonic() - t0)
+        if not alive():
+            return Probe("console", False, "the VM stopped before reaching a login prompt")
+        if time.monotonic() - t0 > timeout_s:
+            return Probe("console", False, f"no login prompt or multi-user target within {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -> Probe:
+    """GetInfo over mTLS on 127.0.0.1:port as the ORIGINAL VM (its cert SAN), retried until timeout."""
+    from controller.agentclient.client import AgentClient, ClientTLS
+    from controller.pki.ca import CertificateAuthority
+
+    t0 = time.monotonic()
+    tls = ClientTLS.from_pki(CertificateAuthority.load_or_create(settings.pki_dir))
+    last = ""
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            info = AgentClient("127.0.0.1", port, vm_uuid=vm_uuid, tls=tls).get_info()
+            version = getattr(info, "agent_version", None) or getattr(info, "version", "")
+            return Probe(
+                "agent", True, f"GetInfo answered over mTLS (agent {version})", time.monotonic() - t0
+            )
+        except VmBackupError as e:
+            last = f"{e.code}: {e.message}"
+        time.sleep(2.0)
+    return Probe("agent", False, f"agent not answering GetInfo within {timeout_s:.0f} s ({last})")
+
+
+def wait_for_ssh_port(port: int, timeout_s: float) -> bool:
+    """True once 127.0.0.1:port answers with an SSH banner."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.settimeout(10)
+                if s.recv(64).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
+def run_command(port: int, user: str, key: Path, command: str, timeout_s: float) -> Probe:
+    """Run the user's check command in the guest over SSH; ok on exit status 0."""
+    import paramiko
+
+    t0 = time.monotonic()
+    if not wait_for_ssh_port(port, timeout_s):
+        return Probe("command", False, f"SSH on 127.0.0.1:{port} did not answer within {timeout_s:.0f} s")
+    client = paramiko.SSHClient()
+    # a throwaway VM: its host key is new by design
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            "127.0.0.1",
+            port=port,
+            username=user,
+            key_filename=str(key),
+            timeout=30,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        _in, out, err = client.exec_command(command, timeout=timeout_s)
+        status = out.channel.recv_exit_status()
+        text = (out.read() + err.read()).decode(errors="replace").strip()
+    except (paramiko.SSHException, OSError) as e:
+        return Probe("command", False, f"SSH failed: {e}")
+    finally:
+        client.close()
+    detail = f"`{command}` exit {status}" + (f": {text[-300:]}" if text else "")
+    return Probe("command", status == 0, detail, time.monotonic() - t0)

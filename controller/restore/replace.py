@@ -1,0 +1,141 @@
+"""Replace-restore: put a point's disks back into an existing VM that is shut off.
+
+Each disk is first copied (verified) next to the VM's current file as ``<file>.vmb-restore-<job>``. Only when
+every copy is good are the current files renamed aside to ``<file>.vmb-replaced-<job>`` and the copies renamed
+into place. On any failure the current files are moved back; after success they are deleted (or kept with
+keep_old). The VM's definition is not changed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from controller.jobs.store import JobRun, VmRef
+from controller.restore.exceptions import RestoreTargetInvalid, VmRunning
+from controller.vault import RecoveryPoint, copy_out_disk
+from controller.virt.connection import connection, lookup
+from controller.virt.domain import disks, state_name
+
+if TYPE_CHECKING:
+    from controller.restore.restore import Restorer, RestoreResult
+
+REPLACED = ".vmb-replaced-"
+INCOMING = ".vmb-restore-"
+
+
+def replace_disks(r: Restorer, point: RecoveryPoint, vm: str, uri: str, keep_old: bool) -> RestoreResult:
+    """The replace-restore as one job on the target VM."""
+    with connection(uri) as lv:
+        dom = lookup(lv, vm)
+        ref = VmRef(uuid=dom.UUIDString(), name=dom.name(), host_uri=uri)
+        job = r.jobs.create("restore", vm=ref)
+        with r.jobs.run(job.id) as run:
+            run.detail("point_id", point.point_id)
+            run.detail("mode", "replace")
+            return _replace(r, run, point, dom, ref, keep_old)
+
+
+def _replace(
+    r: Restorer, run: JobRun, point: RecoveryPoint, dom: libvirt.virDomain, ref: VmRef, keep_old: bool
+) -> RestoreResult:
+    """Verify, copy beside, swap, clean up."""
+    from controller.restore.restore import RestoreResult
+
+    t0 = time.monotonic()
+    res = RestoreResult(run.job_id, point.point_id, "replace", ref.name, ref.uuid, ref.host_uri)
+    with run.phase("verify"):
+        refuse_unless_shut_off(dom)
+        targets = _match_disks(point, dom)
+        r._verify(run, point)
+    incoming: dict[str, Path] = {}
+    try:
+        with run.phase("copy"):
+            for target, path in targets.items():
+                new = path.with_name(f"{path.name}{INCOMING}{run.job_id}")
+                incoming[target] = new
+                rec = copy_out_disk(point, target, new, r._progress(run, target), r.vault)
+                _copy_owner(path, new)
+                res.bytes_copied += rec.logical_size
+                run.add_bytes(rec.logical_size)
+        with run.phase("define"):
+            refuse_unless_shut_off(dom)  # it must not have been started meanwhile
+            swap(targets, incoming, run.job_id)
+    except BaseException:
+        for p in incoming.values():
+            p.unlink(missing_ok=True)
+            p.with_name(p.name + ".part").unlink(missing_ok=True)
+        raise
+    for target, path in targets.items():
+        old = path.with_name(f"{path.name}{REPLACED}{run.job_id}")
+        res.disks[target] = str(path)
+        if keep_old:
+            res.warnings.append(f"previous {target} kept as {old}")
+        else:
+            old.unlink(missing_ok=True)
+    others = [d.target for d in disks(dom, inactive=True) if d.target not in targets]
+    res.warnings += [f"disk {t} is not in the point and was left as it is" for t in others]
+    for w in res.warnings:
+        run.warn(w)
+    res.duration_s = time.monotonic() - t0
+    run.detail("result", res.to_dict())
+    return res
+
+
+def refuse_unless_shut_off(dom: libvirt.virDomain) -> None:
+    """VM_RUNNING unless the domain is shut off."""
+    state = state_name(dom)
+    if state != "shutoff":
+        raise VmRunning(f"VM {dom.name()!r} is {state}; a replace-restore needs it shut off")
+
+
+def _match_disks(point: RecoveryPoint, dom: libvirt.virDomain) -> dict[str, Path]:
+    """target -> the VM's current file, for every disk of the point; formats must agree."""
+    current = {d.target: d for d in disks(dom, inactive=True)}
+    out: dict[str, Path] = {}
+    for rec in point.manifest.disks:
+        d = current.get(rec.target)
+        if d is None:
+            raise RestoreTargetInvalid(
+                f"VM {dom.name()!r} has no file disk {rec.target}; the point has {rec.target}",
+                remediation="Restore as a new VM instead (`vmbackup restore POINT --as NAME`).",
+            )
+        if d.format != rec.format:
+            raise RestoreTargetInvalid(
+                f"disk {rec.target} of {dom.name()!r} is {d.format}, the point holds {rec.format}",
+                remediation="Restore as a new VM or disks only (`--disks-only --to DIR`), then convert.",
+            )
+        out[rec.target] = Path(d.path)
+    return out
+
+
+def swap(targets: dict[str, Path], incoming: dict[str, Path], job_id: str) -> None:
+    """Rename current files aside and the verified copies into place; undo every rename on failure."""
+    done: list[tuple[Path, Path]] = []  # (current, aside) pairs already moved aside
+    try:
+        for target, path in targets.items():
+            aside = path.with_name(f"{path.name}{REPLACED}{job_id}")
+            if path.exists():
+                os.rename(path, aside)
+                done.append((path, aside))
+            os.rename(incoming[target], path)
+    except BaseException:
+        for path, aside in reversed(done):
+            if path.exists():
+                os.rename(path, path.with_name(f"{path.name}{INCOMING}{job_id}"))
+            os.rename(aside, path)
+        raise
+
+
+def _copy_owner(ref: Path, new: Path) -> None:
+    """Give the restored file the owner and mode of the file it replaces (QEMU must be able to open it)."""
+    try:
+        st = ref.stat()
+    except OSError:
+        return
+    os.chown(new, st.st_uid, st.st_gid)
+    os.chmod(new, st.st_mode & 0o7777)

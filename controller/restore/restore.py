@@ -1,0 +1,297 @@
+"""Restore a recovery point: as a new VM, as disk images only, or into an existing shut-off VM (replace).
+
+Every restore is one job (type ``restore``) with the phases verify -> copy -> define -> start and the bytes
+copied. The point is checked as a whole before anything is touched (``verify_point_quick``); each disk is then
+copied sparse with its SHA-256 verified while reading (``copy_out_disk``). Anything a failed restore created
+is removed again (domain, files, directories). Usage::
+
+    r = Restorer(settings)
+    res = r.restore_as_new("20261125T101500Z-3fa9c1", "web1-copy", start=True)
+    res = r.restore_disks("20261125T101500Z-3fa9c1", Path("/srv/disks"))
+    res = r.restore_replace("20261125T101500Z-3fa9c1", "web1")           # web1 must be shut off
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from controller import db
+from controller.errors import VmBackupError
+from controller.jobs.store import JobRun, JobStore, VmRef
+from controller.restore import domainxml, ports
+from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
+from controller.restore.undo import Created
+from controller.settings import Settings
+from controller.vault import RecoveryPoint, Vault, copy_out_disk, verify_point_quick
+from controller.vault.layout import DOMAIN_XML
+from controller.virt.connection import connection, translate
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+#: progress(target, bytes_done, bytes_total)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RestoreResult:
+    """What a restore produced."""
+
+    job_id: str
+    point_id: str
+    mode: str  # new-vm | disks-only | replace
+    vm_name: str = ""
+    vm_uuid: str = ""
+    host_uri: str = ""
+    disks: dict[str, str] = field(default_factory=dict)  # target -> restored file
+    ports: dict[int, int] = field(default_factory=dict)  # guest port -> 127.0.0.1 host port
+    macs: list[str] = field(default_factory=list)
+    started: bool = False
+    bytes_copied: int = 0
+    duration_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    console_log: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view."""
+        return dict(vars(self))
+
+
+@dataclass
+class NewVmSpec:
+    """How to restore a point as a new VM."""
+
+    name: str
+    host_uri: str
+    pool_dir: Path
+    start: bool = False
+    isolate: bool = False  # boot-check: only user-mode SSH/agent forwards, restrict=on
+
+
+class Restorer:
+    """Runs restores against the state DB, the vault and libvirt named by the settings."""
+
+    def __init__(self, settings: Settings, progress: Progress | None = None):
+        self.settings = settings
+        self.conn = db.connect(settings.db_path)
+        self.jobs = JobStore(self.conn)
+        self.vault = Vault(settings.vault)
+        self.progress = progress
+
+    def point(self, point_id: str) -> RecoveryPoint:
+        """The recovery point (POINT_NOT_FOUND if absent)."""
+        return self.vault.get_point(point_id)
+
+    def default_pool_dir(self, name: str) -> Path:
+        """$VMBACKUP_HOME/restored/<name>/."""
+        return self.settings.home / "restored" / name
+
+    def restore_as_new(
+        self,
+        point_id: str,
+        new_name: str,
+        host_uri: str | None = None,
+        pool_dir: Path | None = None,
+        start: bool = False,
+    ) -> RestoreResult:
+        """Create (and optionally start) a new VM from a point; refuses an existing name."""
+        point = self.point(point_id)
+        check_name(new_name)
+        uri = host_uri or self.settings.uri
+        spec = NewVmSpec(new_name, uri, Path(pool_dir or self.default_pool_dir(new_name)), start)
+        new_uuid = str(uuid_mod.uuid4())
+        job = self.jobs.create("restore", vm=VmRef(uuid=new_uuid, name=new_name, host_uri=uri))
+        with self.jobs.run(job.id) as run:
+            run.detail("point_id", point.point_id)
+            run.detail("mode", "new-vm")
+            res = self.as_new_vm(run, point, spec, new_uuid)
+            return res
+
+    def as_new_vm(
+        self,
+        run: JobRun,
+        point: RecoveryPoint,
+        spec: NewVmSpec,
+        new_uuid: str,
+        created: Created | None = None,
+    ) -> RestoreResult:
+        """The new-VM restore inside a job (boot-check reuses it); on failure removes what it created.
+
+        Pass ``created`` to learn what was made (boot-check removes it all afterwards, whatever happened).
+        """
+        t0 = time.monotonic()
+        res = RestoreResult(run.job_id, point.point_id, "new-vm", spec.name, new_uuid, spec.host_uri)
+        created = created if created is not None else Created(uri=spec.host_uri)
+        with connection(spec.host_uri) as lv:
+            try:
+                self._verify(run, point)
+                refuse_existing_name(lv, spec.name)
+                self._copy_all(run, point, spec.pool_dir, created, res, prefix=f"{spec.name}-")
+                with run.phase("define"):
+                    self._define(lv, point, spec, new_uuid, created, res)
+                if spec.start:
+                    with run.phase("start"):
+                        self._start(lv, spec.name)
+                        res.started = True
+            except BaseException as e:
+                problems = created.remove_all(lv)
+                if problems:
+                    run.detail("cleanup_problems", problems)
+                if isinstance(e, VmBackupError | KeyboardInterrupt):
+                    raise
+                raise RestoreFailed(f"restore of {point.point_id} as {spec.name} failed: {e}") from e
+        res.duration_s = time.monotonic() - t0
+        for w in res.warnings:
+            run.warn(w)
+        run.detail("result", res.to_dict())
+        return res
+
+    def restore_disks(self, point_id: str, to_dir: Path) -> RestoreResult:
+        """Copy only the point's disk images (verified) into to_dir as <target>.<format>."""
+        point = self.point(point_id)
+        t0 = time.monotonic()
+        ref = VmRef(uuid=point.vm_uuid, name=point.vm_name, host_uri=point.manifest.host)
+        job = self.jobs.create("restore", vm=ref)
+        with self.jobs.run(job.id) as run:
+            run.detail("point_id", point.point_id)
+            run.detail("mode", "disks-only")
+            res = RestoreResult(run.job_id, point.point_id, "disks-only", point.vm_name, point.vm_uuid)
+            created = Created()
+            try:
+                self._verify(run, point)
+                self._copy_all(run, point, Path(to_dir), created, res, prefix="")
+            except BaseException:
+                created.remove_all(None)
+                raise
+            res.duration_s = time.monotonic() - t0
+            run.detail("result", res.to_dict())
+            return res
+
+    def restore_replace(
+        self, point_id: str, vm: str, host_uri: str | None = None, keep_old: bool = False
+    ) -> RestoreResult:
+        """Put the point's disks back into an existing, shut-off VM (see controller.restore.replace)."""
+        from controller.restore.replace import replace_disks
+
+        point = self.point(point_id)
+        return replace_disks(self, point, vm, host_uri or self.settings.uri, keep_old)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def _verify(self, run: JobRun, point: RecoveryPoint) -> None:
+        """Quick whole-point verification before anything is touched (names the bad disk)."""
+        with run.phase("verify"):
+            verify_point_quick(point, self.vault)
+
+    def _copy_all(
+        self,
+        run: JobRun,
+        point: RecoveryPoint,
+        dest_dir: Path,
+        created: Created,
+        res: RestoreResult,
+        prefix: str,
+    ) -> None:
+        """Copy every disk of the point into dest_dir, verified while reading."""
+        with run.phase("copy"):
+            make_dir(dest_dir, created)
+            for rec in point.manifest.disks:
+                dest = dest_dir / f"{prefix}{rec.target}.{rec.format}"
+                if dest.exists():
+                    raise RestoreTargetInvalid(f"{dest} already exists; refusing to overwrite it")
+                created.add_file(dest)
+                out = copy_out_disk(point, rec.target, dest, self._progress(run, rec.target), self.vault)
+                res.disks[rec.target] = str(dest)
+                res.bytes_copied += out.logical_size
+                run.add_bytes(out.logical_size)
+                dest.chmod(0o644)
+
+    def _define(
+        self,
+        lv: libvirt.virConnect,
+        point: RecoveryPoint,
+        spec: NewVmSpec,
+        new_uuid: str,
+        created: Created,
+        res: RestoreResult,
+    ) -> None:
+        """Rewrite the point's domain XML for the new VM and define it."""
+        xml = (self.vault.point_path(point) / DOMAIN_XML).read_text()
+        if spec.isolate:
+            xml = domainxml.isolate(xml)
+        fmts = {r.target: r.format for r in point.manifest.disks}
+        console = spec.pool_dir / "console.log"
+        plan = domainxml.RewritePlan(
+            name=spec.name,
+            disks={t: (p, fmts[t]) for t, p in res.disks.items()},
+            console_log=str(console),
+            ports=ports.allocate(lv, sorted(domainxml.hostfwds(xml))),
+            uuid=new_uuid,
+        )
+        out = domainxml.rewrite(xml, plan)
+        created.add_file(console)
+        refuse_existing_name(lv, spec.name)
+        try:
+            lv.defineXML(out.xml)
+        except libvirt.libvirtError as e:
+            raise translate(e, f"defining restored VM {spec.name!r}") from e
+        created.domain = spec.name
+        res.ports, res.macs, res.console_log = out.ports, out.macs, str(console)
+        res.warnings += [f"disk {t} is not in the point and was left out" for t in out.dropped_disks]
+
+    def _start(self, lv: libvirt.virConnect, name: str) -> None:
+        """Start the defined VM."""
+        try:
+            lv.lookupByName(name).create()
+        except libvirt.libvirtError as e:
+            raise translate(e, f"starting restored VM {name!r}") from e
+
+    def _progress(self, run: JobRun, target: str) -> Callable[[int, int], None]:
+        """Report copy progress and honour cancels."""
+
+        def cb(done: int, total: int) -> None:
+            if self.progress:
+                self.progress(target, done, total)
+            run.check_cancelled()
+
+        return cb
+
+
+def check_name(name: str) -> str:
+    """A VM name usable as a libvirt name and a directory name."""
+    if not NAME_RE.fullmatch(name):
+        raise RestoreTargetInvalid(
+            f"not a usable VM name: {name!r} (letters, digits, '_.+-', at most 63 characters)",
+            remediation="Pick a name such as web1-restored.",
+        )
+    return name
+
+
+def refuse_existing_name(lv: libvirt.virConnect, name: str) -> None:
+    """VM_NAME_EXISTS if a domain of that name is defined on the host."""
+    try:
+        lv.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise translate(e, f"looking up {name!r}") from e
+    raise VmNameExists(f"a VM named {name!r} already exists on {lv.getURI()}")
+
+
+def make_dir(path: Path, created: Created) -> None:
+    """Create a restore directory (remembered for cleanup) readable by QEMU; an existing one must be a dir."""
+    if path.exists():
+        if not path.is_dir():
+            raise RestoreTargetInvalid(f"{path} exists and is not a directory")
+        return
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, mode=0o755)
+    for p in missing:
+        p.chmod(0o755)
+    created.dirs.append(missing[-1])
