@@ -39,7 +39,9 @@ class PointWriter:
         self.final = layout.point_dir(root, vm_uuid, point_id)
         if self.final.exists() or self.tmp.exists():
             raise InvalidVaultId(f"recovery point {point_id} already exists for VM {vm_uuid}")
-        self.tmp.parent.mkdir(mode=0o700, exist_ok=True)
+        if not self.tmp.parent.is_dir():
+            self.tmp.parent.mkdir(mode=0o700)
+            fsync_dir(root)  # the new VM directory's entry must survive a crash too
         (self.tmp / layout.DISKS_DIR).mkdir(mode=0o700, parents=True)
         self.disks: list[DiskRecord] = []
         self.published: RecoveryPoint | None = None
