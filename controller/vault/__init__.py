@@ -13,7 +13,9 @@ Layout (``VAULT`` is ``settings.vault``, default ``$VMBACKUP_HOME/vault``)::
 
 A point is built under ``.tmp-<point-id>``; every file is fsynced, then the directory, then it is renamed to
 ``<point-id>`` and the VM directory is fsynced. A point is therefore either complete or invisible.
-``Vault.remove_partials()`` clears crash leftovers. Deleting renames back to ``.tmp-`` first, then removes.
+The writer holds a ``flock`` on its ``.tmp-`` directory while it works, so ``Vault.remove_partials()`` clears
+only leftovers of dead writers (crashed or killed processes), never a backup in progress.
+Deleting a point renames it back to ``.tmp-<point-id>`` first, then removes it.
 
 manifest.json (format_version 1)::
 

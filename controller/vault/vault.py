@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -182,14 +183,26 @@ class Vault:
         shutil.rmtree(doomed)
 
     def remove_partials(self, vm_uuid: str | None = None, dry_run: bool = False) -> list[Path]:
-        """Find (and unless dry_run, delete) .tmp-* point directories left by crashed or aborted writes."""
+        """Find (and unless dry_run, delete) .tmp-* point directories left by crashed or aborted writes.
+
+        A directory whose writer is still alive (it holds a flock on it, in any process) is left alone.
+        """
         found: list[Path] = []
         for vd in self._vm_dirs(vm_uuid):
             for pd in sorted(vd.iterdir()):
-                if pd.name.startswith(layout.TMP_PREFIX) and pd.is_dir() and not pd.is_symlink():
+                if not pd.name.startswith(layout.TMP_PREFIX) or pd.is_symlink() or not pd.is_dir():
+                    continue
+                fd = os.open(pd, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live writer
                     found.append(pd)
                     if not dry_run:
                         shutil.rmtree(pd)
+                finally:
+                    os.close(fd)
         return found
 
     def usage(self) -> dict[str, Any]:

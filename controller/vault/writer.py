@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -43,6 +44,9 @@ class PointWriter:
             self.tmp.parent.mkdir(mode=0o700)
             fsync_dir(root)  # the new VM directory's entry must survive a crash too
         (self.tmp / layout.DISKS_DIR).mkdir(mode=0o700, parents=True)
+        # flock on the directory itself: remove_partials() skips a .tmp dir whose writer is alive.
+        self._lock_fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.disks: list[DiskRecord] = []
         self.published: RecoveryPoint | None = None
         self._aborted = False
@@ -126,6 +130,7 @@ class PointWriter:
         os.rename(self.tmp, self.final)
         fsync_dir(self.final.parent)
         self.published = RecoveryPoint(self.final, m)
+        self._unlock()
         return self.published
 
     def abort(self) -> None:
@@ -133,6 +138,13 @@ class PointWriter:
         if self.published is None and not self._aborted:
             self._aborted = True
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the directory lock (closing the fd drops the flock)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _check_open(self) -> None:
         """Refuse to touch a point that is already published or aborted."""

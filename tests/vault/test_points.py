@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -27,15 +29,25 @@ def test_failing_writer_leaves_nothing(vault: Vault, qcow2_plain: Path) -> None:
     assert os.listdir(vault.root / VM) == []
 
 
+CRASHING_WRITER = """
+import os, sys
+from controller.vault import Vault
+w = Vault(sys.argv[1]).new_point(sys.argv[2])
+w.copy_disk("vda", sys.argv[3])
+w.write_domain_xml("<domain/>")
+os._exit(9)  # the process dies mid-backup: no publish, no abort, no cleanup
+"""
+
+
 def test_crash_leftover_is_ignored_then_removed(
     vault: Vault, qcow2_plain: Path, make_point: PointMaker
 ) -> None:
-    """A simulated crash leaves .tmp-<id>: list ignores it, usage counts it, remove_partials clears it."""
+    """A dead writer process leaves .tmp-<id>: list ignores it, usage counts it, remove_partials clears it."""
     good = make_point({"vda": qcow2_plain}, vm_uuid=VM)
-    w = vault.new_point(VM)
-    w.copy_disk("vda", qcow2_plain)
-    w.write_domain_xml("<domain/>")
-    del w  # the process "dies" here: no publish, no abort
+    p = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(vault.root), VM, str(qcow2_plain)], check=False
+    )
+    assert p.returncode == 9
     leftovers = [p for p in os.listdir(vault.root / VM) if p.startswith(".tmp-")]
     assert len(leftovers) == 1
     assert [p.point_id for p in vault.list_points()] == [good.point_id]
@@ -44,6 +56,17 @@ def test_crash_leftover_is_ignored_then_removed(
     removed = vault.remove_partials(vm_uuid=VM)
     assert [p.name for p in removed] == leftovers
     assert sorted(os.listdir(vault.root / VM)) == [good.point_id]
+
+
+def test_remove_partials_spares_a_live_writer(vault: Vault, qcow2_plain: Path) -> None:
+    """A .tmp dir whose writer is still working is not removed; after abort it is gone."""
+    w = vault.new_point(VM)
+    w.copy_disk("vda", qcow2_plain)
+    assert vault.remove_partials() == []
+    assert w.tmp.is_dir()
+    w.abort()
+    assert not w.tmp.exists()
+    assert os.listdir(vault.root / VM) == []
 
 
 def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain: Path, chain: Path) -> None:
