@@ -98,18 +98,20 @@ def freeze_plan(mounts: list[Mount]) -> tuple[list[Mount], list[tuple[str, str]]
     qemu-guest-agent does); thaw goes the other way. A superblock mounted twice (bind mount) is frozen once.
     """
     visible = _visible(mounts)
+    first: dict[tuple[int, int], str] = {}  # the earliest eligible mount of each superblock represents it
+    for m in visible:
+        if not ineligible_reason(m):
+            first.setdefault(m.dev, m.mount_point)
     plan: list[Mount] = []
     skipped: list[tuple[str, str]] = []
-    seen: dict[tuple[int, int], str] = {}
     for m in reversed(visible):
         reason = ineligible_reason(m)
-        if not reason and m.dev in seen:
-            reason = f"same filesystem as {seen[m.dev]} (bind mount): frozen once"
+        if not reason and first[m.dev] != m.mount_point:
+            reason = f"same filesystem as {first[m.dev]} (bind mount): frozen once"
         if reason:
             skipped.append((m.mount_point, reason))
-            continue
-        seen[m.dev] = m.mount_point
-        plan.append(m)
+        else:
+            plan.append(m)
     return plan, skipped
 
 
