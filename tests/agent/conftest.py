@@ -41,7 +41,7 @@ def guard(paths: list[str] | list[Path], allowed: list[LoopFs]) -> list[str]:
     out = [str(p) for p in paths]
     for p in out:
         if p == "/" or p not in ok or not os.path.ismount(p):
-            raise AssertionError(f"SAFETY GUARD: refusing to freeze {p!r}: not one of this test's loop mounts")
+            raise AssertionError(f"SAFETY GUARD: refusing to freeze {p!r}: not this test's loop mount")
     return out
 
 
@@ -74,14 +74,15 @@ def is_frozen(path: Path) -> bool:
 
 def make_loopfs(base: Path, name: str, fs_type: str, *, read_only: bool = False,
                 mount_base: Path | None = None) -> LoopFs:
-    """Create and mkfs a sparse image under ``base``; loop-mount it under ``mount_base`` (default ``base``)."""
+    """Create and mkfs a sparse image under ``base``; loop-mount it under ``mount_base`` or ``base``."""
     image, mount = base / f"{name}.img", (mount_base or base) / name
     with open(image, "wb") as f:
         f.truncate(SIZES[fs_type])
     subprocess.run([*MKFS[fs_type], str(image)], check=True, capture_output=True)
     mount.mkdir(parents=True, exist_ok=True)
     opts = "loop,ro" if read_only else "loop"
-    subprocess.run(["mount", "-o", opts, "-t", fs_type, str(image), str(mount)], check=True, capture_output=True)
+    cmd = ["mount", "-o", opts, "-t", fs_type, str(image), str(mount)]
+    subprocess.run(cmd, check=True, capture_output=True)
     return LoopFs(image, mount, fs_type)
 
 
@@ -120,7 +121,8 @@ def loop_factory(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-ty
     _require_root()
     created: list[LoopFs] = []
 
-    def make(name: str, fs_type: str = "ext4", *, base: Path | None = None, read_only: bool = False) -> LoopFs:
+    def make(name: str, fs_type: str = "ext4", *, base: Path | None = None,
+             read_only: bool = False) -> LoopFs:
         fs = make_loopfs(tmp_path, name, fs_type, read_only=read_only, mount_base=base)
         created.append(fs)
         return fs

@@ -30,7 +30,7 @@ def test_parse_fields_and_escapes() -> None:
 
 
 def test_plan_order_is_reverse_mount_order_and_skips_ineligible() -> None:
-    """Nested mounts freeze before their parents; virtual, memory, network, ro, overlay, fuse, bind are skipped."""
+    """Nested mounts freeze before their parents; virtual/memory/network/ro/overlay/fuse/bind are skipped."""
     plan, skipped = freeze_plan(parse_mountinfo(SAMPLE))
     assert [m.mount_point for m in plan] == ["/data/deep dir", "/data", "/"]
     reasons = dict(skipped)
