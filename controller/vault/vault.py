@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import settings as settings_mod
+from controller.errors import VmBackupError
 from controller.vault import layout, qemuimg, sparse
 from controller.vault.exceptions import InvalidVaultId, ManifestInvalid, PointNotFound, VaultFull
 from controller.vault.layout import new_point_id
@@ -158,18 +159,31 @@ class Vault:
         return res
 
     def _verify_disk(self, pdir: Path, rec: DiskRecord) -> DiskVerify:
-        """Verify one stored disk."""
-        path = layout.disk_path(pdir, rec.file)
+        """One stored disk: ok, invalid-path, missing, checksum-mismatch, check-failed or has-backing."""
+        try:
+            path = layout.disk_path(pdir, rec.file)
+        except VmBackupError as e:
+            return DiskVerify(rec.target, rec.file, "invalid-path", str(e))
         if not path.is_file():
             return DiskVerify(rec.target, rec.file, "missing", f"{path} does not exist")
-        got = sparse.stream(path)
+        try:
+            got = sparse.stream(path)
+        except OSError as e:
+            return DiskVerify(rec.target, rec.file, "missing", f"cannot read {path}: {e}")
         if got.sha256 != rec.sha256:
-            return DiskVerify(
-                rec.target, rec.file, "checksum-mismatch", f"sha256 {got.sha256} != {rec.sha256}"
-            )
+            detail = f"sha256 {got.sha256} != recorded {rec.sha256}"
+            return DiskVerify(rec.target, rec.file, "checksum-mismatch", detail)
         chk = qemuimg.check(path, rec.format)
         if not chk.ok:
             return DiskVerify(rec.target, rec.file, "check-failed", chk.summary)
+        try:
+            backing = qemuimg.info(path, fmt=rec.format).backing_file
+        except VmBackupError as e:
+            return DiskVerify(rec.target, rec.file, "check-failed", str(e))
+        if backing:
+            return DiskVerify(
+                rec.target, rec.file, "has-backing", f"not self-contained: backing file {backing}"
+            )
         return DiskVerify(rec.target, rec.file, "ok", chk.summary)
 
     def delete_point(self, point: RecoveryPoint) -> None:

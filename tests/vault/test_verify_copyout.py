@@ -109,3 +109,18 @@ def test_verify_point_quick(vault: Vault, make_point: PointMaker, qcow2_plain: P
     os.unlink(p.path / "disks" / "vda.qcow2")
     with pytest.raises(PointCorrupt, match="vda: missing"):
         verify_point_quick(p, vault=vault)
+
+
+def test_verify_flags_a_stored_disk_with_backing_file(
+    vault: Vault, make_point: PointMaker, qcow2_plain: Path, images: Path
+) -> None:
+    """A stored disk swapped for an overlay (checksum re-recorded) is reported as not self-contained."""
+    p = make_point({"vda": qcow2_plain}, vm_uuid=VM)
+    stored = p.path / "disks" / "vda.qcow2"
+    stored.unlink()
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2_plain), str(stored))
+    m = json.loads((p.path / "manifest.json").read_text())
+    m["disks"][0]["sha256"] = run("sha256sum", str(stored)).split()[0]
+    (p.path / "manifest.json").write_text(json.dumps(m))
+    r = vault.verify(vault.get_point(p.point_id))
+    assert [(d.target, d.status) for d in r.disks] == [("vda", "has-backing")], r.to_dict()
