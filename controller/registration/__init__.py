@@ -1,0 +1,1 @@
+"""Registration: put the guest agent into VMs over SSH (bundle, install, upgrade, unregister)."""

@@ -1,0 +1,154 @@
+"""What registration does inside the guest, one function per step, over an open SshSession.
+
+Fixed paths (docs/design.md): venv /opt/vmbackup-agent/venv, config /etc/vmbackup-agent/config.yaml, TLS files
+/etc/vmbackup-agent/tls/{agent.crt,agent.key,ca.crt}, unit /etc/systemd/system/vmbackup-agent.service.
+Nothing the agent needs at run time stays under /var/tmp: the bundle is unpacked there only to install.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+
+from controller.pki import IssuedCert
+from controller.registration.bundle import Bundle
+from controller.registration.exceptions import AgentInstallTimeout, GuestCommandFailed, GuestPythonMissing
+from controller.registration.ssh import CommandTimeout, SshSession
+
+AGENT_PORT = 7470
+VENV = "/opt/vmbackup-agent/venv"
+AGENT_ROOT = "/opt/vmbackup-agent"
+CONF_DIR = "/etc/vmbackup-agent"
+CONFIG = f"{CONF_DIR}/config.yaml"
+TLS_DIR = f"{CONF_DIR}/tls"
+HOOKS_DIR = f"{CONF_DIR}/hooks.d"
+UNIT = "vmbackup-agent.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT}"
+STAGING_PREFIX = "/var/tmp/vmbackup-agent-bundle-"
+
+_PROBE = (
+    "command -v python3 >/dev/null 2>&1 || { echo 'python3: not found' >&2; exit 3; }; "
+    "python3 -c 'import sys, venv, ensurepip; print(\"%d.%d\" % sys.version_info[:2])'"
+)
+
+
+def default_config() -> dict[str, object]:
+    """The config.yaml written on first registration (agent/config.py documents every key)."""
+    return {
+        "listen_address": "0.0.0.0",
+        "port": AGENT_PORT,
+        "tls_cert": f"{TLS_DIR}/agent.crt",
+        "tls_key": f"{TLS_DIR}/agent.key",
+        "tls_ca": f"{TLS_DIR}/ca.crt",
+        "hooks_dir": HOOKS_DIR,
+        "freeze_timeout_s": 10,
+        "max_freeze_timeout_s": 60,
+        "hook_timeout_s": 30,
+    }
+
+
+def probe_python(s: SshSession) -> str:
+    """The guest's python3 version ("3.11"); GuestPythonMissing without python3 or its venv module."""
+    res = s.run(_PROBE, timeout=60)
+    if res.rc != 0:
+        why = (res.err.strip().splitlines() or ["unknown error"])[-1]
+        raise GuestPythonMissing(
+            f"python3 with the venv module is not usable in the guest: {why}",
+            details={"exit_code": res.rc, "stderr": res.err[-2000:]},
+        )
+    return res.out.strip()
+
+
+def staging_dir(bundle: Bundle) -> str:
+    """Where the bundle is unpacked in the guest while installing."""
+    return f"{STAGING_PREFIX}{bundle.key}"
+
+
+def push_bundle(s: SshSession, bundle: Bundle) -> str:
+    """Copy the bundle tar to /var/tmp over SFTP and unpack it; return the unpacked directory."""
+    target = staging_dir(bundle)
+    tar = f"{target}.tar"
+    s.put(bundle.tar_path, tar, mode=0o600)
+    s.check(
+        f"rm -rf {target} && mkdir -m 700 {target} && tar -xf {tar} -C {target} && rm -f {tar}",
+        timeout=120,
+        what="unpacking the agent bundle",
+    )
+    return target
+
+
+def install_venv(s: SshSession, bundle: Bundle, staged: str, timeout_s: float) -> float:
+    """Create (or reuse) the venv and pip install the wheels offline; return the seconds it took."""
+    pip = f"{VENV}/bin/python -m pip install --disable-pip-version-check --no-index -q"
+    wheels = f"{staged}/wheels"
+    agent_wheel = shlex.quote(f"{wheels}/{bundle.manifest['agent_wheel']}")
+    cmd = (
+        f"set -e; mkdir -p {AGENT_ROOT}; "
+        f"{VENV}/bin/python -c 'import pip' 2>/dev/null || python3 -m venv --clear {VENV}; "
+        f"{pip} --find-links {wheels} -r {staged}/requirements.txt; "
+        f"{pip} --no-deps --force-reinstall {agent_wheel}; "
+        f"{VENV}/bin/vmbackup-agent --version"
+    )
+    try:
+        res = s.check(cmd, timeout=timeout_s, what="installing the agent into its venv")
+    except CommandTimeout as exc:
+        raise AgentInstallTimeout(
+            f"installing the agent did not finish in {timeout_s:g} s", details={"command": exc.cmd}
+        ) from exc
+    if bundle.agent_version not in res.out:
+        raise GuestCommandFailed(
+            f"installed agent reports {res.out.strip()!r}, expected {bundle.agent_version}"
+        )
+    return res.seconds
+
+
+def configure(s: SshSession, ca_pem: bytes, issued: IssuedCert) -> bool:
+    """Write the TLS files (key 0600) and, only if absent, config.yaml; True when the config was written."""
+    s.check(f"mkdir -p {CONF_DIR} {HOOKS_DIR} {TLS_DIR} && chmod 700 {TLS_DIR}", what="creating config dirs")
+    s.write(f"{TLS_DIR}/agent.key", issued.key_pem, mode=0o600)
+    s.write(f"{TLS_DIR}/agent.crt", issued.cert_pem, mode=0o644)
+    s.write(f"{TLS_DIR}/ca.crt", ca_pem, mode=0o644)
+    if s.exists(CONFIG):
+        return False
+    text = "# vmbackup-agent config, written by `vmbackup register`; kept on re-register.\n"
+    text += yaml.safe_dump(default_config(), sort_keys=False)
+    s.write(CONFIG, text.encode(), mode=0o644)
+    return True
+
+
+def start(s: SshSession, staged: str, timeout_s: float = 120) -> None:
+    """Install the unit, enable it and (re)start the agent; fail when systemd does not report it active."""
+    s.check(
+        f"install -m 644 {staged}/{UNIT} {UNIT_PATH} && systemctl daemon-reload && systemctl enable {UNIT} "
+        f"&& systemctl restart {UNIT}",
+        timeout=timeout_s,
+        what="starting vmbackup-agent",
+    )
+    res = s.run(f"sleep 1; systemctl is-active {UNIT}", timeout=30)
+    if res.out.strip() not in ("active", "activating"):
+        log = s.run(f"journalctl -u {UNIT} -n 20 --no-pager", timeout=30).out
+        raise GuestCommandFailed(
+            f"vmbackup-agent is {res.out.strip() or 'not active'} after start",
+            details={"journal": log[-3000:]},
+        )
+
+
+def cleanup_staging(s: SshSession) -> None:
+    """Remove unpacked bundles from /var/tmp."""
+    s.run(f"rm -rf {STAGING_PREFIX}*", timeout=60)
+
+
+def is_installed(s: SshSession) -> bool:
+    """Whether an agent venv is present (an upgrade rather than a first install)."""
+    return s.exists(f"{VENV}/bin/vmbackup-agent")
+
+
+def remove_agent(s: SshSession) -> None:
+    """Stop and disable the unit, remove it, the venv and the config (unregister)."""
+    s.run(f"systemctl disable --now {UNIT}", timeout=120)
+    s.check(
+        f"rm -f {UNIT_PATH} && systemctl daemon-reload && rm -rf {AGENT_ROOT} {CONF_DIR} {STAGING_PREFIX}*",
+        timeout=120,
+        what="removing the agent",
+    )

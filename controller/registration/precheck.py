@@ -1,0 +1,101 @@
+"""Pre-checks before anything is installed, and where to reach the guest (SSH and agent endpoints).
+
+Order matters: the data-disk limit is read from the persistent domain XML first, so a shut-off VM with too
+many disks reports TOO_MANY_DATA_DISKS; then the state (VM_NOT_RUNNING); SSH and python3 once connected.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from controller.registration.exceptions import SshEndpointUnknown, TooManyDataDisks, VmNotRunning
+from controller.registration.guest import AGENT_PORT
+from controller.registration.ssh import SshEndpoint
+from controller.virt.domain import state_name
+
+DEFAULT_MAX_DATA_DISKS = 5
+
+
+@dataclass(frozen=True)
+class EndpointOverrides:
+    """Endpoint values given on the command line; None means "from lab metadata / default"."""
+
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+    ssh_key: str | None = None
+    agent_host: str | None = None
+    agent_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Resolved endpoints of one guest."""
+
+    ssh: SshEndpoint
+    agent_host: str
+    agent_port: int
+
+
+def count_data_disks(domain_xml: str) -> int:
+    """Disks (device='disk', any source type) beyond the first, which is the OS disk."""
+    root = ET.fromstring(domain_xml)
+    disks = [d for d in root.findall("./devices/disk") if d.get("device", "disk") == "disk"]
+    return max(0, len(disks) - 1)
+
+
+def check_data_disks(dom: libvirt.virDomain, limit: int) -> int:
+    """Raise TooManyDataDisks when the persistent definition has more than ``limit`` data disks."""
+    n = count_data_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    if n > limit:
+        raise TooManyDataDisks(
+            f"VM {dom.name()!r} has {n} data disks; the limit is {limit}",
+            details={"data_disks": n, "limit": limit},
+        )
+    return n
+
+
+def check_running(dom: libvirt.virDomain) -> None:
+    """Raise VmNotRunning unless the domain is running."""
+    state = state_name(dom)
+    if state != "running":
+        raise VmNotRunning(
+            f"VM {dom.name()!r} is {state}; the agent is installed into a running guest",
+            details={"state": state},
+        )
+
+
+def _lab_values(dom: libvirt.virDomain) -> dict[str, object]:
+    """SSH/agent endpoint values from the lab metadata of the domain ({} when it has none)."""
+    try:
+        from controller.lab import metadata as lab_metadata
+    except ImportError:  # the lab layer is optional at run time
+        return {}
+    meta = lab_metadata.read(dom)
+    if meta is None:
+        return {}
+    keys = ("ssh_host", "ssh_port", "ssh_user", "ssh_key", "agent_host", "agent_port")
+    return {k: getattr(meta, k) for k in keys if getattr(meta, k, None) is not None}
+
+
+def resolve_endpoints(dom: libvirt.virDomain, o: EndpointOverrides) -> Endpoints:
+    """Flags first, then lab metadata; the agent defaults to the SSH host and port 7470."""
+    lab = _lab_values(dom)
+    ssh_host = o.ssh_host or lab.get("ssh_host")
+    if not ssh_host:
+        raise SshEndpointUnknown(
+            f"no SSH endpoint for VM {dom.name()!r}: it has no lab metadata and no --ssh-host"
+        )
+    ssh_key = o.ssh_key or lab.get("ssh_key")
+    ssh = SshEndpoint(
+        host=str(ssh_host),
+        port=int(str(o.ssh_port or lab.get("ssh_port") or 22)),
+        user=str(o.ssh_user or lab.get("ssh_user") or "root"),
+        key=str(ssh_key) if ssh_key else None,
+    )
+    agent_host = str(o.agent_host or lab.get("agent_host") or ssh.host)
+    agent_port = int(str(o.agent_port or lab.get("agent_port") or AGENT_PORT))
+    return Endpoints(ssh=ssh, agent_host=agent_host, agent_port=agent_port)

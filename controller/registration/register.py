@@ -1,0 +1,205 @@
+"""Register a VM: pre-checks, push the agent bundle over SSH, install/upgrade, configure mTLS, start, verify.
+
+One job per VM, with phases precheck, connect, push, install, configure, start, verify::
+
+    r = Registrar(settings)
+    result = r.register("web1", RegisterOptions(max_data_disks=5))
+    results = r.register_many(["web1", "db1"], RegisterOptions(), concurrency=2)   # RegisterResult | error
+
+Re-registering a registered VM upgrades the agent in place: the venv is reused, config.yaml is kept, a new
+certificate is installed and the previous one revoked once the agent answers with the new one.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from controller import db
+from controller.agentclient import (
+    AgentClient,
+    AgentInfo,
+    AgentRefused,
+    AgentTooOld,
+    AgentUnreachable,
+    ClientTLS,
+)
+from controller.errors import VmBackupError
+from controller.jobs.store import JobRun, JobStore, VmRef
+from controller.pki import CertificateAuthority, IssuedCert
+from controller.registration import guest
+from controller.registration.bundle import Bundle, build_bundle
+from controller.registration.exceptions import AgentNotReady
+from controller.registration.precheck import (
+    DEFAULT_MAX_DATA_DISKS,
+    EndpointOverrides,
+    Endpoints,
+    check_data_disks,
+    check_running,
+    resolve_endpoints,
+)
+from controller.registration.ssh import wait_connect
+from controller.registration.store import Registration, get_registration, now_iso, save
+from controller.settings import Settings
+from controller.virt.connection import connection, lookup
+
+#: The oldest agent this controller accepts after an install.
+MIN_AGENT_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class RegisterOptions:
+    """Knobs of one registration (CLI flags)."""
+
+    endpoints: EndpointOverrides = field(default_factory=EndpointOverrides)
+    uri: str | None = None
+    max_data_disks: int = DEFAULT_MAX_DATA_DISKS
+    install_timeout_s: float = 900.0
+    ready_timeout_s: float = 180.0
+    ssh_wait_s: float = 0.0
+    min_agent_version: str = MIN_AGENT_VERSION
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """What a registration did."""
+
+    job_id: str
+    registration: Registration
+    info: AgentInfo
+    upgraded: bool
+    config_written: bool
+    timings: dict[str, float]
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    """'0.10.2' -> (0, 10, 2); non-numeric parts count as 0."""
+    return tuple(int(p) if p.isdigit() else 0 for p in v.split("+")[0].split("."))
+
+
+class Registrar:
+    """Registers and upgrades agents; shares one state DB, CA and bundle cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conn = db.connect(settings.db_path)
+        self.jobs = JobStore(self.conn)
+        self.ca = CertificateAuthority.load_or_create(settings.pki_dir)
+
+    def register_many(
+        self, vms: list[str], opts: RegisterOptions, concurrency: int = 2
+    ) -> list[RegisterResult | VmBackupError]:
+        """Register several VMs with a bounded thread pool; each entry is a result or the typed error."""
+
+        def one(vm: str) -> RegisterResult | VmBackupError:
+            try:
+                return self.register(vm, opts)
+            except VmBackupError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="register") as pool:
+            return list(pool.map(one, vms))
+
+    def register(self, vm: str, opts: RegisterOptions) -> RegisterResult:
+        """Register (or upgrade) one VM as a job; raise the typed error of the first failing step."""
+        uri = opts.uri or self.settings.uri
+        with connection(uri) as lv:
+            dom = lookup(lv, vm)
+            ref = VmRef(uuid=dom.UUIDString(), name=dom.name(), host_uri=uri)
+            job = self.jobs.create("register", vm=ref)
+            with self.jobs.run(job.id) as run:
+                with run.phase("precheck"):
+                    check_data_disks(dom, opts.max_data_disks)
+                    check_running(dom)
+                    ends = resolve_endpoints(dom, opts.endpoints)
+                return self._install(run, job.id, ref, ends, opts)
+
+    def _install(
+        self, run: JobRun, job_id: str, ref: VmRef, ends: Endpoints, opts: RegisterOptions
+    ) -> RegisterResult:
+        """The phases after the pre-checks."""
+        t: dict[str, float] = {}
+        start = time.monotonic()
+        with run.phase("connect"), wait_connect(ends.ssh, opts.ssh_wait_s) as s:
+            py = guest.probe_python(s)
+            upgraded = guest.is_installed(s)
+            t["connect_s"] = time.monotonic() - start
+            with run.phase("push"):
+                bundle: Bundle = build_bundle(self.settings.home / "bundles", python_version=py)
+                mark = time.monotonic()
+                staged = guest.push_bundle(s, bundle)
+                t["push_s"] = time.monotonic() - mark
+            with run.phase("install"):
+                t["install_s"] = guest.install_venv(s, bundle, staged, opts.install_timeout_s)
+            with run.phase("configure"):
+                issued = self.ca.issue_agent_cert(ref.uuid, ref.name)
+                config_written = guest.configure(s, self.ca.ca_pem, issued)
+            with run.phase("start"):
+                mark = time.monotonic()
+                guest.start(s, staged)
+                guest.cleanup_staging(s)
+                t["start_s"] = time.monotonic() - mark
+        with run.phase("verify"):
+            mark = time.monotonic()
+            info = self._verify(ref.uuid, ends, issued, opts)
+            t["verify_s"] = time.monotonic() - mark
+            previous = get_registration(self.conn, ref.uuid)
+            reg = Registration(
+                vm_uuid=ref.uuid,
+                vm_name=ref.name,
+                host_uri=ref.host_uri,
+                agent_host=ends.agent_host,
+                agent_port=ends.agent_port,
+                ssh_host=ends.ssh.host,
+                ssh_port=ends.ssh.port,
+                ssh_user=ends.ssh.user,
+                ssh_key=ends.ssh.key,
+                agent_version=info.agent_version,
+                cert_serial=issued.serial_hex,
+                registered_at=now_iso(),
+            )
+            save(self.conn, reg)
+            if previous is not None and previous.cert_serial != issued.serial_hex:
+                self.ca.revoke(int(previous.cert_serial, 16))
+        t["total_s"] = time.monotonic() - start
+        return RegisterResult(job_id, reg, info, upgraded, config_written, t)
+
+    def _verify(self, vm_uuid: str, ends: Endpoints, issued: IssuedCert, opts: RegisterOptions) -> AgentInfo:
+        """GetInfo over mTLS until the agent answers with the new certificate (bounded); check its version."""
+        tls = ClientTLS.from_pki(self.ca)
+        deadline = time.monotonic() + opts.ready_timeout_s
+        last: VmBackupError | None = None
+        while time.monotonic() < deadline:
+            try:
+                with AgentClient(
+                    ends.agent_host,
+                    ends.agent_port,
+                    vm_uuid=vm_uuid,
+                    tls=tls,
+                    call_timeout_s=10.0,
+                    check_revocation=False,
+                ) as client:
+                    serial = client.verify_server_cert()
+                    if serial != issued.serial:
+                        raise AgentRefused(
+                            f"agent still presents certificate {serial:x}, not {issued.serial_hex}"
+                        )
+                    info = client.get_info()
+                break
+            except (AgentUnreachable, AgentRefused) as exc:
+                last = exc
+                time.sleep(2.0)
+        else:
+            raise AgentNotReady(
+                f"the agent at {ends.agent_host}:{ends.agent_port} did not answer in "
+                f"{opts.ready_timeout_s:g} s: "
+                f"{last.message if last else 'no attempt'}",
+                details={"last_error": last.to_dict() if last else None},
+            )
+        if version_tuple(info.agent_version) < version_tuple(opts.min_agent_version):
+            raise AgentTooOld(
+                f"agent {info.agent_version} is older than the minimum {opts.min_agent_version}",
+                remediation="Check the guest OS version is supported; re-register with a current vmbackup.",
+            )
+        return info

@@ -1,0 +1,82 @@
+"""Unregister a VM: stop + disable the agent, remove its venv/config/unit, revoke its certificate, forget it.
+
+r = Unregistrar(settings)
+r.unregister("web1")                 # a job with phases connect, remove, revoke
+r.unregister("web1", force=True)     # guest unreachable: skip the guest removal, still revoke and forget
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller import db
+from controller.errors import VmBackupError
+from controller.jobs.store import JobStore, VmRef
+from controller.pki import CertificateAuthority
+from controller.registration import guest
+from controller.registration.exceptions import NotRegistered
+from controller.registration.ssh import SshEndpoint, connect
+from controller.registration.store import delete, get_registration, list_registrations
+from controller.settings import Settings
+from controller.virt.connection import connection, lookup
+from controller.virt.exceptions import DomainNotFound
+
+
+@dataclass(frozen=True)
+class UnregisterResult:
+    """What an unregistration did."""
+
+    job_id: str
+    vm_uuid: str
+    vm_name: str
+    guest_cleaned: bool
+    revoked_serial: str
+
+
+class Unregistrar:
+    """Removes agents and registrations."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conn = db.connect(settings.db_path)
+        self.jobs = JobStore(self.conn)
+        self.ca = CertificateAuthority.load_or_create(settings.pki_dir)
+
+    def _find(self, vm: str, uri: str) -> VmRef:
+        """The registered VM named by name or uuid (libvirt first, then the registrations table)."""
+        try:
+            with connection(uri) as lv:
+                dom = lookup(lv, vm)
+                uuid, name = dom.UUIDString(), dom.name()
+        except DomainNotFound:
+            match = [r for r in list_registrations(self.conn) if vm in (r.vm_uuid, r.vm_name)]
+            if not match:
+                raise NotRegistered(f"VM {vm!r} is neither defined in libvirt nor registered") from None
+            uuid, name = match[0].vm_uuid, match[0].vm_name
+        if get_registration(self.conn, uuid) is None:
+            raise NotRegistered(f"VM {name!r} ({uuid}) is not registered")
+        return VmRef(uuid=uuid, name=name, host_uri=uri)
+
+    def unregister(self, vm: str, uri: str | None = None, force: bool = False) -> UnregisterResult:
+        """Unregister one VM as a job; with ``force`` an unreachable guest does not stop it."""
+        ref = self._find(vm, uri or self.settings.uri)
+        reg = get_registration(self.conn, ref.uuid)
+        assert reg is not None  # _find checked it
+        job = self.jobs.create("unregister", vm=ref)
+        cleaned = False
+        with self.jobs.run(job.id) as run:
+            endpoint = SshEndpoint(reg.ssh_host, reg.ssh_port, reg.ssh_user, reg.ssh_key)
+            try:
+                with run.phase("connect"):
+                    session = connect(endpoint)
+            except VmBackupError:
+                if not force:
+                    raise
+            else:
+                with session, run.phase("remove"):
+                    guest.remove_agent(session)
+                    cleaned = True
+            with run.phase("revoke"):
+                self.ca.revoke(int(reg.cert_serial, 16))
+                delete(self.conn, ref.uuid)
+        return UnregisterResult(job.id, ref.uuid, ref.name, cleaned, reg.cert_serial)
