@@ -14,6 +14,7 @@ def test_agent_imports_nothing_from_controller() -> None:
         "('controller', 'cryptography', 'libvirt', 'paramiko', 'rich')); print(bad); "
         "print(sys.dont_write_bytecode)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = proc.stdout.split("\n")
     assert out[0] == "[]", f"agent imported controller-side modules: {out[0]}"
     assert out[1] == "True"  # set by agent.main at import: no .pyc writes while frozen
