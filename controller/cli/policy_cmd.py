@@ -1,0 +1,185 @@
+"""`vmbackup policy create|list|show|delete`: backup policies (schedule, retention, consistency, limits)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller import db, settings
+from controller.cli import output
+from controller.policies import store
+from controller.policies.exceptions import PolicyInvalid
+from controller.policies.model import Policy
+from controller.policies.parse import parse_file, parse_text, to_yaml
+from controller.vault import Vault
+
+FLAG_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "max_age")
+
+
+def _flags_doc(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy document the flags describe (validated by the same parser as files)."""
+    sched: dict[str, Any] = {}
+    if args.daily:
+        sched["daily"] = args.daily
+    if args.weekly:
+        sched["weekly"] = {"days": args.weekly.split(","), "at": args.at or ""}
+    if args.hourly is not None:
+        sched["hourly"] = {"every": args.hourly, "minute": args.minute or 0}
+    if args.every_minutes is not None:
+        sched["every_minutes"] = args.every_minutes
+    if args.timezone:
+        sched["timezone"] = args.timezone
+    doc: dict[str, Any] = {"name": args.name, "schedule": sched}
+    ret = {k: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k) is not None}
+    if ret:
+        doc["retention"] = ret
+    if args.consistency:
+        doc["consistency"] = args.consistency
+    if args.boot_check_every is not None:
+        doc["boot_check_every"] = args.boot_check_every
+    lim = {
+        k: getattr(args, k) for k in ("max_concurrent_jobs", "bandwidth_mbps") if getattr(args, k) is not None
+    }
+    if lim:
+        doc["limits"] = lim
+    return doc
+
+
+def policy_from_flags(args: argparse.Namespace) -> Policy:
+    """Build and validate a policy from command-line flags; errors name the flag."""
+    try:
+        return parse_text(yaml.safe_dump(_flags_doc(args), sort_keys=False), "command line")[0]
+    except PolicyInvalid as e:
+        field = str(e.details.get("field") or "")
+        leaf = re.sub(r"^(schedule|retention|limits)\.", "", field).replace("weekly.days", "weekly")
+        flag = "--" + leaf.replace("weekly.at", "at").replace("hourly.every", "hourly").replace("_", "-")
+        problem = e.message.split(": ", 2)[-1] if ": field" in e.message else e.message
+        if field == "schedule":
+            flag = "--daily/--weekly/--hourly/--every-minutes"
+        raise PolicyInvalid(f"{flag}: {problem}", details=e.details) from e
+
+
+def run_create(args: argparse.Namespace) -> int:
+    """Import policies from a YAML file, or create one from flags."""
+    if args.file:
+        if args.name:
+            raise PolicyInvalid("give either --file or a NAME with flags, not both")
+        policies = parse_file(args.file)
+        # one policy keeps its file text (comments and all); several are stored one YAML text each
+        texts = [to_yaml(p) for p in policies] if len(policies) > 1 else [Path(args.file).read_text("utf-8")]
+    elif args.name:
+        policies = [policy_from_flags(args)]
+        texts = [to_yaml(policies[0])]
+    else:
+        raise PolicyInvalid("give a policy NAME with schedule flags (e.g. --daily 22:00), or --file FILE")
+    conn = db.connect(settings.load().db_path)
+    rows = []
+    for p, text in zip(policies, texts, strict=True):
+        replaced = store.save_policy(conn, p, text, replace=args.replace)
+        rows.append({"name": p.name, "action": "replaced" if replaced else "created", **p.to_dict()})
+    if args.json:
+        output.print_json(rows)
+    else:
+        for r, p in zip(rows, policies, strict=True):
+            print(f"{r['action']} policy {p.name}: {p.schedule.describe()}; keep {p.retention.describe()}")
+    return 0
+
+
+def _summary(sp: store.StoredPolicy, users: int) -> list[Any]:
+    """One list row."""
+    p = sp.policy
+    return [
+        p.name,
+        p.schedule.describe(),
+        p.retention.describe(),
+        p.min_consistency or "-",
+        p.boot_check_every or "-",
+        users,
+    ]
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List policies with their VM counts."""
+    conn = db.connect(settings.load().db_path)
+    pols = store.list_policies(conn)
+    users = {p.policy.name: len(store.list_protections(conn, p.policy.name, store.PROTECTED)) for p in pols}
+    if args.json:
+        output.print_json([{**p.to_dict(), "protected_vms": users[p.policy.name]} for p in pols])
+        return 0
+    cols = ["policy", "schedule", "retention", "min consistency", "boot-check every", "VMs"]
+    output.table("policies", cols, [_summary(p, users[p.policy.name]) for p in pols])
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """One policy: its YAML and the VMs bound to it with their status."""
+    s = settings.load()
+    conn = db.connect(s.db_path)
+    sp = store.get_policy(conn, args.name)
+    vault = Vault(s.vault)
+    prots = store.list_protections(conn, args.name)
+    vms = [{**p.to_dict(), "status": store.status_text(p, len(vault.list_points(p.vm_uuid)))} for p in prots]
+    if args.json:
+        output.print_json({**sp.to_dict(), "vms": vms})
+        return 0
+    print(sp.yaml.rstrip())
+    output.table(
+        f"VMs bound to {args.name}",
+        ["VM", "uuid", "status", "since"],
+        [[v["vm_name"], v["vm_uuid"], v["status"], v["since"]] for v in vms],
+    )
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """Delete a policy (refused while VMs are protected by it)."""
+    store.delete_policy(db.connect(settings.load().db_path), args.name)
+    print(f"deleted policy {args.name}")
+    return 0
+
+
+def _create_parser(ps: Any) -> None:
+    """`policy create`."""
+    c = ps.add_parser("create", help="create a policy from flags, or import policies from a YAML file")
+    c.add_argument("name", nargs="?", help="policy name (with flags)")
+    c.add_argument("--file", "-f", help="YAML file with one or several policies")
+    c.add_argument("--replace", action="store_true", help="overwrite a policy of the same name")
+    g = c.add_argument_group("schedule (one of)")
+    g.add_argument("--daily", metavar="HH:MM")
+    g.add_argument("--weekly", metavar="DAYS", help="e.g. mon,thu (with --at HH:MM)")
+    g.add_argument("--at", metavar="HH:MM", help="time of --weekly")
+    g.add_argument("--hourly", type=int, metavar="N", help="every N hours (with --minute M)")
+    g.add_argument("--minute", type=int, metavar="M")
+    g.add_argument("--every-minutes", type=int, metavar="N", help="every N minutes (tests, demos)")
+    g.add_argument("--timezone", metavar="TZ", help="IANA zone, default UTC")
+    r = c.add_argument_group("retention")
+    for k in FLAG_FIELDS[:-1]:
+        r.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, metavar="N")
+    r.add_argument("--max-age", dest="max_age", metavar="AGE", help="e.g. 90d, 12w, 36h")
+    c.add_argument("--consistency", help="minimum: APPLICATION | FILE_SYSTEM | CRASH")
+    c.add_argument("--boot-check-every", type=int, metavar="N")
+    c.add_argument("--max-concurrent-jobs", type=int, metavar="N")
+    c.add_argument("--bandwidth-mbps", type=float, metavar="MBPS")
+    output.add_json_flag(c)
+    c.set_defaults(func=run_create)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `policy` and its subcommands."""
+    p = sub.add_parser("policy", help="backup policies: create, list, show, delete")
+    ps = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    _create_parser(ps)
+    lst = ps.add_parser("list", help="list policies")
+    output.add_json_flag(lst)
+    lst.set_defaults(func=run_list)
+    sh = ps.add_parser("show", help="show a policy and its VMs")
+    sh.add_argument("name")
+    output.add_json_flag(sh)
+    sh.set_defaults(func=run_show)
+    d = ps.add_parser("delete", help="delete a policy (refused while VMs use it)")
+    d.add_argument("name")
+    d.set_defaults(func=run_delete)

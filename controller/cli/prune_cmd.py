@@ -1,0 +1,41 @@
+"""`vmbackup prune [VM] [--dry-run] [--json]`: apply retention to the vault (a prune job per VM)."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller import settings
+from controller.cli import output
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune (or with --dry-run, show what would be pruned)."""
+    from controller.scheduling.prune import prune  # imports the job store only when needed
+
+    reports = prune(settings.load(), vm=args.vm, dry_run=args.dry_run)
+    if args.json:
+        output.print_json([r.to_dict() for r in reports])
+        return 0
+    rows = []
+    for r in reports:
+        if r.skipped:
+            rows.append([r.vm_name, r.policy or "-", "", "", "skipped: " + r.skipped])
+            continue
+        assert r.selection is not None
+        for v in r.selection.keep:
+            rows.append([r.vm_name, r.policy or "-", v.point.id, "keep", ", ".join(v.reasons)])
+        for v in r.selection.prune:
+            action = "would prune" if args.dry_run else "pruned"
+            rows.append([r.vm_name, r.policy or "-", v.point.id, action, ", ".join(v.reasons)])
+    title = "prune (dry run: nothing deleted)" if args.dry_run else "prune"
+    output.table(title, ["VM", "policy", "point", "action", "why"], rows)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `prune`."""
+    p = sub.add_parser("prune", help="delete recovery points that the VMs' retention no longer keeps")
+    p.add_argument("vm", nargs="?", metavar="VM", help="only this VM (name or uuid)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted, delete nothing")
+    output.add_json_flag(p)
+    p.set_defaults(func=run)

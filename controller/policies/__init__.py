@@ -1,0 +1,1 @@
+"""Policies (YAML) and protection bindings of VMs to policies."""

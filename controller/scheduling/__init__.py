@@ -1,0 +1,1 @@
+"""Scheduling: next-run computation, retention (GFS), prune."""

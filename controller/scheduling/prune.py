@@ -1,0 +1,139 @@
+"""`vmbackup prune`: apply each protected VM's retention to its points in the vault (a prune job per VM).
+
+VMs without a protection row, or unprotected with --retain-data, are never pruned. The protection is re-read
+inside the job (which holds the VM's operation lock), so an unprotect racing with a prune wins. Usage::
+
+    reports = prune(settings, vm=None, dry_run=True)
+    for r in reports: print(r.vm_name, r.skipped or [v.point.id for v in r.selection.prune])
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from controller import db
+from controller.jobs.store import JobStore, VmRef
+from controller.policies import store
+from controller.policies.model import Policy
+from controller.scheduling.exceptions import PruneFailed
+from controller.scheduling.retention import PointRecord, Selection, select_prunable
+from controller.settings import Settings
+from controller.vault import RecoveryPoint, Vault
+from controller.vault.exceptions import VaultError
+
+
+@dataclass
+class PruneReport:
+    """The outcome for one VM."""
+
+    vm_uuid: str
+    vm_name: str
+    policy: str | None
+    selection: Selection | None = None
+    skipped: str = ""
+    job_id: str | None = None
+    deleted: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view."""
+        sel = self.selection
+        return {
+            "vm_uuid": self.vm_uuid,
+            "vm_name": self.vm_name,
+            "policy": self.policy,
+            "skipped": self.skipped,
+            "job_id": self.job_id,
+            "dry_run": self.dry_run,
+            "deleted": self.deleted,
+            "keep": [v.to_dict() for v in sel.keep] if sel else [],
+            "prune": [v.to_dict() for v in sel.prune] if sel else [],
+        }
+
+
+def record_of(p: RecoveryPoint) -> PointRecord:
+    """The retention view of a vault point (created: manifest ISO time, naive taken as UTC)."""
+    created = getattr(p, "created", None)
+    if not isinstance(created, datetime):
+        created = datetime.fromisoformat(p.manifest.created)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return PointRecord(p.point_id, created, p.manifest.consistency, ref=p)
+
+
+def _by_vm(vault: Vault, vm: str | None) -> dict[str, list[RecoveryPoint]]:
+    """Vault points grouped by VM uuid, optionally only the VM named (uuid or name)."""
+    out: dict[str, list[RecoveryPoint]] = {}
+    for p in vault.list_points():
+        if vm is None or vm.lower() == p.vm_uuid or vm == p.vm_name:
+            out.setdefault(p.vm_uuid, []).append(p)
+    return out
+
+
+def plan_vm(
+    conn: sqlite3.Connection, vm_uuid: str, points: list[RecoveryPoint], now: datetime
+) -> tuple[PruneReport, Policy | None]:
+    """What retention would do for one VM (nothing is changed)."""
+    name = points[0].vm_name if points else vm_uuid
+    prot = store.get_protection(conn, vm_uuid)
+    if prot is None:
+        return PruneReport(vm_uuid, name, None, skipped="not protected: no retention applies"), None
+    if not prot.active:
+        return PruneReport(
+            vm_uuid, name, prot.policy, skipped="unprotected (data retained): never pruned"
+        ), None
+    policy = store.get_policy(conn, prot.policy).policy
+    sel = select_prunable(
+        [record_of(p) for p in points], policy.retention, now, tz=ZoneInfo(policy.schedule.timezone)
+    )
+    return PruneReport(vm_uuid, name, policy.name, selection=sel), policy
+
+
+def prune(
+    settings: Settings,
+    vm: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    conn: sqlite3.Connection | None = None,
+) -> list[PruneReport]:
+    """Apply retention to every VM in the vault (or one); returns a report per VM."""
+    conn = conn or db.connect(settings.db_path)
+    vault = Vault(settings.vault)
+    now = now or datetime.now(UTC)
+    reports = []
+    for vm_uuid, points in sorted(_by_vm(vault, vm).items()):
+        report, policy = plan_vm(conn, vm_uuid, points, now)
+        report.dry_run = dry_run
+        if policy is not None and not dry_run:
+            _run_job(conn, vault, report, settings.uri, now)
+        reports.append(report)
+    return reports
+
+
+def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: str, now: datetime) -> None:
+    """The prune job of one VM: re-plan under the VM lock, then delete the prunable points."""
+    jobs = JobStore(conn)
+    job = jobs.create("prune", vm=VmRef(report.vm_uuid, report.vm_name, uri))
+    report.job_id = job.id
+    with jobs.run(job.id) as run:
+        with run.phase("plan"):
+            fresh, policy = plan_vm(conn, report.vm_uuid, vault.list_points(report.vm_uuid), now)
+            report.selection, report.skipped = fresh.selection, fresh.skipped
+            run.detail("policy", report.policy)
+        if policy is None or report.selection is None:
+            run.detail("skipped", report.skipped)
+            return
+        with run.phase("delete"):
+            for v in report.selection.prune:
+                try:
+                    vault.delete_point(v.point.ref)
+                except (VaultError, OSError) as e:
+                    raise PruneFailed(f"deleting point {v.point.id} of {report.vm_name} failed: {e}") from e
+                report.deleted.append(v.point.id)
+                run.check_cancelled()
+        run.detail("deleted", report.deleted)
+        run.detail("kept", [v.point.id for v in report.selection.keep])

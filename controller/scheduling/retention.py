@@ -1,0 +1,133 @@
+"""Retention: which recovery points to keep (grandfather-father-son) and which to prune, with reasons.
+
+``select_prunable(points, retention, now)`` is pure. Each rule is applied on its own to all points, newest
+first, and a point is kept if any rule keeps it (the union; like restic's ``forget``):
+
+- ``keep_last N``: the N newest points.
+- ``keep_daily D`` / ``keep_weekly W`` / ``keep_monthly M`` / ``keep_yearly Y``: the newest point of each
+  of the D (W, M, Y) most recent days (ISO weeks, months, years) **that have points**, in the given time zone.
+  So a rule keeps exactly min(count, number of distinct periods) points.
+- ``max_age``: a point older than now - max_age is pruned even if a rule keeps it. With no count rule at all,
+  everything younger than max_age is kept.
+- No rule at all: everything is kept.
+- Always kept: the newest *good* point (the newest non-CRASH point, else the newest), whatever the rules.
+
+Applying it to what it kept prunes nothing more (idempotent). Unprotected-with-retain VMs are not pruned at
+all: that is decided by the caller (controller.scheduling.prune), not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any, NamedTuple
+
+from controller.policies.model import Retention, format_duration
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """What retention needs of a recovery point; `ref` carries the original (e.g. a vault RecoveryPoint)."""
+
+    id: str
+    created: datetime
+    consistency: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A point and why it is kept or pruned."""
+
+    point: PointRecord
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view."""
+        return {
+            "point_id": self.point.id,
+            "created": self.point.created.isoformat(),
+            "consistency": self.point.consistency,
+            "reasons": list(self.reasons),
+        }
+
+
+class Selection(NamedTuple):
+    """keep and prune, newest first."""
+
+    keep: list[Verdict]
+    prune: list[Verdict]
+
+
+def _utc(t: datetime) -> datetime:
+    """t as UTC-aware (naive means UTC)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _periods(tz: tzinfo) -> dict[str, Callable[[datetime], Hashable]]:
+    """Period rule name -> bucket key of a time in tz."""
+    return {
+        "daily": lambda t: t.astimezone(tz).date(),
+        "weekly": lambda t: t.astimezone(tz).isocalendar()[:2],
+        "monthly": lambda t: (t.astimezone(tz).year, t.astimezone(tz).month),
+        "yearly": lambda t: t.astimezone(tz).year,
+    }
+
+
+def newest_good(points: Iterable[PointRecord]) -> PointRecord | None:
+    """The newest non-CRASH point, else the newest point, else None."""
+    ordered = sorted(points, key=lambda p: (_utc(p.created), p.id), reverse=True)
+    good = [p for p in ordered if p.consistency != "CRASH"]
+    if good:
+        return good[0]
+    return ordered[0] if ordered else None
+
+
+def select_prunable(
+    points: Iterable[PointRecord], retention: Retention, now: datetime, tz: tzinfo = UTC
+) -> Selection:
+    """Split points into keep and prune (each with reasons) according to retention."""
+    ordered = sorted(points, key=lambda p: (_utc(p.created), p.id), reverse=True)
+    reasons: dict[str, list[str]] = {p.id: [] for p in ordered}
+    if not retention.has_count_rule:
+        for p in ordered:
+            reasons[p.id].append("no count rule" if retention.max_age else "no retention rule")
+    for i, p in enumerate(ordered[: retention.keep_last]):
+        reasons[p.id].append(f"last #{i + 1}")
+    counts = {
+        "daily": retention.keep_daily,
+        "weekly": retention.keep_weekly,
+        "monthly": retention.keep_monthly,
+        "yearly": retention.keep_yearly,
+    }
+    for rule, key_of in _periods(tz).items():
+        seen: set[Hashable] = set()
+        for p in ordered:
+            if len(seen) >= counts[rule]:
+                break
+            key = key_of(_utc(p.created))
+            if key not in seen:
+                seen.add(key)
+                reasons[p.id].append(
+                    f"{rule} {key if not isinstance(key, tuple) else '-'.join(map(str, key))}"
+                )
+    if retention.max_age is not None:
+        cutoff = _utc(now) - retention.max_age
+        for p in ordered:
+            if _utc(p.created) < cutoff:
+                reasons[p.id] = [f"older than max age {format_duration(retention.max_age)}"]
+    keep_ids = {p.id for p in ordered if reasons[p.id] and not reasons[p.id][0].startswith("older than")}
+    guard = newest_good(ordered)
+    if guard is not None and guard.id not in keep_ids:
+        keep_ids.add(guard.id)
+        reasons[guard.id] = ["newest good point (always kept)"]
+    elif guard is not None:
+        reasons[guard.id].append("newest good point")
+    keep = [Verdict(p, tuple(reasons[p.id])) for p in ordered if p.id in keep_ids]
+    prune = [
+        Verdict(p, tuple(reasons[p.id]) or ("not selected by any rule",))
+        for p in ordered
+        if p.id not in keep_ids
+    ]
+    return Selection(keep, prune)
