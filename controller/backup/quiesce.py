@@ -1,0 +1,99 @@
+"""The controller's side of quiescing: ask the agent to freeze and thaw, and decide the consistency reached.
+
+The rules, in one place:
+
+* agent froze and every application hook (or VSS writer) succeeded -> APPLICATION;
+* agent froze, no hooks or a hook failed -> FILE_SYSTEM (the agent reports which; never silently upgraded);
+* agent unreachable, freeze refused, thaw not confirmed, or the freeze did not hold for the whole window
+  (auto-thawed early) -> CRASH, with the reason recorded and a warning on the job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.errors import VmBackupError
+from controller.settings import Settings
+
+
+@dataclass
+class Quiesce:
+    """Outcome of a freeze/thaw round."""
+
+    consistency: str
+    reason: str
+    window_ms: float | None = None
+    agent_version: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    created: str | None = None  # UTC ISO time of the snapshot: the recovery point's time
+
+
+class AgentQuiescer:
+    """One freeze/thaw round through a registered VM's agent; never raises for agent trouble (falls back to CRASH)."""
+
+    def __init__(self, settings: Settings, registration: Any, *, job_id: str, timeout_s: float):
+        self.settings = settings
+        self.reg = registration
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.token: str | None = None
+        self._freeze: Any = None
+        self._failure: str | None = None
+        self._t_frozen = 0.0
+        self._client: Any = None
+        self.agent_version: str | None = None
+
+    def _connect(self) -> Any:
+        """An mTLS client for this VM's agent."""
+        from controller.agentclient import AgentClient, ClientTLS
+        from controller.pki.ca import CertificateAuthority
+
+        ca = CertificateAuthority.load_or_create(self.settings.pki_dir)
+        return AgentClient(
+            self.reg.agent_host, int(self.reg.agent_port), vm_uuid=self.reg.vm_uuid, tls=ClientTLS.from_pki(ca)
+        )
+
+    def freeze(self) -> None:
+        """Ask the agent to freeze; on any agent error remember why and carry on crash-consistent."""
+        try:
+            self._client = self._connect()
+            self.agent_version = self._client.get_info().agent_version
+            self._freeze = self._client.freeze(None, self.timeout_s, self.job_id)
+            self.token = self._freeze.token
+            self._t_frozen = time.monotonic()
+        except VmBackupError as e:
+            self._failure = f"freeze failed: {e.code}: {e.message}"
+
+    def thaw(self) -> Quiesce:
+        """Thaw (if frozen) and return the consistency reached."""
+        version = self.agent_version
+        try:
+            if self.token is None or self._freeze is None:
+                reason = self._failure or "agent did not freeze"
+                return Quiesce("CRASH", reason, None, version, [f"crash-consistent: {reason}"])
+            try:
+                th = self._client.thaw(self.token)
+            except VmBackupError as e:
+                window = (time.monotonic() - self._t_frozen) * 1000
+                reason = f"thaw not confirmed ({e.code}: {e.message}); snapshot result inconsistent"
+                return Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
+        finally:
+            if self._client is not None:
+                self._client.close()
+        window = float(th.frozen_ms)
+        if not th.held:
+            reason = "the freeze did not hold for the whole window (auto-thawed early): snapshot result inconsistent"
+            return Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
+        hooks = [*self._freeze.hooks, *th.hooks]
+        failed = [f"hook {h.name} ({h.action}) failed: exit {h.exit_code}{' (timed out)' if h.timed_out else ''}"
+                  for h in hooks if not h.ok]
+        consistency = str(th.consistency or self._freeze.consistency)
+        if consistency == "APPLICATION":
+            reason = f"file systems frozen and {len(self._freeze.hooks)} application hook(s) succeeded"
+        elif failed:
+            reason = "file systems frozen; an application hook failed, so not application-consistent"
+        else:
+            reason = f"{len(self._freeze.frozen)} file system(s) frozen; no application hooks installed"
+        return Quiesce(consistency, reason, window, version, failed + [f"agent: {e}" for e in th.errors])

@@ -1,0 +1,139 @@
+"""libvirt primitives of a backup: the atomic external disk-only snapshot and the active commit back.
+
+Overlays are created next to each disk as ``<stem>.vmb-<job-id>.qcow2`` so they are recognisably ours and carry the job
+id; the snapshot is taken with ``NO_METADATA`` so libvirt keeps no snapshot object behind::
+
+    overlays = take_snapshot(dom, disks, job_id)          # {target: overlay path}; VM now writes to the overlays
+    ...copy each disk.path (now read-only) into the vault...
+    for d in disks:
+        commit_back(dom, d.target, d.path)                 # shallow active commit + pivot; VM back on d.path
+        remove_overlay(overlays[d.target])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from controller.backup.exceptions import CommitFailed, SnapshotFailed, UnsupportedDisk
+from controller.virt.connection import translate
+from controller.virt.domain import Disk, disks
+
+OVERLAY_RE = re.compile(r"\.vmb-(?P<job>[A-Za-z0-9_-]+)\.qcow2$")
+
+SNAPSHOT_FLAGS = (
+    libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+)
+COMMIT_FLAGS = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
+
+
+def overlay_path(disk_path: str, job_id: str) -> str:
+    """Where the overlay of a disk goes for a job: beside the disk, named after the job."""
+    p = Path(disk_path)
+    return str(p.with_name(f"{p.stem}.vmb-{job_id}.qcow2"))
+
+
+def is_overlay(path: str) -> bool:
+    """True when a path is one of our snapshot overlays."""
+    return OVERLAY_RE.search(path) is not None
+
+
+def check_disks(ds: list[Disk]) -> None:
+    """Refuse disks we cannot snapshot (non-qcow2/raw formats)."""
+    for d in ds:
+        if d.format not in ("qcow2", "raw"):
+            raise UnsupportedDisk(f"disk {d.target} ({d.path}) has format {d.format!r}")
+
+
+def snapshot_xml(ds: list[Disk], overlays: dict[str, str], name: str) -> str:
+    """The <domainsnapshot> document for an external disk-only snapshot of the given disks."""
+    parts = [
+        f"<disk name={quoteattr(d.target)} snapshot='external'>"
+        f"<driver type='qcow2'/><source file={quoteattr(overlays[d.target])}/></disk>"
+        for d in ds
+    ]
+    return (
+        f"<domainsnapshot><name>{name}</name><description>vmbackup {name}</description>"
+        f"<disks>{''.join(parts)}</disks></domainsnapshot>"
+    )
+
+
+def take_snapshot(dom: libvirt.virDomain, ds: list[Disk], job_id: str) -> dict[str, str]:
+    """Atomically snapshot every disk to a fresh overlay; returns {target: overlay path}."""
+    check_disks(ds)
+    overlays = {d.target: overlay_path(d.path, job_id) for d in ds}
+    for path in overlays.values():
+        if os.path.exists(path):
+            raise SnapshotFailed(f"overlay {path} already exists", details={"overlay": path})
+    try:
+        dom.snapshotCreateXML(snapshot_xml(ds, overlays, f"vmb-{job_id}"), SNAPSHOT_FLAGS)
+    except libvirt.libvirtError as e:
+        err = translate(e, "external snapshot")
+        raise SnapshotFailed(err.message, details=err.details) from e
+    return overlays
+
+
+def active_path(dom: libvirt.virDomain, target: str) -> str | None:
+    """The file a running domain currently writes for a disk target."""
+    for d in disks(dom):
+        if d.target == target:
+            return d.path
+    return None
+
+
+def commit_back(dom: libvirt.virDomain, target: str, base_path: str, timeout_s: float = 600.0) -> float:
+    """Merge the active overlay of `target` into `base_path` and pivot; returns seconds taken."""
+    t0 = time.monotonic()
+    current = active_path(dom, target)
+    if current == base_path:
+        return 0.0  # nothing to do: already on the base (e.g. a retry after a crash)
+    try:
+        if not dom.blockJobInfo(target, 0):
+            dom.blockCommit(target, None, None, 0, COMMIT_FLAGS)
+        _pivot_when_ready(dom, target, t0 + timeout_s)
+    except libvirt.libvirtError as e:
+        err = translate(e, f"block commit of {target}")
+        raise CommitFailed(err.message, details={**err.details, "target": target, "overlay": current}) from e
+    now_on = active_path(dom, target)
+    if now_on != base_path:
+        raise CommitFailed(
+            f"after the commit {target} runs on {now_on}, expected {base_path}",
+            details={"target": target, "active": now_on, "expected": base_path},
+        )
+    return time.monotonic() - t0
+
+
+def _pivot_when_ready(dom: libvirt.virDomain, target: str, deadline: float) -> None:
+    """Poll the active commit until it is in sync, pivot, and wait for the job to go away."""
+    pivoted = False
+    while time.monotonic() < deadline:
+        info = dom.blockJobInfo(target, 0)
+        if not info:
+            if pivoted:
+                return
+            raise CommitFailed(f"the commit job of {target} vanished before the pivot", details={"target": target})
+        if not pivoted and info.get("cur") == info.get("end"):
+            try:
+                dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                pivoted = True
+            except libvirt.libvirtError as e:
+                if "not ready" not in (e.get_error_message() or ""):
+                    raise
+        time.sleep(0.05)
+    raise CommitFailed(f"the commit of {target} did not finish in time", details={"target": target})
+
+
+def remove_overlay(path: str) -> None:
+    """Delete one of our overlays (refuses any other file)."""
+    if not is_overlay(path):
+        raise ValueError(f"refusing to delete {path}: not a vmbackup overlay")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,74 @@
+"""`vmbackup backup VM...`: an on-demand backup (one job per VM), with progress on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+from controller import settings as settings_mod
+from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
+from controller.cli import output
+from controller.errors import VmBackupError
+
+
+def _print_result(r: BackupResult) -> None:
+    """One line per backup, plus warnings."""
+    window = f"{r.freeze_window_ms:.0f} ms" if r.freeze_window_ms is not None else "-"
+    mib = r.bytes_copied / 2**20
+    output.console.print(
+        f"[green]backed up[/] {r.vm_name}: point {r.point_id}, {r.consistency}, freeze window {window}, "
+        f"{mib:.1f} MiB in {r.duration_s:.1f} s (job {r.job_id})"
+    )
+    for w in r.warnings:
+        output.console.print(f"  [yellow]warning[/]: {w}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Back up each VM in turn; exit 2 if any failed."""
+    s = settings_mod.load()
+    show = sys.stdout.isatty() and not args.json
+    results: list[dict[str, object]] = []
+    failed = 0
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not show
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(target: str, done: int, total: int) -> None:
+            if target not in tasks:
+                tasks[target] = bar.add_task(f"copy {target}", total=total)
+            bar.update(tasks[target], completed=done)
+
+        engine = BackupEngine(s, progress=progress)
+        for vm in args.vms:
+            tasks.clear()
+            req = BackupRequest(vm=vm, host_uri=args.host, min_consistency=args.require)
+            try:
+                r = engine.run(req)
+            except VmBackupError as e:
+                failed += 1
+                results.append({"vm": vm, "error": e.to_dict()})
+                if not args.json:
+                    output.error(e)
+                continue
+            results.append(dataclasses.asdict(r))
+            if not args.json:
+                _print_result(r)
+    if args.json:
+        output.print_json(results)
+    return 2 if failed else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `backup`."""
+    p = sub.add_parser("backup", help="back up VMs now (one job per VM)")
+    p.add_argument("vms", nargs="+", metavar="VM", help="VM name or UUID")
+    p.add_argument("--host", help="libvirt URI of the VM's host (default: VMBACKUP_URI or qemu:///system)")
+    p.add_argument(
+        "--require", choices=["CRASH", "FILE_SYSTEM", "APPLICATION"], help="fail the job below this consistency"
+    )
+    output.add_json_flag(p)
+    p.set_defaults(func=run)
