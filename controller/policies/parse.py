@@ -186,8 +186,10 @@ def _schedule(src: _Src, node: yaml.Node) -> Schedule:
     kinds = ("daily", "weekly", "hourly", "every_minutes")
     f = src.mapping(node, "schedule", (*kinds, "timezone"))
     given = [k for k in kinds if k in f]
-    if len(given) != 1:
-        raise src.fail(node, "schedule", f"needs exactly one of {', '.join(kinds)} (got {len(given)})")
+    if len(given) > 1:
+        raise src.fail(f[given[1]], "schedule", f"needs exactly one of {', '.join(kinds)} (got {len(given)})")
+    if not given:
+        raise src.fail(node, "schedule", f"needs exactly one of {', '.join(kinds)}")
     tz = "UTC"
     if "timezone" in f:
         tz = src.scalar(f["timezone"], "schedule.timezone")
