@@ -25,7 +25,7 @@ def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def conn() -> sqlite3.Connection:
     """The test's state DB (every registered schema, including policies and protections)."""
-    import controller.jobs.store  # noqa: F401  (registers the jobs tables)
+    import controller.jobs.store
     import controller.policies.store  # noqa: F401
 
     return db.connect(settings.load().db_path)
