@@ -198,6 +198,7 @@ class BackupEngine:
                 self.progress(target, done, total)
             if done:
                 faults.checkpoint("mid-copy")
+            faults.copy_throttle()
             run.check_cancelled()
 
         return cb

@@ -23,3 +23,10 @@ def checkpoint(step: str) -> None:
             f.write(f"{os.getpid()} {step}\n")
     while True:
         time.sleep(3600)
+
+
+def copy_throttle() -> None:
+    """Slow the vault copy (``VMBACKUP_FAULT_COPY_DELAY_S`` seconds per progress report) so a test can cancel it."""
+    delay = os.environ.get("VMBACKUP_FAULT_COPY_DELAY_S")
+    if delay:
+        time.sleep(float(delay))
