@@ -28,9 +28,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--data-disks", type=int, default=0, metavar="N", help="ext4 data disks /data1.. (0-8)")
     c.add_argument("--memory", type=int, default=768, metavar="MiB")
     c.add_argument("--vcpus", type=int, default=1, metavar="N")
-    c.add_argument(
-        "--disk-size", type=float, default=None, metavar="G", help="root disk size (GiB, >= image)"
-    )
+    c.add_argument("--disk-size", type=float, default=None, metavar="G", help="root disk size (GiB, >= image)")
     c.add_argument("--data-disk-size", type=float, default=1.0, metavar="G", help="each data disk (GiB)")
     c.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for SSH")
     c.add_argument("--wait", dest="wait", action="store_true", help="wait until SSH answers (default)")
@@ -84,6 +82,7 @@ def run_create(args: argparse.Namespace) -> int:
     vms.validate_name(args.name)
     host.detect_virt_type(s.virt_type)
     host.ensure_daemons(s.uri)
+    vms.preflight(s, args.name, args.data_disks, args.memory, args.vcpus, args.data_disk_size)
     _progress_image(s)
     with output.console.status(f"creating {args.name} and waiting for SSH" if args.wait else "creating"):
         vm = vms.create_lab_vm(
@@ -118,8 +117,7 @@ def run_list(args: argparse.Namespace) -> int:
         output.print_json([_as_dict(v) for v in found])
     else:
         rows = [
-            [v.name, v.state, f"{v.meta.ssh_port}", f"{v.meta.agent_port}", v.meta.virt_type, v.uuid]
-            for v in found
+            [v.name, v.state, f"{v.meta.ssh_port}", f"{v.meta.agent_port}", v.meta.virt_type, v.uuid] for v in found
         ]
         output.table("lab VMs", ["name", "state", "ssh port", "agent port", "virt", "uuid"], rows)
     return 0

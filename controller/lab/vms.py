@@ -80,6 +80,18 @@ def _check_args(name: str, data_disks: int, memory_mib: int, vcpus: int, data_di
         raise LabError("the data disk size must be positive")
 
 
+def preflight(settings: Settings, name: str, data_disks: int, memory_mib: int, vcpus: int, data_disk_gib: float) -> str:
+    """Every check that needs no image: arguments, virt type, name free in libvirt, free space; return virt type."""
+    _check_args(name, data_disks, memory_mib, vcpus, data_disk_gib)
+    virt_type = host.detect_virt_type(settings.virt_type)
+    with connection(settings.uri) as conn:
+        if name in {d.name() for d in conn.listAllDomains(0)}:
+            raise LabVmExists(f"a domain named {name!r} already exists")
+    needed = space_needed(data_disks, int(data_disk_gib * GiB))
+    diskutil.require_free_space(settings.lab_dir, needed, f"lab VM {name!r}")
+    return virt_type
+
+
 def space_needed(data_disks: int, data_disk_bytes: int) -> int:
     """Free bytes required before creating a VM: 512 MiB headroom + 1/16 of every data disk's size."""
     return 512 * MiB + data_disks * data_disk_bytes // 16
@@ -99,25 +111,20 @@ def create_lab_vm(
     base_image: Path | None = None,
 ) -> LabVm:
     """Define and start a lab VM from the cached image; with wait, block until SSH answers."""
-    _check_args(name, data_disks, memory_mib, vcpus, data_disk_gib)
-    virt_type = host.detect_virt_type(settings.virt_type)
+    virt_type = preflight(settings, name, data_disks, memory_mib, vcpus, data_disk_gib)
     base = base_image or image.cached_image(settings).path
     vm_dir = settings.lab_dir / "vms" / name
     data_bytes = int(data_disk_gib * GiB)
     root_bytes = int(disk_size_gib * GiB) if disk_size_gib else None
     if root_bytes is not None and root_bytes < diskutil.virtual_size(base):
-        raise LabError(
-            f"--disk-size {disk_size_gib} GiB is smaller than the image ({diskutil.virtual_size(base)} B)"
-        )
+        raise LabError(f"--disk-size {disk_size_gib} GiB is smaller than the image ({diskutil.virtual_size(base)} B)")
     with connection(settings.uri) as conn:
         if name in {d.name() for d in conn.listAllDomains(0)}:
             raise LabVmExists(f"a domain named {name!r} already exists")
-        diskutil.require_free_space(
-            settings.lab_dir, space_needed(data_disks, data_bytes), f"lab VM {name!r}"
-        )
-        if vm_dir.exists():
-            raise LabVmExists(f"{vm_dir} already exists (left over from an earlier VM?); remove it first")
-        vm_dir.mkdir(parents=True)
+        try:
+            vm_dir.mkdir(parents=True)
+        except FileExistsError as e:
+            raise LabVmExists(f"{vm_dir} already exists (left over from an earlier VM?); remove it first") from e
         for d in (vm_dir, vm_dir.parent, settings.lab_dir):
             os.chmod(d, 0o755)
         _check_traversable(vm_dir)
@@ -148,9 +155,7 @@ def create_lab_vm(
                     base_image=str(base),
                     virt_type=virt_type,
                 )
-                spec = domain.DomainSpec(
-                    name, virt_type, memory_mib, vcpus, tuple(files[: 1 + data_disks]), meta
-                )
+                spec = domain.DomainSpec(name, virt_type, memory_mib, vcpus, tuple(files[: 1 + data_disks]), meta)
                 dom = _libvirt(lambda: conn.defineXML(domain.build_xml(spec)), f"define {name}")
             _libvirt(dom.create, f"start {name}")
         except BaseException:
