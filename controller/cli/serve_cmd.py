@@ -1,0 +1,54 @@
+"""`vmbackup serve`: run scheduled backups, retention and vault verification until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller import settings as settings_mod
+from controller.errors import InvalidArgument
+from controller.jobs.model import parse_duration
+
+
+def _positive(text: str) -> int:
+    """An int >= 1 for the concurrency bounds."""
+    n = int(text)
+    if n < 1:
+        raise InvalidArgument(f"{text} is not a positive number")
+    return n
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the serve loop (blocks); exit 0 after a graceful stop."""
+    from controller.scheduling.serve import ServeOptions, Server, configure_logging  # lazy: imports libvirt layers
+
+    if args.tick <= 0:
+        raise InvalidArgument(f"--tick must be positive, got {args.tick}")
+    opts = ServeOptions(
+        tick_s=args.tick,
+        max_jobs=args.max_jobs,
+        max_per_host=args.max_per_host,
+        grace_s=args.grace,
+        prune_every=parse_duration(args.prune_every),
+        verify_every=parse_duration(args.verify_every),
+        once=args.once,
+    )
+    configure_logging()
+    return Server(settings_mod.load(), opts).serve()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `serve`."""
+    p = sub.add_parser(
+        "serve",
+        help="run due backups, retention pruning and vault verification on schedule (until SIGTERM/SIGINT)",
+    )
+    p.add_argument("--tick", type=float, default=5.0, help="seconds between planning passes (default 5)")
+    p.add_argument("--max-jobs", type=_positive, default=2, help="concurrent tasks overall (default 2)")
+    p.add_argument("--max-per-host", type=_positive, default=1, help="concurrent tasks per libvirt host (default 1)")
+    p.add_argument(
+        "--grace", type=float, default=60.0, help="on SIGTERM, seconds jobs may run on before being cancelled"
+    )
+    p.add_argument("--prune-every", default="24h", help="retention prune interval, e.g. 24h; 0s disables (default 24h)")
+    p.add_argument("--verify-every", default="24h", help="vault verify interval, e.g. 7d; 0s disables (default 24h)")
+    p.add_argument("--once", action="store_true", help="one planning pass: start what is due, wait for it, exit")
+    p.set_defaults(func=run)

@@ -1,0 +1,107 @@
+"""What `vmbackup serve` runs besides backups: the retention prune pass and the vault verify job.
+
+Both read and write only the state DB and the vault named by the settings, on their own connection (they run on
+worker threads). Usage::
+
+    job_id, _, text = prune_pass(settings, ["<vm-uuid>", ...])    # one prune job per VM with points
+    job_id, _, text = verify_vault(settings)                      # one 'verify' job; POINT_CORRUPT if any is bad
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime
+
+from controller import db
+from controller.errors import VmBackupError
+from controller.jobs.exceptions import OperationInProgress
+from controller.jobs.model import parse_time
+from controller.jobs.store import JobStore
+from controller.scheduling.workers import RunResult
+from controller.settings import Settings
+from controller.vault import Vault
+from controller.vault.exceptions import PointCorrupt
+
+#: The lock key of the verify job: one verify of the vault at a time, across processes.
+VERIFY_LOCK = "verify:vault"
+
+
+def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
+    """Apply retention to each VM (a prune job each); a VM busy with another job is left for the next pass."""
+    from controller.scheduling.prune import prune
+
+    conn = db.connect(settings.db_path)
+    deleted, skipped, errors = 0, [], []
+    try:
+        for uuid in vm_uuids:
+            try:
+                for r in prune(settings, vm=uuid, conn=conn):
+                    deleted += len(r.deleted)
+            except OperationInProgress:
+                skipped.append(uuid)
+            except VmBackupError as e:
+                errors.append(f"{uuid}: {e}")
+    finally:
+        conn.close()
+    if errors:
+        raise VmBackupError(f"prune failed for {len(errors)} VM(s): {'; '.join(errors)}")
+    text = f"deleted {deleted} point(s)" + (f", {len(skipped)} VM(s) busy: next pass" if skipped else "")
+    return None, None, text
+
+
+def verify_vault(settings: Settings) -> RunResult:
+    """Verify every published point (SHA-256 + qemu-img check) as one 'verify' job."""
+    conn = db.connect(settings.db_path)
+    try:
+        jobs, vault = JobStore(conn), Vault(settings.vault)
+        job = jobs.create("verify", lock_key=VERIFY_LOCK, details={"vault": str(settings.vault)})
+        with jobs.run(job.id) as run:
+            bad: list[dict[str, object]] = []
+            with run.phase("verify"):
+                points = vault.list_points()
+                for p in points:
+                    res = vault.verify(p)
+                    run.add_bytes(p.stored_bytes)
+                    if not res.ok:
+                        bad.append(res.to_dict())
+                    run.check_cancelled()
+                run.detail("checked", len(points))
+                run.detail("bad", bad)
+            if bad:
+                ids = ", ".join(str(b["point_id"]) for b in bad)
+                raise PointCorrupt(
+                    f"{len(bad)} of {len(points)} recovery points failed verification: {ids}",
+                    details={"bad": bad},
+                )
+        return job.id, None, f"{len(points)} point(s) verified"
+    finally:
+        conn.close()
+
+
+def last_job_times(conn: sqlite3.Connection, type: str) -> dict[str, datetime]:
+    """The newest job of a type per VM uuid (or per lock key for VM-less jobs), from the jobs table."""
+    rows = conn.execute(
+        "SELECT COALESCE(vm_uuid, lock_key, '') AS k, MAX(created_at) AS t FROM jobs WHERE type = ? GROUP BY k",
+        (type,),
+    ).fetchall()
+    out = {}
+    for r in rows:
+        t = parse_time(r["t"])
+        if t is not None:
+            out[str(r["k"])] = t
+    return out
+
+
+def latest_job_time(conn: sqlite3.Connection, type: str) -> datetime | None:
+    """When the newest job of this type was created, if any."""
+    row = conn.execute("SELECT MAX(created_at) AS t FROM jobs WHERE type = ?", (type,)).fetchone()
+    return parse_time(row["t"]) if row is not None else None
+
+
+def completed_backups(conn: sqlite3.Connection, vm_uuid: str) -> int:
+    """How many backups of this VM completed (the boot-check cadence counts them)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE type = 'backup' AND state = 'completed' AND vm_uuid = ?", (vm_uuid,)
+    ).fetchone()
+    return int(row[0])
