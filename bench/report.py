@@ -1,0 +1,120 @@
+"""Writing the results: latest.json (everything, raw samples included) and latest.md (a short table each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    """A number for a table cell ('-' for None)."""
+    if x is None:
+        return "-"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _freeze(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 1."""
+    rows = ["| data on /data1 | backups | freeze p50 ms | freeze p95 ms | backup wall p50 s |",
+            "|---|---|---|---|---|"]
+    for s in r.get("sizes", []):
+        fw, bw = s["freeze_window_ms"], s["backup_wall_s"]
+        rows.append(f"| {s['size']} | {fw['n']} | {_f(fw['median'])} | {_f(fw['p95'])} | {_f(bw['median'])} |")
+    rows.append(f"\nLargest / smallest median freeze window: {_f(r.get('largest_over_smallest_median'), 2)}")
+    return rows
+
+
+def _copy(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 2."""
+    rows = []
+    for key in ("filled_qcow2", "sparse_raw"):
+        c = r.get(key)
+        if not c:
+            continue
+        size = f"virtual {c['virtual_bytes'] / 2**30:.2f} GiB, allocated {c['source_allocated'] / 2**20:.0f} MiB"
+        rows += [f"\n{key}: {size}\n",
+                 "| method | p50 s | MB/s | stored MiB | time / vmbackup |", "|---|---|---|---|---|"]
+        for name, m in c["methods"].items():
+            rows.append(f"| {name} | {_f(m['seconds']['median'], 2)} | {_f(m['mb_per_s'])} | "
+                        f"{m['stored_bytes'] / 2**20:.0f} | {_f(m['time_ratio_to_vmbackup'], 2)} |")
+    return rows
+
+
+def _full(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 3."""
+    rows = ["| tool | wall p50 s | written MiB | longest guest write stall p50 ms | wall / vmbackup "
+            "| stall / vmbackup |", "|---|---|---|---|---|---|"]
+    for name, c in r.get("contenders", {}).items():
+        if "wall_s" not in c:
+            rows.append(f"| {name} | {c['status']} | | | | |")
+            continue
+        rat = c.get("ratio_to_vmbackup", {})
+        rows.append(f"| {name} | {_f(c['wall_s']['median'])} | {_f((c['bytes_written']['median'] or 0) / 2**20, 0)} | "
+                    f"{_f(c['max_stall_ms']['median'], 0)} | {_f(rat.get('wall_s'), 2)} | "
+                    f"{_f(rat.get('max_stall_ms'), 2)} |")
+    return rows
+
+
+def _restore(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 4."""
+    c, b = r["restore_bootcheck_s"], r["cold_boot_to_ssh_s"]
+    return ["| measure | p50 s | p95 s |", "|---|---|---|",
+            f"| restore + boot-check | {_f(c['median'])} | {_f(c['p95'])} |",
+            f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |",
+            f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}"]
+
+
+def _scale(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 5."""
+    ns = r.get("ns", {})
+    cols = sorted({k for v in ns.values() for k, x in v.items() if isinstance(x, dict) and "median" in x
+                   and not k.startswith("jobs --json --limit")})
+    rows = ["| N | planned runs | " + " | ".join(f"{c} p50 s" for c in cols) + " | jobs (all N) p50 s |",
+            "|---|---|" + "---|" * (len(cols) + 1)]
+    for n, v in ns.items():
+        allk: dict[str, Any] = next((v[k] for k in v if k.startswith("jobs --json --limit")), {})
+        rows.append(f"| {n} | {v.get('planned_runs')} | " + " | ".join(_f(v[c].get("median"), 3) for c in cols)
+                    + f" | {_f(allk.get('median'), 3)} |")
+    if r.get("dashboard"):
+        rows.append(f"\ndashboard: {r['dashboard']}")
+    rows.append(f"\nCLI process start-up (`vmbackup errors`): {r.get('cli_startup_s')} s")
+    return rows
+
+
+RENDER = {"freeze": _freeze, "copy": _copy, "full_backup": _full, "restore": _restore, "scale": _scale}
+TITLES = {"freeze": "1. Freeze window", "copy": "2. Vault copy throughput",
+          "full_backup": "3. Full backup of a running VM", "restore": "4. Restore + boot-check vs cold boot",
+          "scale": "5. Controller scale"}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The short markdown report."""
+    m, v = res["machine"], res["versions"]
+    lines = [f"# vmbackup benchmarks ({'smoke' if res['smoke'] else 'full'} run, {res['started']})", "",
+             f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, "
+             f"kernel {m['kernel']}; "
+             f"load at start {m['load_avg_at_start']}. Virtualization: **{res['virt_type']}**.",
+             f"Versions: vmbackup {v['vmbackup']}, libvirt {v['libvirt']}, {v['qemu']}, virtnbdbackup "
+             f"{v['virtnbdbackup'] or 'absent'}, virt-backup {v['virt_backup'] or 'absent'}.",
+             f"Cache state: {res['cache_state']}", ""]
+    lines += [f"- {n}" for n in res.get("notes", [])]
+    for key, title in TITLES.items():
+        b = res["benchmarks"].get(key)
+        lines += ["", f"## {title}", ""]
+        if b is None:
+            lines.append("not selected in this run")
+        elif isinstance(b, str):
+            lines.append(b)
+        else:
+            lines += RENDER[key](b)
+    return "\n".join(lines) + "\n"
+
+
+def write(res: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write latest.json and latest.md into out."""
+    out.mkdir(parents=True, exist_ok=True)
+    j, md = out / "latest.json", out / "latest.md"
+    j.write_text(json.dumps(res, indent=2, sort_keys=False) + "\n")
+    md.write_text(markdown(res))
+    return j, md

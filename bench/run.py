@@ -1,0 +1,143 @@
+"""`python -m bench.run [--smoke] [--only NAME] [--out DIR]`: run the benchmarks, write latest.json + latest.md.
+
+VM work takes the machine-wide lock /tmp/vmbackup-vm.lock itself (do not wrap this in `flock` on that file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import contenders, copyspeed, freeze, hostinfo, report, restore_boot, scale
+from bench.env import Plan, make_plan, setup_home
+from bench.guest import BenchVm, boot_vm, destroy_vm, register
+from controller.errors import VmBackupError
+from controller.settings import Settings
+
+NAMES = ("freeze", "copy", "full_backup", "restore", "scale")
+VM_LOCK = Path("/tmp/vmbackup-vm.lock")
+CACHE_STATE = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every measured backup, copy, "
+               "restore and boot, for every contender alike; the lab base image is shared by all VMs")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition, one VM (CI)")
+    p.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--keep-home", action="store_true", help="keep the private VMBACKUP_HOME for inspection")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def vm_lock() -> Iterator[None]:
+    """The machine-wide VM lock, so benchmark VMs never compete with test VMs for the 2 cores."""
+    with open(VM_LOCK, "a") as f:
+        print(f"waiting for {VM_LOCK} ...", flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def guarded(res: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
+    """Run one benchmark; a failure is recorded as 'failed: ...' in the results and the run goes on."""
+    print(f"== {name}", flush=True)
+    t0 = time.monotonic()
+    try:
+        out = fn(*args)
+    except (VmBackupError, OSError, RuntimeError) as e:
+        traceback.print_exc()
+        res["benchmarks"][name] = f"failed: {e}"
+        return None
+    res["elapsed_s"][name] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def vm_benchmarks(res: dict[str, Any], s: Settings, plan: Plan, want: set[str], work: Path) -> None:
+    """freeze, full_backup, restore: one VM per freeze size; the first one is reused for 3 and 4."""
+    prefix = f"b{__import__('os').getpid()}-"
+    vm: BenchVm | None = None
+    try:
+        if "freeze" in want:
+            out = guarded(res, "freeze", freeze.run, s, plan, prefix, bool(want & {"full_backup", "restore"}))
+            if out:
+                res["benchmarks"]["freeze"], vm = out
+        if want & {"full_backup", "restore"} and vm is None:
+            vm = boot_vm(s, f"{prefix}main", plan.freeze_sizes[0])
+            register(s, vm)
+        if "full_backup" in want and vm is not None:
+            out = guarded(res, "full_backup", contenders.run_bench, s, vm, plan.backup_reps, work / "contenders")
+            if out:
+                res["benchmarks"]["full_backup"] = out
+        if "restore" in want and vm is not None:
+            if plan.restore_reps == 0:
+                msg = "not run in smoke mode: it boots a second VM per repetition (run `make bench`)"
+                print(f"== restore: {msg}")
+                res["benchmarks"]["restore"] = msg
+            else:
+                out = guarded(res, "restore", restore_boot.run_bench, s, vm, plan.restore_reps)
+                if out:
+                    res["benchmarks"]["restore"] = out
+    finally:
+        if vm is not None:
+            destroy_vm(s, vm.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks and write the results."""
+    a = parse(argv)
+    want = set(a.only or NAMES)
+    s = setup_home()
+    work = s.home / "bench-work"
+    work.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(a.smoke, shutil.disk_usage(s.home).free)
+    res: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": a.smoke,
+        "machine": hostinfo.machine(),
+        "versions": hostinfo.versions(),
+        "virt_type": hostinfo.virt_type(s.virt_type),
+        "cache_state": CACHE_STATE,
+        "plan": {k: v for k, v in vars(plan).items() if k != "notes"},
+        "notes": list(plan.notes),
+        "benchmarks": {},
+        "elapsed_s": {},
+    }
+    t0 = time.monotonic()
+    try:
+        if "copy" in want:
+            out = guarded(res, "copy", copyspeed.run_bench, plan, work / "copy")
+            if out:
+                res["benchmarks"]["copy"] = out
+        if "scale" in want:
+            out = guarded(res, "scale", scale.run_bench, plan.scale_ns, plan.scale_reps, work / "scale")
+            if out:
+                res["benchmarks"]["scale"] = out
+        if want & {"freeze", "full_backup", "restore"}:
+            with vm_lock():
+                vm_benchmarks(res, s, plan, want, work)
+    finally:
+        res["elapsed_s"]["total"] = round(time.monotonic() - t0, 1)
+        res["machine"]["load_avg_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+        j, md = report.write(res, a.out)
+        print(f"wrote {j} and {md}")
+        if not a.keep_home:
+            shutil.rmtree(s.home, ignore_errors=True)
+    failed = [k for k, v in res["benchmarks"].items() if isinstance(v, str) and v.startswith("failed")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
