@@ -54,15 +54,17 @@ def run(settings: Settings, plan: Plan, prefix: str, keep_first: bool = False) -
         try:
             register(settings, vm)
             res = measure_vm(settings, vm, reps)
-            res["size"] = label(size)
-            sizes.append(res)
-            print(f"  freeze {label(size)}: p50 {res['freeze_window_ms']['median']} ms, "
-                  f"p95 {res['freeze_window_ms']['p95']} ms over {reps} backups")
-        finally:
-            if keep_first and i == 0:
-                kept = vm
-            else:
-                destroy_vm(settings, name)
+        except BaseException:
+            destroy_vm(settings, name)
+            raise
+        res["size"] = label(size)
+        sizes.append(res)
+        print(f"  freeze {label(size)}: p50 {res['freeze_window_ms']['median']} ms, "
+              f"p95 {res['freeze_window_ms']['p95']} ms over {reps} backups")
+        if keep_first and i == 0:
+            kept = vm
+        else:
+            destroy_vm(settings, name)
     medians = [s["freeze_window_ms"]["median"] for s in sizes if s["freeze_window_ms"]["median"] is not None]
     flat = None
     if len(medians) >= 2:
