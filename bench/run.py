@@ -56,7 +56,7 @@ def guarded(res: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
     t0 = time.monotonic()
     try:
         out = fn(*args)
-    except Exception as e:  # noqa: BLE001  (recorded in the results; the other benchmarks still run)
+    except Exception as e:  # recorded in the results; the other benchmarks still run
         traceback.print_exc()
         res["benchmarks"][name] = f"failed: {e}"
         return None
