@@ -98,6 +98,8 @@ def one(vm: BenchVm, go: Runner, target: Path) -> dict[str, Any]:
         gaps = stop_writer(vm)
     nbytes = allocated(target) if target.exists() else 0
     shutil.rmtree(target, ignore_errors=True)
+    if nbytes < vm.data_bytes:  # virt-backup exits 0 when nothing matched: a run that stored less is no backup
+        raise BenchError(f"wrote only {nbytes} bytes, less than the {vm.data_bytes} bytes of data on /data1")
     return {"wall_s": wall, "bytes": nbytes, "max_stall_ms": max(gaps) * 1000, "writes": len(gaps) + 1}
 
 
