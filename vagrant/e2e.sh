@@ -35,7 +35,8 @@ CUR=""; CUR_T0=""; HOLDER=""; URI=""; DESTROYED=0
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-log() { printf '[e2e %s +%ss] %s\n' "$(date +%T)" "$(since "$T_START")" "$*"; }
+exec 3>&1   # the log always reaches the terminal, even from inside $(...) and redirected commands
+log() { printf '[e2e %s +%ss] %s\n' "$(date +%T)" "$(since "$T_START")" "$*" >&3; }
 jstr() { "$PY" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 
 # --- steps and checks: recorded as JSON lines, assembled into result.json at the end ---------------------------------
@@ -100,7 +101,8 @@ finish() {
   printf '{"step": "teardown", "ok": %s, "seconds": %s}\n' "$([ "$down" = 0 ] && echo true || echo false)" \
     "$(since "$t0")" >> "$STEPS"
   [ "$down" = 0 ] || rc=${rc/#0/3}
-  if [ "$rc" = 0 ] && [ "${E2E_KEEP:-0}" != 1 ]; then rm -rf "$RUN_HOME"; fi
+  rm -rf "$RUN_HOME/restored" "$RUN_HOME/bootcheck"   # VM disks never outlive the run
+  if [ "$rc" = 0 ] && [ "${E2E_KEEP:-0}" != 1 ]; then rm -rf "$RUN_HOME"; fi   # on failure: state.db + vault stay
   "$PY" - "$E2E_STATE" "$rc" "$(since "$T_START")" <<'PY'
 import json, sys
 from pathlib import Path
@@ -264,8 +266,8 @@ integrity=$(gssh "$RIP" "systemctl stop labapp; sqlite3 /data1/labapp/app.db 'PR
 check "restored DB integrity_check" "$([ "$integrity" = ok ] && echo 1 || echo 0)" "$integrity"
 found=$(gssh "$RIP" "sqlite3 /data1/labapp/app.db \"SELECT count(*) FROM events WHERE kind = 'e2e-before-backup' AND note = '$TOKEN'\"")
 check "restored DB has the pre-backup row" "$([ "$found" = 1 ] && echo 1 || echo 0)" "$found row(s) with $TOKEN"
-hn=$(gssh "$RIP" 'findmnt -n -o SOURCE /data1; cat /etc/machine-id' | tr '\n' ' ')
-check "restored guest mounts its data disk" "$([ -n "$hn" ] && echo 1 || echo 0)" "$hn"
+src=$(gssh "$RIP" 'findmnt -n -o SOURCE /data1 || true')
+check "restored guest mounts its data disk" "$([ "$src" = /dev/vdb ] && echo 1 || echo 0)" "/data1 on ${src:-nothing}"
 virsh_in destroy e2e-app-restored >/dev/null || true
 end_step
 
