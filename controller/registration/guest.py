@@ -90,17 +90,32 @@ def install_venv(s: SshSession, bundle: Bundle, staged: str, timeout_s: float) -
         f"{pip} --no-deps --force-reinstall {agent_wheel}; "
         f"{VENV}/bin/vmbackup-agent --version"
     )
+    limit = max(1, int(timeout_s))
+    guarded = f"timeout -k 5 {limit} sh -c {shlex.quote(cmd)}"  # the guest enforces the deadline too
     try:
-        res = s.check(cmd, timeout=timeout_s, what="installing the agent into its venv")
+        res = s.run(guarded, timeout=limit + 30)
     except CommandTimeout as exc:
-        raise AgentInstallTimeout(
-            f"installing the agent did not finish in {timeout_s:g} s", details={"command": exc.cmd}
-        ) from exc
+        raise _install_timeout(timeout_s) from exc
+    if res.rc in (124, 137):  # timeout(1): TERM sent, or KILL after the grace period
+        raise _install_timeout(timeout_s)
+    if res.rc != 0:
+        tail = "\n".join((res.err or res.out).strip().splitlines()[-20:])
+        raise GuestCommandFailed(
+            f"installing the agent into its venv failed (exit {res.rc})",
+            details={"exit_code": res.rc, "output": tail},
+        )
     if bundle.agent_version not in res.out:
         raise GuestCommandFailed(
             f"installed agent reports {res.out.strip()!r}, expected {bundle.agent_version}"
         )
     return res.seconds
+
+
+def _install_timeout(timeout_s: float) -> AgentInstallTimeout:
+    """The typed error for an install over its deadline."""
+    return AgentInstallTimeout(
+        f"installing the agent did not finish in {timeout_s:g} s", details={"timeout_s": timeout_s}
+    )
 
 
 def configure(s: SshSession, ca_pem: bytes, issued: IssuedCert) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import libvirt
 
+from controller.lab import metadata as lab_metadata
 from controller.registration.exceptions import SshEndpointUnknown, TooManyDataDisks, VmNotRunning
 from controller.registration.guest import AGENT_PORT
 from controller.registration.ssh import SshEndpoint
@@ -68,34 +69,19 @@ def check_running(dom: libvirt.virDomain) -> None:
         )
 
 
-def _lab_values(dom: libvirt.virDomain) -> dict[str, object]:
-    """SSH/agent endpoint values from the lab metadata of the domain ({} when it has none)."""
-    try:
-        from controller.lab import metadata as lab_metadata
-    except ImportError:  # the lab layer is optional at run time
-        return {}
-    meta = lab_metadata.read(dom)
-    if meta is None:
-        return {}
-    keys = ("ssh_host", "ssh_port", "ssh_user", "ssh_key", "agent_host", "agent_port")
-    return {k: getattr(meta, k) for k in keys if getattr(meta, k, None) is not None}
-
-
 def resolve_endpoints(dom: libvirt.virDomain, o: EndpointOverrides) -> Endpoints:
     """Flags first, then lab metadata; the agent defaults to the SSH host and port 7470."""
-    lab = _lab_values(dom)
-    ssh_host = o.ssh_host or lab.get("ssh_host")
+    lab = lab_metadata.read(dom)
+    ssh_host = o.ssh_host or (lab.ssh_host if lab else None)
     if not ssh_host:
-        raise SshEndpointUnknown(
-            f"no SSH endpoint for VM {dom.name()!r}: it has no lab metadata and no --ssh-host"
-        )
-    ssh_key = o.ssh_key or lab.get("ssh_key")
+        raise SshEndpointUnknown(f"no SSH endpoint for VM {dom.name()!r}: no lab metadata and no --ssh-host")
+    ssh_key = o.ssh_key or (lab.ssh_key if lab else None)
     ssh = SshEndpoint(
-        host=str(ssh_host),
-        port=int(str(o.ssh_port or lab.get("ssh_port") or 22)),
-        user=str(o.ssh_user or lab.get("ssh_user") or "root"),
-        key=str(ssh_key) if ssh_key else None,
+        host=ssh_host,
+        port=o.ssh_port or (lab.ssh_port if lab else 22),
+        user=o.ssh_user or (lab.ssh_user if lab else "root"),
+        key=ssh_key or None,
     )
-    agent_host = str(o.agent_host or lab.get("agent_host") or ssh.host)
-    agent_port = int(str(o.agent_port or lab.get("agent_port") or AGENT_PORT))
+    agent_host = o.agent_host or (lab.agent_host if lab else ssh.host)
+    agent_port = o.agent_port or (lab.agent_port if lab else AGENT_PORT)
     return Endpoints(ssh=ssh, agent_host=agent_host, agent_port=agent_port)

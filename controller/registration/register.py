@@ -93,8 +93,8 @@ class Registrar:
         """Register several VMs with a bounded thread pool; each entry is a result or the typed error."""
 
         def one(vm: str) -> RegisterResult | VmBackupError:
-            try:
-                return self.register(vm, opts)
+            try:  # one Registrar (own SQLite connection) per VM: connections are not shared across threads
+                return Registrar(self.settings).register(vm, opts)
             except VmBackupError as exc:
                 return exc
 
@@ -121,20 +121,32 @@ class Registrar:
         """The phases after the pre-checks."""
         t: dict[str, float] = {}
         start = time.monotonic()
-        with run.phase("connect"), wait_connect(ends.ssh, opts.ssh_wait_s) as s:
-            py = guest.probe_python(s)
-            upgraded = guest.is_installed(s)
+        with run.phase("connect"):
+            s = wait_connect(ends.ssh, opts.ssh_wait_s)
+            try:
+                py = guest.probe_python(s)
+                upgraded = guest.is_installed(s)
+            except BaseException:
+                s.close()
+                raise
             t["connect_s"] = time.monotonic() - start
+            run.detail("guest_python", py)
+            run.detail("upgrade", upgraded)
+        with s:
             with run.phase("push"):
                 bundle: Bundle = build_bundle(self.settings.home / "bundles", python_version=py)
+                run.detail("bundle", bundle.key)
                 mark = time.monotonic()
                 staged = guest.push_bundle(s, bundle)
+                run.add_bytes(bundle.tar_path.stat().st_size)
                 t["push_s"] = time.monotonic() - mark
             with run.phase("install"):
                 t["install_s"] = guest.install_venv(s, bundle, staged, opts.install_timeout_s)
             with run.phase("configure"):
                 issued = self.ca.issue_agent_cert(ref.uuid, ref.name)
                 config_written = guest.configure(s, self.ca.ca_pem, issued)
+                run.detail("config_written", config_written)
+                run.detail("cert_serial", issued.serial_hex)
             with run.phase("start"):
                 mark = time.monotonic()
                 guest.start(s, staged)
@@ -163,6 +175,8 @@ class Registrar:
             if previous is not None and previous.cert_serial != issued.serial_hex:
                 self.ca.revoke(int(previous.cert_serial, 16))
         t["total_s"] = time.monotonic() - start
+        run.detail("agent_version", info.agent_version)
+        run.detail("timings", {k: round(v, 2) for k, v in t.items()})
         return RegisterResult(job_id, reg, info, upgraded, config_written, t)
 
     def _verify(self, vm_uuid: str, ends: Endpoints, issued: IssuedCert, opts: RegisterOptions) -> AgentInfo:
