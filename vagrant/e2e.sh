@@ -165,6 +165,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$BOXFILE" ]; then
 fi
 fact box "$BOXFILE"
 end_step
+if [ "${1:-}" = "--box-only" ]; then log "box $BOXFILE (added to $E2E_ROOT/vagrant.d as $BOX)"; exit 0; fi
 
 begin "agent bundle (host side: the namespace has no route to PyPI)"
 mkdir -p "$E2E_ROOT/bundles"; ln -sfn "$E2E_ROOT/bundles" "$RUN_HOME/bundles"
