@@ -19,6 +19,7 @@ ROOT=$(dirname "$HERE")
 PY=${E2E_PYTHON:-$ROOT/.venv/bin/python}
 VMBACKUP_BIN=$(dirname "$PY")/vmbackup
 E2E_ROOT=${E2E_ROOT:-/var/tmp/vmbackup-e2e}
+if [ "${1:-}" = "--box-only" ]; then E2E_STATE=$E2E_ROOT/box-only; fi   # never touches a running e2e's state
 export E2E_STATE=${E2E_STATE:-$E2E_ROOT/run}
 export E2E_NETNS=${E2E_NETNS:-vmbackup-e2e}
 export VMBACKUP_IMAGE_CACHE=${VMBACKUP_IMAGE_CACHE:-/var/tmp/vmbackup-images}
