@@ -42,7 +42,7 @@ def populate(path: Path, n: int) -> None:
     vms, prots, jobs, phases = [], [], [], []
     for i in range(n):
         u = f"{i:08x}-0000-4000-8000-{i:012x}"
-        t = (now - timedelta(seconds=60 * (n - i))).isoformat(timespec="microseconds")
+        t = (now - timedelta(days=1) * (n - i) / n).isoformat(timespec="microseconds")  # all within the last day
         vms.append((u, f"vm{i:05d}", "qemu:///system", "running", "[]", t, t, 0))
         prots.append((u, f"p{i % len(SCHEDULES)}", "protected", t, f"vm{i:05d}"))
         jid = f"{t[:19].replace(':', '').replace('-', '')}-{i:06x}"
