@@ -19,7 +19,8 @@ ROOT=$(dirname "$HERE")
 PY=${E2E_PYTHON:-$ROOT/.venv/bin/python}
 VMBACKUP_BIN=$(dirname "$PY")/vmbackup
 E2E_ROOT=${E2E_ROOT:-/var/tmp/vmbackup-e2e}
-if [ "${1:-}" = "--box-only" ]; then E2E_STATE=$E2E_ROOT/box-only; fi   # never touches a running e2e's state
+BOX_ONLY=0
+if [ "${1:-}" = "--box-only" ]; then BOX_ONLY=1; E2E_STATE=$E2E_ROOT/box-only; fi   # never touches a running e2e
 export E2E_STATE=${E2E_STATE:-$E2E_ROOT/run}
 export E2E_NETNS=${E2E_NETNS:-vmbackup-e2e}
 export VMBACKUP_IMAGE_CACHE=${VMBACKUP_IMAGE_CACHE:-/var/tmp/vmbackup-images}
@@ -96,9 +97,12 @@ finish() {
     log "== teardown: vagrant destroy"
     VAG_TIMEOUT=120 vag destroy -f 2>&1 | sed 's/^/    /'
   fi
-  log "== teardown: namespace, daemons, leftovers"
-  bash "$HERE/ns-down.sh" 2>&1 | sed 's/^/    /'
-  local down=${PIPESTATUS[0]}
+  local down=0
+  if [ "$BOX_ONLY" = 0 ]; then
+    log "== teardown: namespace, daemons, leftovers"
+    bash "$HERE/ns-down.sh" 2>&1 | sed 's/^/    /'
+    down=${PIPESTATUS[0]}
+  fi
   printf '{"step": "teardown", "ok": %s, "seconds": %s}\n' "$([ "$down" = 0 ] && echo true || echo false)" \
     "$(since "$t0")" >> "$STEPS"
   [ "$down" = 0 ] || rc=${rc/#0/3}
@@ -166,7 +170,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$BOXFILE" ]; then
 fi
 fact box "$BOXFILE"
 end_step
-if [ "${1:-}" = "--box-only" ]; then log "box $BOXFILE (added to $E2E_ROOT/vagrant.d as $BOX)"; exit 0; fi
+if [ "$BOX_ONLY" = 1 ]; then log "box $BOXFILE (added to $E2E_ROOT/vagrant.d as $BOX)"; exit 0; fi
 
 begin "agent bundle (host side: the namespace has no route to PyPI)"
 mkdir -p "$E2E_ROOT/bundles"; ln -sfn "$E2E_ROOT/bundles" "$RUN_HOME/bundles"

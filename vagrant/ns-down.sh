@@ -38,7 +38,8 @@ if ours "$HOLDER"; then
     done
   fi
 fi
-read -r VLOGD LIBVIRTD < "$E2E_STATE/daemons.pid" 2>/dev/null || true
+VLOGD=""; LIBVIRTD=""
+[ -f "$E2E_STATE/daemons.pid" ] && read -r VLOGD LIBVIRTD < "$E2E_STATE/daemons.pid"
 ours "${LIBVIRTD:-}" && stop_pid "$LIBVIRTD" && log "stopped libvirtd $LIBVIRTD"
 ours "${VLOGD:-}" && stop_pid "$VLOGD" && log "stopped virtlogd $VLOGD"
 # anything else still in our netns (QEMU, dnsmasq, a killed driver's children) can only be ours
