@@ -4,7 +4,8 @@ Rules (tested in tests/serve/):
 
 - **State is SQLite only.** Due runs are computed every tick from the ``protections`` and ``policies`` tables and
   the newest ``backup`` job of each VM (its creation time is the VM's last run, whatever started it: a CLI
-  ``vmbackup backup`` counts). Nothing is queued in memory, so a restart loses nothing.
+  ``vmbackup backup`` counts; a run from before the protection began does not). Nothing is queued in memory,
+  so a restart loses nothing.
 - **Missed runs: once at start.** ``scheduling.plan`` coalesces every slot missed while serve was down into one
   run; the schedule then resumes from now.
 - **Bounds.** At most ``max_jobs`` tasks overall, ``max_per_host`` per libvirt host and the policy's
@@ -301,6 +302,9 @@ class Server:
         for uuid, t in self._attempted.items():
             if uuid not in last or last[uuid] < t:
                 last[uuid] = t
+        for b in bounds:  # a run before the protection began (an earlier binding) does not anchor the new one
+            if b.vm_uuid in last and last[b.vm_uuid] < b.since:
+                del last[b.vm_uuid]
         tasks = []
         for r in plan(bounds, last, now):
             if r.due:

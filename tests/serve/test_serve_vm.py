@@ -2,10 +2,11 @@
 
 1. A real scheduled run: the VM is protected by an ``every_minutes: 1`` policy, ``vmbackup serve`` runs as its
    own process and takes a real backup at the next minute slot; SIGTERM then stops it with exit 0.
-2. Cancel of a running backup from another process: serve (``--once``; protection dated 2 h back, so the
-   missed-run rule starts one backup at once) copies at a paced rate (policy ``bandwidth_mbps``); when the job
-   is in phase ``copy`` the test runs ``vmbackup job cancel ID``. The job must end ``cancelled`` with the VM on
-   its original disk files, no ``*.vmb-*`` overlay and no ``.tmp-*`` directory in the vault.
+2. Cancel of a running backup from another process: serve (``--once``, started once a minute slot has passed
+   since the VM's last backup job, so one backup is due at start) copies at a paced rate (policy
+   ``bandwidth_mbps``); when the job is in phase ``copy`` the test runs ``vmbackup job cancel ID``. The job
+   must end ``cancelled`` with the VM on its original disk files, no ``*.vmb-*`` overlay and no ``.tmp-*``
+   directory in the vault.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from controller import db
 from controller.jobs.store import Job, JobStore
 from controller.policies.parse import parse_text, to_yaml
 from controller.policies.store import bind, remove_protection, save_policy
+from controller.scheduling.schedule import next_run
 from controller.vault import Vault
 from controller.virt.domain import disks
 
@@ -79,6 +81,15 @@ def backups_since(settings: Any, vm_uuid: str, t0: str) -> list[Job]:
     return [j for j in JobStore.open(settings.db_path).list(type="backup", vm=vm_uuid) if j.created_at > t0]
 
 
+def wait_for_slot(settings: Any, vm_uuid: str, policy_yaml: str) -> None:
+    """Sleep until a slot of the policy has passed since the VM's newest backup job (e.g. the previous test's)."""
+    jobs = JobStore.open(settings.db_path).list(type="backup", vm=vm_uuid, limit=1)
+    if not jobs:
+        return
+    slot = next_run(parse_text(policy_yaml)[0].schedule, datetime.fromisoformat(jobs[0].created_at))
+    time.sleep(max(0.0, (slot - datetime.now(UTC)).total_seconds() + 1))
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 180) -> int:
     """SIGTERM and wait."""
     if proc.poll() is None:
@@ -126,8 +137,9 @@ def test_cancel_running_backup_restores_vm(registered_vm: Any, lab_vm: Any, sett
     before = disk_paths(settings, lab_vm.name)
     points_before = {p.point_id for p in Vault(settings.vault).list_points(uuid)}
     t0 = datetime.now(UTC).isoformat(timespec="microseconds")
-    slow = "name: serve-slow\nschedule: {every_minutes: 60}\nlimits: {bandwidth_mbps: 40}\n"
+    slow = "name: serve-slow\nschedule: {every_minutes: 1}\nlimits: {bandwidth_mbps: 40}\n"
     protect(settings, uuid, lab_vm.name, slow, since=datetime.now(UTC) - timedelta(hours=2))
+    wait_for_slot(settings, uuid, slow)
     proc, log = start_serve(tmp_path, "--once", "--prune-every", "0s", "--verify-every", "0s")
     try:
         job = None
