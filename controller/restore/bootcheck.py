@@ -29,7 +29,7 @@ import libvirt
 
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, VmRef
-from controller.restore import fsck, probes
+from controller.restore import fsck, probes, sweep
 from controller.restore.exceptions import BootCheckFailed
 from controller.restore.probes import Probe
 from controller.restore.restore import NewVmSpec, Restorer, RestoreResult
@@ -90,15 +90,27 @@ class BootChecker:
         point = self.restorer.point(point_id)
         uri = host_uri or self.settings.uri
         name = PREFIX + secrets.token_hex(4)
+        root = self.settings.home / "bootcheck"
+        with connection(uri) as lv:
+            stale = sweep.sweep(root, lv, PREFIX)
+        with sweep.hold(root / f"{name}.lock"):
+            return self._run(point, uri, name, timeout_s, command, stale)
+
+    def _run(
+        self, point: RecoveryPoint, uri: str, name: str, timeout_s: float, command: str | None, stale: list[str]
+    ) -> BootCheckResult:
+        """The boot-check job, while holding this check's lock."""
         new_uuid = str(uuid_mod.uuid4())
         job = self.restorer.jobs.create("boot-check", vm=VmRef(uuid=new_uuid, name=name, host_uri=uri))
         with self.restorer.jobs.run(job.id) as run:
             run.detail("point_id", point.point_id)
             run.detail("original_vm", {"uuid": point.vm_uuid, "name": point.vm_name})
+            if stale:
+                run.detail("removed_stale_bootchecks", stale)
             res = BootCheckResult(point.point_id, run.job_id, name)
             t0 = time.monotonic()
             created = Created(uri=uri)
-            spec = NewVmSpec(name, uri, self.settings.home / "bootcheck" / name, start=False, isolate=True)
+            spec = NewVmSpec(name, uri, self.settings.home / "bootcheck" / name, isolate=True)
             try:
                 self._check(run, point, spec, new_uuid, created, res, timeout_s, command)
             finally:
@@ -109,9 +121,7 @@ class BootChecker:
                 res.duration_s = time.monotonic() - t0
                 self._record(run, point, res)
             if not res.passed:
-                raise BootCheckFailed(
-                    f"boot-check of {point.point_id} failed: {res.reason}", details=res.to_dict()
-                )
+                raise BootCheckFailed(f"boot-check of {point.point_id} failed: {res.reason}", details=res.to_dict())
             return res
 
     def _check(
@@ -132,9 +142,7 @@ class BootChecker:
             res.checks.append(Probe("restore", False, f"{e.code}: {e.message}"))
             res.reason = f"the point could not be restored: {e.message}"
             return
-        res.checks.append(
-            Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes")
-        )
+        res.checks.append(Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes"))
         console = Path(restored.console_log)
         with connection(spec.host_uri) as lv:
             dom = lv.lookupByName(spec.name)
@@ -146,9 +154,7 @@ class BootChecker:
             for target, path in restored.disks.items():
                 fmt = next(d.format for d in point.manifest.disks if d.target == target)
                 for fs in fsck.check_image(Path(path), fmt, target, workdir=spec.pool_dir):
-                    res.checks.append(
-                        Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}")
-                    )
+                    res.checks.append(Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}"))
         failed = [c for c in res.checks if not c.ok and c.name != "shutdown"]
         res.passed = not failed
         if failed and not res.reason:
@@ -190,18 +196,15 @@ class BootChecker:
         """True when the point's VM had the agent: registered now, or the backup talked to an agent."""
         from controller.registration.store import get_registration
 
-        return (
-            bool(point.manifest.agent_version)
-            or get_registration(self.restorer.conn, point.vm_uuid) is not None
-        )
+        return bool(point.manifest.agent_version) or get_registration(self.restorer.conn, point.vm_uuid) is not None
 
     def _ssh_identity(self, point: RecoveryPoint) -> tuple[str, Path]:
         """The SSH user and key: the registration's, else the lab key as root."""
         from controller.registration.store import get_registration
 
         reg = get_registration(self.restorer.conn, point.vm_uuid)
-        if reg is not None and getattr(reg, "ssh_key", None):
-            return str(reg.ssh_user or "root"), Path(reg.ssh_key)
+        if reg is not None and reg.ssh_key:
+            return reg.ssh_user or "root", Path(reg.ssh_key)
         return "root", self.settings.lab_dir / "ssh" / "id_ed25519"
 
     def _record(self, run: JobRun, point: RecoveryPoint, res: BootCheckResult) -> None:

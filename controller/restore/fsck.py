@@ -93,9 +93,7 @@ def _check_range(raw: Path, name: str, part: Partition, tmp: Path) -> FsCheck:
     """Probe one range and run the matching checker on a throwaway sparse copy of it."""
     kind = fstype(raw, part)
     if kind not in ("ext2", "ext3", "ext4", "xfs"):
-        return FsCheck(
-            name, kind or "none", "skipped", "no offline checker for this type" if kind else "no filesystem"
-        )
+        return FsCheck(name, kind or "none", "skipped", "no offline checker for this type" if kind else "no filesystem")
     piece = tmp / f"{name}.raw"
     opts = {
         "driver": "raw",
@@ -117,9 +115,7 @@ def _ext(name: str, kind: str, piece: Path) -> FsCheck:
     replay = _run(["e2fsck", "-E", "journal_only", "-y", str(piece)])
     p = _run(["e2fsck", "-f", "-n", str(piece)])
     tail = _tail(p.stdout + p.stderr)
-    replayed = (
-        " (journal replayed on the copy first)" if "recovering journal" in replay.stdout.lower() else ""
-    )
+    replayed = " (journal replayed on the copy first)" if "recovering journal" in replay.stdout.lower() else ""
     if p.returncode in _E2FSCK_CLEAN:
         return FsCheck(name, kind, "clean", f"e2fsck -f -n: clean{replayed}")
     return FsCheck(name, kind, "errors", f"e2fsck -f -n exit {p.returncode}{replayed}: {tail}")

@@ -68,7 +68,8 @@ def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
 
 def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -> Probe:
     """GetInfo over mTLS on 127.0.0.1:port as the ORIGINAL VM (its cert SAN), retried until timeout."""
-    from controller.agentclient.client import AgentClient, ClientTLS
+    from controller.agentclient.client import AgentClient
+    from controller.agentclient.tls import ClientTLS
     from controller.pki.ca import CertificateAuthority
 
     t0 = time.monotonic()
@@ -78,9 +79,7 @@ def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -
         try:
             info = AgentClient("127.0.0.1", port, vm_uuid=vm_uuid, tls=tls).get_info()
             version = getattr(info, "agent_version", None) or getattr(info, "version", "")
-            return Probe(
-                "agent", True, f"GetInfo answered over mTLS (agent {version})", time.monotonic() - t0
-            )
+            return Probe("agent", True, f"GetInfo answered over mTLS (agent {version})", time.monotonic() - t0)
         except VmBackupError as e:
             last = f"{e.code}: {e.message}"
         time.sleep(2.0)

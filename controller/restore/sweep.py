@@ -1,0 +1,55 @@
+"""Crash leftovers of boot-checks: a killed controller cannot clean up, so the next boot-check does.
+
+Each running boot-check holds ``flock`` on ``$VMBACKUP_HOME/bootcheck/<name>.lock``. A ``vmb-bootcheck-*``
+directory whose lock can be taken belongs to no live process: its domain and files are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+
+from controller.restore.undo import remove_domain
+
+
+@contextlib.contextmanager
+def hold(lock: Path) -> Iterator[None]:
+    """Hold an exclusive flock on lock for the block (the file is removed afterwards)."""
+    lock.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def sweep(root: Path, conn: libvirt.virConnect, prefix: str) -> list[str]:
+    """Remove boot-check VMs under root whose owner is gone; returns their names."""
+    removed: list[str] = []
+    if not root.is_dir():
+        return removed
+    for d in sorted(root.iterdir()):
+        if not d.name.startswith(prefix) or d.suffix == ".lock":
+            continue
+        fd = os.open(root / f"{d.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live boot-check owns it
+        try:
+            remove_domain(conn, d.name)
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+        finally:
+            (root / f"{d.name}.lock").unlink(missing_ok=True)
+            os.close(fd)
+    return removed
