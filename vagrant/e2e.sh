@@ -57,7 +57,7 @@ check() {  # check NAME OK(0|1) DETAIL: record it; a failed check ends the run
 IN() { nsenter -t "$HOLDER" -m -n "$@"; }
 vmb() {  # the product CLI, inside the namespaces, with this run's home
   log "   \$ vmbackup $*"
-  IN env VMBACKUP_HOME="$RUN_HOME" VMBACKUP_VAULT="$RUN_HOME/vault" -u VMBACKUP_URI COLUMNS=160 \
+  IN env -u VMBACKUP_URI VMBACKUP_HOME="$RUN_HOME" VMBACKUP_VAULT="$RUN_HOME/vault" COLUMNS=160 \
     "$VMBACKUP_BIN" "$@"
 }
 vag() {  # vagrant inside the namespaces (bounded: a hung vagrant must not hang CI)
@@ -81,6 +81,7 @@ lease_ip() {  # lease_ip DOMAIN [TIMEOUT]: the domain's DHCP-leased IPv4 on the 
   [ -n "$ip" ] || { log "no DHCP lease for $1"; return 1; }
   echo "$ip"
 }
+indent() { while IFS= read -r line; do printf '    %s %s\n' "$(date +%T)" "$line"; done; }  # timestamped sub-log
 jq_py() { "$PY" -c "import json,sys; d=json.load(sys.stdin); $1"; }  # jq_py 'PYTHON using d' < JSON
 
 # --- cleanup: always, whatever failed ---------------------------------------------------------------------------------
@@ -95,12 +96,12 @@ finish() {
   local t0; t0=$(now)
   if [ -n "$HOLDER" ] && [ -d "$E2E_STATE/vagrant-dot" ] && [ "$DESTROYED" = 0 ]; then
     log "== teardown: vagrant destroy"
-    VAG_TIMEOUT=120 vag destroy -f 2>&1 | sed 's/^/    /'
+    VAG_TIMEOUT=120 vag destroy -f 2>&1 | sed -u 's/^/    /'
   fi
   local down=0
   if [ "$BOX_ONLY" = 0 ]; then
     log "== teardown: namespace, daemons, leftovers"
-    bash "$HERE/ns-down.sh" 2>&1 | sed 's/^/    /'
+    bash "$HERE/ns-down.sh" 2>&1 | sed -u 's/^/    /'
     down=${PIPESTATUS[0]}
   fi
   printf '{"step": "teardown", "ok": %s, "seconds": %s}\n' "$([ "$down" = 0 ] && echo true || echo false)" \
@@ -165,7 +166,7 @@ mkdir -p "$E2E_ROOT/boxes"
 STAMP=$E2E_ROOT/vagrant.d/vmbackup-box.stamp
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$BOXFILE" ]; then
   VAGRANT_HOME=$E2E_ROOT/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 vagrant box add --force --name "$BOX" "$BOXFILE" \
-    2>&1 | sed 's/^/    /'
+    2>&1 | sed -u 's/^/    /'
   echo "$BOXFILE" > "$STAMP"
 fi
 fact box "$BOXFILE"
@@ -179,14 +180,14 @@ b = build_bundle(Path(sys.argv[1])); print("    bundle", b.tar_path, b.manifest.
 end_step
 
 begin "namespace + private libvirtd"
-bash "$HERE/ns-up.sh" 2>&1 | sed 's/^/    /'
+bash "$HERE/ns-up.sh" 2>&1 | sed -u 's/^/    /'
 [ "${PIPESTATUS[0]}" = 0 ]
 HOLDER=$(cat "$E2E_STATE/holder.pid"); URI=$(cat "$E2E_STATE/uri"); SOCKET=${URI#*socket=}
 fact libvirt_uri "$URI"
 end_step
 
 begin "vagrant up (2 VMs, provisioned)"
-vag up --no-tty --provider libvirt 2>&1 | sed 's/^/    /'
+vag up --no-tty --provider libvirt 2>&1 | indent
 [ "${PIPESTATUS[0]}" = 0 ]
 declare -A IP
 for vm in "${VMS[@]}"; do IP[$vm]=$(lease_ip "$vm" 30); fact "ip_$vm" "${IP[$vm]}"; done
@@ -216,7 +217,7 @@ done
 for i in "${!VMS[@]}"; do
   rc=0; wait "${pids[$i]}" || rc=$?
   vm=${VMS[$i]}
-  [ "$rc" = 0 ] || sed 's/^/    /' "$E2E_STATE/register-$vm.err" "$E2E_STATE/register-$vm.json"
+  [ "$rc" = 0 ] || sed -u 's/^/    /' "$E2E_STATE/register-$vm.err" "$E2E_STATE/register-$vm.json"
   check "register $vm" "$([ "$rc" = 0 ] && echo 1 || echo 0)" \
     "exit $rc; $(jq_py 'r=d[0]; print(r.get("agent_version"), r.get("timings"))' < "$E2E_STATE/register-$vm.json" 2>/dev/null || true)"
 done
@@ -238,7 +239,7 @@ end_step
 
 begin "backup now"
 vmb backup e2e-app e2e-marker --host "$URI" --json > "$E2E_STATE/backup.json"
-sed 's/^/    /' "$E2E_STATE/backup.json" | head -60
+sed -u 's/^/    /' "$E2E_STATE/backup.json" | head -60
 for vm in "${VMS[@]}"; do
   want=FILE_SYSTEM; [ "$vm" = e2e-app ] && want=APPLICATION
   got=$(jq_py "print(next(r.get('consistency') for r in d if r.get('vm_name') == '$vm'))" < "$E2E_STATE/backup.json")
@@ -281,14 +282,14 @@ begin "boot-check the marker point (marker data checked over SSH)"
 cmd="cd /srv/marker && sha256sum -c --quiet SHA256SUMS && [ \"\$(sha256sum < marker.txt | cut -c1-64)\" = $(
   printf '%s\n' "$MARKER" | sha256sum | cut -c1-64) ]"
 rc=0; vmb boot-check "$MARKER_POINT" --host "$URI" --check-command "$cmd" --json > "$E2E_STATE/bootcheck.json" || rc=$?
-sed 's/^/    /' "$E2E_STATE/bootcheck.json" | head -40
+sed -u 's/^/    /' "$E2E_STATE/bootcheck.json" | head -40
 check "boot-check of the marker point" "$([ "$rc" = 0 ] && echo 1 || echo 0)" \
   "exit $rc: $(jq_py 'print(d.get("result"), "boot", d.get("boot_seconds"), "s;", [c["name"] for c in d.get("checks", []) if c["ok"]])' \
   < "$E2E_STATE/bootcheck.json" 2>/dev/null || true)"
 end_step
 
 begin "vagrant destroy"
-vag destroy -f 2>&1 | sed 's/^/    /'
+vag destroy -f 2>&1 | sed -u 's/^/    /'
 [ "${PIPESTATUS[0]}" = 0 ]
 DESTROYED=1
 left=$(virsh_in list --all --name | grep -v '^$' | tr '\n' ' ' || true)
