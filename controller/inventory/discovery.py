@@ -20,7 +20,7 @@ from controller.inventory.store import DiskInfo, VmInfo, find_vm, record_host
 from controller.jobs.run import JobRun
 from controller.jobs.store import JobStore
 from controller.virt.connection import connection, translate
-from controller.virt.domain import disks_from_xml, state_name
+from controller.virt.domain import STATE_NAMES, disks_from_xml
 
 
 @dataclass
@@ -58,8 +58,8 @@ def discover_host(conn: sqlite3.Connection, uri: str) -> DiscoveryResult:
     with jobs.run(job.id) as run:
         result = DiscoveryResult(job.id, uri)
         with run.phase("list"), connection(uri) as lv:
-            for dom in _domains(lv):
-                vm = _inspect(dom, uri, result.warnings)
+            for dom, stats in _domains(lv):
+                vm = _inspect(dom, stats, uri, result.warnings)
                 if vm is not None:
                     result.vms.append(vm)
                 run.check_cancelled()
@@ -70,32 +70,55 @@ def discover_host(conn: sqlite3.Connection, uri: str) -> DiscoveryResult:
     return result
 
 
-def _domains(lv: libvirt.virConnect) -> list[libvirt.virDomain]:
-    """All domains of the host, running or defined."""
+def _domains(lv: libvirt.virConnect) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
+    """All domains of the host with their state and block stats, never waiting for a busy domain's job lock."""
+    stats = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK
     try:
-        return list(lv.listAllDomains(0))
+        return list(lv.getAllDomainStats(stats, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT))
     except libvirt.libvirtError as e:
         raise translate(e, "listing domains") from e
 
 
-def _inspect(dom: libvirt.virDomain, uri: str, warnings: list[str]) -> VmInfo | None:
-    """Name, UUID, state and disks of one domain; None if it vanished meanwhile."""
+def _block_sizes(stats: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    """target -> (capacity, allocation, physical) from the block.N.* stats."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for i in range(int(stats.get("block.count", 0))):
+        k = f"block.{i}."
+        if f"{k}capacity" in stats:
+            cap, alloc, phys = stats[f"{k}capacity"], stats.get(f"{k}allocation", 0), stats.get(f"{k}physical", 0)
+            out[str(stats[f"{k}name"])] = (int(cap), int(alloc), int(phys))
+    return out
+
+
+def _inspect(dom: libvirt.virDomain, stats: dict[str, Any], uri: str, warnings: list[str]) -> VmInfo | None:
+    """Name, UUID, state and disks (with sizes) of one domain; None if it vanished meanwhile."""
     try:
-        name, uuid, state = dom.name(), dom.UUIDString(), state_name(dom)
-        xml = dom.XMLDesc(0)
+        name, uuid, xml = dom.name(), dom.UUIDString(), dom.XMLDesc(0)
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise translate(e, "reading a domain") from e
+    state = STATE_NAMES.get(stats.get("state.state", -1), "unknown")
+    sizes = _block_sizes(stats)
     disks = []
     for d in disks_from_xml(xml):
         info = DiskInfo(d.target, d.path, d.format)
-        try:
-            info.virtual_size, info.allocated, info.physical = (int(x) for x in dom.blockInfo(d.target))
-        except libvirt.libvirtError as e:
-            warnings.append(f"{name} {d.target}: size unknown ({e.get_error_message()})")
+        if d.target in sizes:
+            info.virtual_size, info.allocated, info.physical = sizes[d.target]
+        elif state == "shutoff":  # no monitor involved: blockInfo just reads the image
+            _block_info(dom, info, name, warnings)
+        else:
+            warnings.append(f"{name} {d.target}: size unknown (the VM is busy; rediscover later)")
         disks.append(info)
     return VmInfo(uuid=uuid, name=name, host_uri=uri, state=state, disks=disks)
+
+
+def _block_info(dom: libvirt.virDomain, info: DiskInfo, name: str, warnings: list[str]) -> None:
+    """Fill a shut-off disk's sizes from dom.blockInfo, or record why not."""
+    try:
+        info.virtual_size, info.allocated, info.physical = (int(x) for x in dom.blockInfo(info.target))
+    except libvirt.libvirtError as e:
+        warnings.append(f"{name} {info.target}: size unknown ({e.get_error_message()})")
 
 
 def _joined(conn: sqlite3.Connection, vm: VmInfo) -> VmInfo:

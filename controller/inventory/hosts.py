@@ -64,8 +64,7 @@ def add_host(conn: sqlite3.Connection, uri: str, name: str | None = None) -> Hos
     now = utcnow()
     with db.transaction(conn):
         conn.execute(
-            "INSERT INTO hosts (uri, name, added_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(uri) DO UPDATE SET name = ?",
+            "INSERT INTO hosts (uri, name, added_at) VALUES (?, ?, ?) ON CONFLICT(uri) DO UPDATE SET name = ?",
             (uri, name, now, name),
         )
     row = conn.execute("SELECT * FROM hosts WHERE uri = ?", (uri,)).fetchone()

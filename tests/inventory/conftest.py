@@ -1,0 +1,88 @@
+"""Fixtures of the inventory tests: a private state dir, real libvirt, and two tiny defined (never started) domains.
+
+Defining a domain is slow on this host (libvirtd re-probes QEMU's capabilities on each define: 30-100 s), so the
+two domains are defined once per module and shared; the test that undefines one runs last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+from inv_domains import DISK_XML, DOMAIN_XML, URI, InvDomains
+
+from controller import db, settings
+from controller.settings import Settings
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private VMBACKUP_HOME for this test (its own state.db)."""
+    monkeypatch.setenv("VMBACKUP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VMBACKUP_URI", URI)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def cfg(home: Path) -> Settings:
+    """Settings for the private home."""
+    return settings.load()
+
+
+@pytest.fixture
+def conn(cfg: Settings) -> sqlite3.Connection:
+    """The private state database."""
+    return db.connect(cfg.db_path)
+
+
+@pytest.fixture(scope="module")
+def lv() -> Iterator[libvirt.virConnect]:
+    """A connection to the real local libvirtd (started by scripts/host-setup.sh if it is not running)."""
+    try:
+        c = libvirt.open(URI)
+    except libvirt.libvirtError:
+        root = Path(__file__).resolve().parents[2]
+        subprocess.run(["bash", str(root / "scripts" / "host-setup.sh")], check=True, timeout=600)
+        c = libvirt.open(URI)
+    yield c
+    c.close()
+
+
+def _disk(path: Path, fmt: str, size_mib: int, write_mib: int) -> None:
+    """Create an image with qemu-img and write write_mib MiB of data at its start with qemu-io."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), f"{size_mib}M"], check=True)
+    if write_mib:
+        cmd = f"write -P 0xab 0 {write_mib}M"
+        subprocess.run(["qemu-io", "-f", fmt, "-c", cmd, str(path)], check=True, capture_output=True)
+
+
+def _define(lv: libvirt.virConnect, name: str, d: Path, disks: list[tuple[str, str, int, int]]) -> libvirt.virDomain:
+    """Define (not start) a domain with disks [(target, format, size MiB, MiB written)]."""
+    parts = []
+    for target, fmt, size_mib, write_mib in disks:
+        path = d / f"{name}-{target}.{fmt}"
+        _disk(path, fmt, size_mib, write_mib)
+        parts.append(DISK_XML.format(fmt=fmt, path=path, target=target))
+    return lv.defineXML(DOMAIN_XML.format(name=name, uuid=uuid.uuid4(), disks="".join(parts)))
+
+
+@pytest.fixture(scope="module")
+def domains(lv: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InvDomains]:
+    """Two defined domains with a unique test prefix; undefined at teardown, pass or fail."""
+    prefix = f"vmbt-inv-{uuid.uuid4().hex[:6]}-"
+    d = tmp_path_factory.mktemp("inventory-disks")
+    made: list[libvirt.virDomain] = []
+    try:
+        made.append(_define(lv, prefix + "one", d, [("vda", "qcow2", 64, 4)]))
+        made.append(_define(lv, prefix + "two", d, [("vda", "qcow2", 32, 0), ("vdb", "raw", 16, 0)]))
+        yield InvDomains(prefix, made[0], made[1], d)
+    finally:
+        for dom in made:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
