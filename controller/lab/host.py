@@ -54,12 +54,35 @@ def libvirt_answers(uri: str) -> bool:
     return True
 
 
+def fix_kvm_device(dev: Path = Path("/dev/kvm")) -> bool:
+    """Give /dev/kvm Debian's usual owner/mode (root:kvm 0660) if it is root-only; True if it changed it.
+
+    With a root-only /dev/kvm, libvirt's capability probe (run as root) sees KVM but its validity check (as the
+    qemu user) does not, so libvirt throws its capability cache away on every lookup and re-probes QEMU for
+    each define/start (tens of seconds each, serialised). Domains here still use type 'qemu' (TCG).
+    """
+    import grp
+
+    try:
+        st = dev.stat()
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return False
+    if os.geteuid() != 0 or st.st_mode & 0o060 == 0o060:
+        return False
+    os.chown(dev, 0, kvm_gid)
+    os.chmod(dev, 0o660)
+    return True
+
+
 def ensure_daemons(uri: str = "qemu:///system", timeout: float = 30.0) -> list[str]:
     """Start virtlogd and libvirtd if they are not running (idempotent); wait until uri answers.
 
-    Returns the daemons it started (empty when all were already up).
+    Returns what it did (daemons started, /dev/kvm fixed), empty when all was already in order.
     """
     started: list[str] = []
+    if fix_kvm_device():
+        started.append("fixed /dev/kvm permissions")
     if Path("/run/systemd/system").is_dir():
         subprocess.run(
             ["systemctl", "start", "virtlogd.socket", "libvirtd.socket", "libvirtd.service"],

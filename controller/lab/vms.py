@@ -201,7 +201,11 @@ def _remove_files(files: list[str] | tuple[str, ...], vm_dir: Path | None) -> No
 
 
 def destroy_lab_vm(settings: Settings, name: str) -> LabMetadata:
-    """Destroy and undefine a lab VM and delete only the files its metadata lists; return that metadata."""
+    """Destroy and undefine a lab VM and delete only the files its metadata lists; return that metadata.
+
+    A listed file that another defined domain uses (e.g. a restored copy whose metadata still names the
+    original's files) is left in place.
+    """
     with connection(settings.uri) as conn:
         try:
             dom = conn.lookupByName(name)
@@ -214,8 +218,19 @@ def destroy_lab_vm(settings: Settings, name: str) -> LabMetadata:
         with contextlib.suppress(libvirt.libvirtError):
             conn.lookupByName(name)
             raise LabError(f"could not undefine {name!r}")
-    _remove_files(meta.files, Path(meta.vm_dir) if meta.vm_dir else None)
+        in_use = files_of_domains(conn)
+    _remove_files([f for f in meta.files if f not in in_use], Path(meta.vm_dir) if meta.vm_dir else None)
     return meta
+
+
+def files_of_domains(conn: libvirt.virConnect) -> set[str]:
+    """Every file path (disk sources, backing stores, serial logs) named in a defined domain's XML."""
+    used: set[str] = set()
+    for dom in conn.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            xml = dom.XMLDesc(0)
+            used.update(re.findall(r"<source (?:file|path)=['\"]([^'\"]+)['\"]", xml))
+    return used
 
 
 def list_lab_vms(settings: Settings) -> list[LabVm]:

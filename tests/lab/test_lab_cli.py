@@ -3,6 +3,7 @@ running a blank disk (no guest OS: cheap), so no image is needed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -137,3 +138,26 @@ def test_concurrent_creates_distinct_ports_and_clean_destroy(
         assert blank_base.exists()  # the base is not the VM's to delete
         with libvirt.open(settings.uri) as conn:
             assert n not in {d.name() for d in conn.listAllDomains(0)}
+
+
+@pytest.mark.vm
+def test_destroy_keeps_files_another_domain_uses(settings: Settings, lab_prefix: str, blank_base: Path) -> None:
+    vm = vms.create_lab_vm(settings, f"{lab_prefix}owner", data_disks=1, wait=False, base_image=blank_base)
+    shared = vm.meta.files[1]
+    conn = libvirt.open(settings.uri)
+    keeper = conn.defineXML(
+        f"<domain type='qemu'><name>{lab_prefix}keeper</name><memory unit='MiB'>64</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{shared}'/><target dev='vda' bus='virtio'/>"
+        "</disk></devices></domain>"
+    )
+    try:
+        vms.destroy_lab_vm(settings, vm.name)
+        assert Path(shared).exists(), "a file another domain uses was deleted"
+        assert not Path(vm.meta.files[0]).exists()  # its own overlay is gone
+    finally:
+        keeper.undefine()
+        conn.close()
+        Path(shared).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            Path(vm.meta.vm_dir).rmdir()

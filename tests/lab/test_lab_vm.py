@@ -55,7 +55,8 @@ def test_data_disks_mounted_ext4_of_right_size(lab_vm: Any, n: int) -> None:
 
 
 def test_absent_data_disks_do_not_block_boot(lab_vm: Any) -> None:
-    _rc, out, _ = lab_vm.ssh("findmnt -n /data3 || echo absent; systemctl is-system-running || true")
+    cmd = "findmnt -n /data3 || echo absent; timeout 120 systemctl is-system-running --wait || true"
+    _rc, out, _ = lab_vm.ssh(cmd, timeout=150)
     assert out.split()[0] == "absent"
     assert out.split()[1] in ("running", "degraded"), out
 
@@ -74,3 +75,16 @@ def test_own_vm_grown_root_then_clean_teardown(settings: Settings, make_lab_vm: 
     assert not overlay.exists() and not Path(meta.console_path).exists() and not Path(meta.vm_dir).exists()
     assert all(ports.bind_free(p) for p in meta.ports()), "a forwarded port is still listening"
     assert Path(meta.base_image).exists()
+
+
+def test_cli_image_reports_cached_image(lab_image: image.ImageInfo) -> None:
+    import os
+    import subprocess
+    import sys
+
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "controller.cli.main", "lab", "image"], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60, check=False)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "cached" in p.stdout and str(lab_image.path) in p.stdout and "allocated" in p.stdout
+    assert time.monotonic() - t0 < 30
