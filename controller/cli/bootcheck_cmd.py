@@ -30,12 +30,8 @@ def _show(d: dict[str, object]) -> None:
     """The checks as a table, then the verdict (and the console tail on failure)."""
     checks = d.get("checks") or []
     rows = [(c["name"], "ok" if c["ok"] else "FAIL", c["detail"]) for c in checks]  # type: ignore[attr-defined]
-    output.table(
-        f"boot-check {d.get('point_id')} (job {d.get('job_id')})", ["check", "result", "detail"], rows
-    )
-    output.console.print(
-        f"result: {d.get('result')}; boot {d.get('boot_seconds')} s; total {d.get('duration_s')} s"
-    )
+    output.table(f"boot-check {d.get('point_id')} (job {d.get('job_id')})", ["check", "result", "detail"], rows)
+    output.console.print(f"result: {d.get('result')}; boot {d.get('boot_seconds')} s; total {d.get('duration_s')} s")
     if d.get("result") != "passed" and d.get("console_tail"):
         output.console.print("console tail:", markup=False)
         output.console.print(str(d.get("console_tail")), markup=False, highlight=False)
@@ -45,14 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     """Register `boot-check`."""
     p = sub.add_parser("boot-check", help="boot a throwaway copy of a recovery point and check it came up")
     p.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")
-    p.add_argument(
-        "--timeout", type=float, default=180.0, metavar="S", help="seconds to reach a login prompt"
-    )
-    p.add_argument(
-        "--check-command", metavar="CMD", help="a command to run in the guest over SSH (exit 0 = ok)"
-    )
-    p.add_argument(
-        "--host", metavar="URI", help="libvirt URI of the host to boot it on (default VMBACKUP_URI)"
-    )
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="seconds to reach a login prompt")
+    p.add_argument("--check-command", metavar="CMD", help="a command to run in the guest over SSH (exit 0 = ok)")
+    p.add_argument("--host", metavar="URI", help="libvirt URI of the host to boot it on (default VMBACKUP_URI)")
     output.add_json_flag(p)
     p.set_defaults(func=run)

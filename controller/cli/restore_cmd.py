@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if res.mode == "new-vm":
         fwd = ", ".join(f"guest {g} -> 127.0.0.1:{h}" for g, h in sorted(res.ports.items())) or "none"
         state = "started" if res.started else "defined (not started)"
-        output.console.print(f"VM {res.vm_name} ({res.vm_uuid}) {state}; forwards: {fwd}")
+        output.console.print(f"VM {res.vm_name} ({res.vm_uuid}) {state}; forwards: {fwd}", markup=False)
+        if res.ssh_command:
+            output.console.print(f"SSH: {res.ssh_command}", markup=False, highlight=False)
+        output.console.print(f"console log: {res.console_log}", markup=False, highlight=False)
     for w in res.warnings:
         output.console.print(f"warning: {w}")
     output.console.print(f"{res.bytes_copied / 2**20:.1f} MiB in {res.duration_s:.1f} s")
@@ -48,9 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")
     p.add_argument("--as", dest="as_name", metavar="NEW_NAME", help="create a new VM with this name")
     p.add_argument("--host", metavar="URI", help="libvirt URI of the target host (default VMBACKUP_URI)")
-    p.add_argument(
-        "--pool-dir", metavar="DIR", help="where the new VM's disks go ($VMBACKUP_HOME/restored/NAME)"
-    )
+    p.add_argument("--pool-dir", metavar="DIR", help="where the new VM's disks go ($VMBACKUP_HOME/restored/NAME)")
     p.add_argument("--start", action="store_true", help="start the new VM after defining it")
     p.add_argument("--disks-only", action="store_true", help="only copy out the verified disk images")
     p.add_argument("--to", metavar="DIR", help="destination directory for --disks-only")

@@ -56,6 +56,7 @@ class BootCheckResult:
     duration_s: float = 0.0
     checks: list[Probe] = field(default_factory=list)
     console_tail: str = ""
+    ports: dict[int, int] = field(default_factory=dict)  # guest port -> 127.0.0.1 port the throwaway VM used
     checked_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class BootCheckResult:
             "duration_s": round(self.duration_s, 1),
             "checked_at": self.checked_at,
             "checks": [c.to_dict() for c in self.checks],
+            "ports": {str(g): h for g, h in sorted(self.ports.items())},
         }
         if not self.passed:
             out["console_tail"] = self.console_tail
@@ -143,13 +145,15 @@ class BootChecker:
             res.reason = f"the point could not be restored: {e.message}"
             return
         res.checks.append(Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes"))
+        res.ports = dict(restored.ports)
         console = Path(restored.console_log)
         with connection(spec.host_uri) as lv:
             dom = lv.lookupByName(spec.name)
             self._boot_and_probe(run, dom, point, restored, res, timeout_s, command)
             res.console_tail = probes.console_tail(console)
+            booted = res.boot_seconds is not None
             with run.phase("shutdown"):
-                res.checks.append(shutdown(dom, 90.0))
+                res.checks.append(shutdown(dom, 90.0 if booted else 0.0))
         with run.phase("fsck"):
             for target, path in restored.disks.items():
                 fmt = next(d.format for d in point.manifest.disks if d.target == target)
@@ -220,6 +224,9 @@ def shutdown(dom: libvirt.virDomain, timeout_s: float) -> Probe:
     try:
         if not dom.isActive():
             return Probe("shutdown", True, "already off")
+        if timeout_s <= 0:  # it never booted: nothing inside could handle ACPI
+            dom.destroy()
+            return Probe("shutdown", True, "powered off (the guest never booted)")
         dom.shutdown()
         while time.monotonic() - t0 < timeout_s:
             if not dom.isActive():

@@ -3,8 +3,9 @@
 What changes: name, UUID (fresh), MAC addresses (fresh, also on a ``-device ...`` NIC of our
 ``<qemu:commandline>``), disk sources (the restored files; backing stores dropped), serial/console log files,
 user-mode ``hostfwd`` ports (fresh 127.0.0.1 ports, same guest ports), explicit guest-agent socket paths
-and the NVRAM path (libvirt assigns new ones), and the lab metadata (``vmblab`` namespace) values that named
-any of those.
+and the NVRAM path (libvirt assigns new ones). Lab metadata (``controller.lab.metadata``) is rebuilt for the new
+VM: its SSH/agent ports, console, directory, and ``files`` listing only the restored VM's OWN files, so
+``vmbackup lab destroy NEW`` removes those and never the original's.
 File-backed disks the point does not hold are dropped (they would be the original VM's live files).
 """
 
@@ -16,10 +17,15 @@ import uuid as uuid_mod
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from controller.lab import metadata as labmeta
+from controller.lab.exceptions import LabError
+from controller.lab.metadata import LabMetadata
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-LAB_NS = "http://vmbackup.local/xmlns/lab/1"
+LAB_NS = labmeta.NS
+SSH_GUEST_PORT = 22
+AGENT_GUEST_PORT = 7470
 ET.register_namespace("qemu", QEMU_NS)
-ET.register_namespace("vmblab", LAB_NS)
 
 #: hostfwd=tcp:127.0.0.1:HOSTPORT-:GUESTPORT (the guest address may be given or empty)
 HOSTFWD_RE = re.compile(r"hostfwd=(tcp|udp):([0-9.]*):(\d+)-([0-9.]*):(\d+)")
@@ -35,6 +41,7 @@ class RewritePlan:
     console_log: str | None = None
     ports: dict[int, int] = field(default_factory=dict)  # guest port -> new host port (127.0.0.1)
     uuid: str = field(default_factory=lambda: str(uuid_mod.uuid4()))
+    vm_dir: str = ""  # the new VM's own directory (lab metadata ``dir``)
 
 
 @dataclass
@@ -47,7 +54,9 @@ class RewriteResult:
     ports: dict[int, int]  # guest port -> new host port
     old_ports: dict[int, int]  # guest port -> original host port
     dropped_disks: list[str]
-    replaced: dict[str, str]  # old value -> new value (paths, ports), applied to the lab metadata too
+    replaced: dict[str, str]  # old value -> new value (paths, ports)
+    lab: LabMetadata | None = None  # the new VM's lab metadata (None: the original was not a lab VM)
+    warnings: list[str] = field(default_factory=list)
 
 
 def new_mac() -> str:
@@ -85,7 +94,8 @@ def rewrite(xml: str, plan: RewritePlan) -> RewriteResult:
     _rewrite_console(devices, plan, replaced)
     _strip_generated_paths(root, devices)
     old_ports = _rewrite_commandline(root, plan, macs, replaced)
-    _rewrite_lab_metadata(root, replaced)
+    warnings: list[str] = []
+    lab = _rewrite_lab_metadata(root, plan, warnings)
     return RewriteResult(
         xml=ET.tostring(root, encoding="unicode"),
         uuid=plan.uuid,
@@ -94,6 +104,8 @@ def rewrite(xml: str, plan: RewritePlan) -> RewriteResult:
         old_ports=old_ports,
         dropped_disks=dropped,
         replaced=replaced,
+        lab=lab,
+        warnings=warnings,
     )
 
 
@@ -201,23 +213,39 @@ def _rewrite_commandline(
     return old
 
 
-def _rewrite_lab_metadata(root: ET.Element, replaced: dict[str, str]) -> None:
-    """In the vmblab metadata, replace each attribute/text equal to an old value (port, path) by the new."""
+def _rewrite_lab_metadata(root: ET.Element, plan: RewritePlan, warnings: list[str]) -> LabMetadata | None:
+    """Replace the original's lab metadata by the new VM's (ports, console, dir, its own files); None if absent."""
     meta = root.find("metadata")
-    if meta is None:
-        return
-    for top in meta:
-        if not top.tag.startswith(f"{{{LAB_NS}}}"):
-            continue
-        for el in top.iter():
-            for k, v in el.attrib.items():
-                if v in replaced:
-                    el.set(k, replaced[v])
-            if el.text and el.text.strip() in replaced:
-                el.text = replaced[el.text.strip()]
+    old_el = meta.find(f"{{{LAB_NS}}}lab") if meta is not None else None
+    if meta is None or old_el is None:
+        return None
+    meta.remove(old_el)
+    try:
+        old = labmeta.from_xml(ET.tostring(old_el, encoding="unicode"))
+    except LabError as e:  # dropping it is safe; keeping it would name the original's files and ports
+        warnings.append(f"the point's lab metadata was unreadable and was dropped: {e.message}")
+        return None
+    files = [path for path, _fmt in plan.disks.values()]
+    if plan.console_log:
+        files.append(plan.console_log)
+    new = LabMetadata(
+        ssh_host="127.0.0.1",
+        ssh_port=plan.ports.get(SSH_GUEST_PORT, 0),
+        ssh_user=old.ssh_user,
+        ssh_key=old.ssh_key,
+        agent_host="127.0.0.1",
+        agent_port=plan.ports.get(AGENT_GUEST_PORT, 0),
+        console_path=plan.console_log or "",
+        files=tuple(files),
+        vm_dir=plan.vm_dir,
+        base_image="",  # restored disks are self-contained (no backing file)
+        virt_type=old.virt_type,
+    )
+    meta.append(labmeta.to_element(new))
+    return new
 
 
-def isolate(xml: str, guest_ports: tuple[int, ...] = (22, 7470)) -> str:
+def isolate(xml: str, guest_ports: tuple[int, ...] = (SSH_GUEST_PORT, AGENT_GUEST_PORT)) -> str:
     """No network but user-mode hostfwd of guest_ports on 127.0.0.1 with restrict=on (ports filled in later).
 
     Drops every libvirt <interface> and any -netdev / -device ...netdev= pair of the qemu:commandline, then

@@ -62,7 +62,13 @@ def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
         if not alive():
             return Probe("console", False, "the VM stopped before reaching a login prompt")
         if time.monotonic() - t0 > timeout_s:
-            return Probe("console", False, f"no login prompt or multi-user target within {timeout_s:.0f} s")
+            why = f"no login prompt or multi-user target within {timeout_s:.0f} s"
+            if not text.strip():
+                why += (
+                    "; the serial console stayed empty: no bootloader or kernel ever ran "
+                    "(damaged boot sector / partition table, or no bootable disk)"
+                )
+            return Probe("console", False, why)
         time.sleep(1.0)
 
 

@@ -26,7 +26,8 @@ import libvirt
 from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
-from controller.restore import domainxml, ports
+from controller.lab import ports as lab_ports
+from controller.restore import domainxml
 from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
 from controller.restore.undo import Created
 from controller.settings import Settings
@@ -57,6 +58,7 @@ class RestoreResult:
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
     console_log: str = ""
+    ssh_command: str = ""  # how to reach the new VM (when it forwards guest port 22)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""
@@ -227,23 +229,48 @@ class Restorer:
             xml = domainxml.isolate(xml)
         fmts = {r.target: r.format for r in point.manifest.disks}
         console = spec.pool_dir / "console.log"
-        plan = domainxml.RewritePlan(
-            name=spec.name,
-            disks={t: (p, fmts[t]) for t, p in res.disks.items()},
-            console_log=str(console),
-            ports=ports.allocate(lv, sorted(domainxml.hostfwds(xml))),
-            uuid=new_uuid,
-        )
-        out = domainxml.rewrite(xml, plan)
         created.add_file(console)
-        refuse_existing_name(lv, spec.name)
-        try:
-            lv.defineXML(out.xml)
-        except libvirt.libvirtError as e:
-            raise translate(e, f"defining restored VM {spec.name!r}") from e
+        guest_ports = sorted(domainxml.hostfwds(xml))
+        with lab_ports.port_lock():  # held until defined, so a concurrent restore or lab create cannot take them
+            host_ports = (
+                lab_ports.pick_ports(len(guest_ports), avoid=lab_ports.ports_of_domains(lv)) if guest_ports else []
+            )
+            plan = domainxml.RewritePlan(
+                name=spec.name,
+                disks={t: (p, fmts[t]) for t, p in res.disks.items()},
+                console_log=str(console),
+                ports=dict(zip(guest_ports, host_ports, strict=True)),
+                uuid=new_uuid,
+                vm_dir=str(spec.pool_dir),
+            )
+            out = domainxml.rewrite(xml, plan)
+            refuse_existing_name(lv, spec.name)
+            try:
+                lv.defineXML(out.xml)
+            except libvirt.libvirtError as e:
+                raise translate(e, f"defining restored VM {spec.name!r}") from e
         created.domain = spec.name
         res.ports, res.macs, res.console_log = out.ports, out.macs, str(console)
+        res.ssh_command = self._ssh_command(point, out)
+        res.warnings += out.warnings
         res.warnings += [f"disk {t} is not in the point and was left out" for t in out.dropped_disks]
+
+    def _ssh_command(self, point: RecoveryPoint, out: domainxml.RewriteResult) -> str:
+        """`ssh ...` for the new VM: the lab metadata's user and key, else the registration's ('' if no SSH)."""
+        port = out.ports.get(domainxml.SSH_GUEST_PORT)
+        if not port:
+            return ""
+        user, key = "root", ""
+        if out.lab is not None:
+            user, key = out.lab.ssh_user, out.lab.ssh_key
+        else:
+            from controller.registration.store import get_registration
+
+            reg = get_registration(self.conn, point.vm_uuid)
+            if reg is not None:
+                user, key = reg.ssh_user or user, reg.ssh_key or ""
+        ident = f"-i {key} " if key else ""
+        return f"ssh {ident}-p {port} {user}@127.0.0.1"
 
     def _start(self, lv: libvirt.virConnect, name: str) -> None:
         """Start the defined VM."""

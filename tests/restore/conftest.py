@@ -23,9 +23,7 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     d.chmod(0o755)
     monkeypatch.setenv("VMBACKUP_HOME", str(d))
     monkeypatch.delenv("VMBACKUP_VAULT", raising=False)
-    monkeypatch.setenv(
-        "VMBACKUP_IMAGE_CACHE", os.environ.get("VMBACKUP_IMAGE_CACHE", "/var/tmp/vmbackup-images")
-    )
+    monkeypatch.setenv("VMBACKUP_IMAGE_CACHE", os.environ.get("VMBACKUP_IMAGE_CACHE", "/var/tmp/vmbackup-images"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

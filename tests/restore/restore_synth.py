@@ -113,6 +113,4 @@ def make_point(vault: Vault, vm: SynthVm) -> RecoveryPoint:
     with vault.new_point(vm.uuid) as w:
         w.copy_disk("vda", vm.disk, fmt="qcow2")
         w.write_domain_xml(vm.xml)
-        return w.publish(
-            {"vm": {"uuid": vm.uuid, "name": vm.name, "host": "qemu:///system"}, "consistency": "CRASH"}
-        )
+        return w.publish({"vm": {"uuid": vm.uuid, "name": vm.name, "host": "qemu:///system"}, "consistency": "CRASH"})

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from controller.lab import metadata as labmeta
+from controller.lab.metadata import LabMetadata
 from controller.restore import domainxml
 from controller.restore.domainxml import LAB_NS, QEMU_NS, RewritePlan
+
+LAB = labmeta.to_xml(
+    LabMetadata(
+        ssh_host="127.0.0.1",
+        ssh_port=40022,
+        ssh_user="root",
+        ssh_key="/h/lab/ssh/id_ed25519",
+        agent_host="127.0.0.1",
+        agent_port=40470,
+        console_path="/h/lab/vms/web1/console.log",
+        files=("/h/lab/vms/web1/root.qcow2", "/h/lab/vms/web1/console.log"),
+        vm_dir="/h/lab/vms/web1",
+        base_image="/cache/base.qcow2",
+        virt_type="qemu",
+    )
+)
 
 ORIG = f"""<domain type='qemu' xmlns:qemu='{QEMU_NS}'>
   <name>web1</name>
   <uuid>11111111-2222-3333-4444-555555555555</uuid>
   <metadata>
-    <vmblab:lab xmlns:vmblab='{LAB_NS}'>
-      <vmblab:ssh host='127.0.0.1' port='40022' user='root' key='/h/lab/ssh/id_ed25519'/>
-      <vmblab:agent host='127.0.0.1' port='40470'/>
-      <vmblab:console>/h/lab/vms/web1/console.log</vmblab:console>
-      <vmblab:file>/h/lab/vms/web1/root.qcow2</vmblab:file>
-    </vmblab:lab>
+    {LAB}
   </metadata>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
@@ -50,6 +63,7 @@ def _plan() -> RewritePlan:
         disks={"vda": ("/r/web1-copy-vda.qcow2", "qcow2")},
         console_log="/r/console.log",
         ports={22: 50022, 7470: 50470},
+        vm_dir="/r",
     )
 
 
@@ -73,13 +87,17 @@ def test_rewrite_changes_identity_disks_ports_console_and_metadata() -> None:
     assert "52:54:00:aa:bb:cc" not in out.xml and len(set(out.macs)) == 2
     nic = [a.get("value") or "" for a in root.iter(f"{{{QEMU_NS}}}arg")][3]
     assert f"mac={out.macs[1]}" in nic
-    lab = root.find(f"./metadata/{{{LAB_NS}}}lab")
-    assert lab is not None
-    assert lab.find(f"{{{LAB_NS}}}ssh").get("port") == "50022"  # type: ignore[union-attr]
-    assert lab.find(f"{{{LAB_NS}}}agent").get("port") == "50470"  # type: ignore[union-attr]
-    assert lab.findtext(f"{{{LAB_NS}}}console") == "/r/console.log"
-    assert lab.findtext(f"{{{LAB_NS}}}file") == "/r/web1-copy-vda.qcow2"
-    assert "40022" not in out.xml and "/h/lab/vms/web1" not in out.xml
+    labs = root.findall(f"./metadata/{{{LAB_NS}}}lab")
+    assert len(labs) == 1
+    meta = labmeta.from_xml(ET.tostring(labs[0], encoding="unicode"))
+    assert meta == out.lab
+    assert (meta.ssh_port, meta.agent_port) == (50022, 50470)
+    assert meta.console_path == "/r/console.log" and meta.vm_dir == "/r"
+    # only the restored VM's own files: `lab destroy web1-copy` must never delete the original's
+    assert meta.files == ("/r/web1-copy-vda.qcow2", "/r/console.log")
+    assert (meta.ssh_user, meta.ssh_key, meta.virt_type) == ("root", "/h/lab/ssh/id_ed25519", "qemu")
+    assert meta.base_image == ""
+    assert "40022" not in out.xml and "/h/lab/vms/web1" not in out.xml and "/cache/base" not in out.xml
 
 
 def test_two_rewrites_never_share_uuid_or_mac() -> None:
@@ -98,5 +116,17 @@ def test_isolate_keeps_only_restricted_user_net() -> None:
     assert domainxml.hostfwds(iso) == {22: 0, 7470: 0}
     out = domainxml.rewrite(iso, _plan())
     assert domainxml.hostfwds(out.xml) == {22: 50022, 7470: 50470}
-    lab = ET.fromstring(out.xml).find(f"./metadata/{{{LAB_NS}}}lab")
-    assert lab is not None and lab.find(f"{{{LAB_NS}}}ssh").get("port") == "40022"  # type: ignore[union-attr]
+    assert out.lab is not None and out.lab.ports() == (50022, 50470)
+
+
+def test_unreadable_lab_metadata_is_dropped_not_kept() -> None:
+    bad = ORIG.replace(LAB, f"<vmblab:lab xmlns:vmblab='{LAB_NS}'><vmblab:file>/h/x</vmblab:file></vmblab:lab>")
+    out = domainxml.rewrite(bad, _plan())
+    assert out.lab is None and "/h/x" not in out.xml
+    assert out.warnings and "dropped" in out.warnings[0]
+
+
+def test_no_lab_metadata_stays_without() -> None:
+    plain = ORIG.replace(LAB, "")
+    out = domainxml.rewrite(plain, _plan())
+    assert out.lab is None and LAB_NS not in out.xml and not out.warnings

@@ -35,9 +35,7 @@ def _listening(port: int) -> bool:
 
 def _macs(xml: str) -> set[str]:
     """mac= options of the qemu:commandline NIC."""
-    return {
-        p.split("=", 1)[1] for p in xml.replace("'", " ").replace(",", " ").split() if p.startswith("mac=")
-    }
+    return {p.split("=", 1)[1] for p in xml.replace("'", " ").replace(",", " ").split() if p.startswith("mac=")}
 
 
 def test_restore_as_new_runs_side_by_side(settings: Settings, lv: libvirt.virConnect, home: Path) -> None:
