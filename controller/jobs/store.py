@@ -234,8 +234,6 @@ class JobStore:
         try:
             yield run
         except BaseException as e:
-            if isinstance(e, VmBackupError):
-                e.details.setdefault("job_id", job_id)
             self.finish(job_id, e)
             raise
         self.finish(job_id)
