@@ -26,6 +26,7 @@ from controller.lab.exceptions import (
     NotALabVm,
 )
 from controller.lab.metadata import LabMetadata
+from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.settings import Settings
 from controller.virt.connection import connection, translate
@@ -164,7 +165,35 @@ def create_lab_vm(
             _remove_files(files, vm_dir)
             raise
         boot = wait_for_ssh(meta, ssh_timeout) if wait else None
+        if wait and root_bytes:
+            grow_root(meta)
         return LabVm(name=name, uuid=dom.UUIDString(), state=state_name(dom), meta=meta, boot_seconds=boot)
+
+
+# Runs in the guest: stretch MBR partition 1 to the end of vda (the image has no sfdisk), then the kernel's
+# view of it (partx, util-linux) and the ext4 inside (resize2fs, online).
+_GROW_PY = """
+import os, struct
+fd = os.open('/dev/vda', os.O_RDWR)
+mbr = bytearray(os.pread(fd, 512, 0))
+start, count = struct.unpack_from('<II', mbr, 446 + 8)
+total = int(open('/sys/block/vda/size').read())
+if total - start > count + 2048:
+    struct.pack_into('<I', mbr, 446 + 12, total - start)
+    os.pwrite(fd, bytes(mbr), 0)
+    os.fsync(fd)
+"""
+
+
+def grow_root(meta: LabMetadata) -> None:
+    """Grow the guest's root partition and ext4 to the (bigger) virtual size of its overlay, over SSH."""
+    cmd = (
+        f'python3 -c "{_GROW_PY}" && partx -u -n 1 /dev/vda && resize2fs /dev/vda1; rc=$?; '
+        "systemctl reset-failed lab-growroot.service 2>/dev/null; exit $rc"
+    )
+    rc, _out, err = ssh_run(meta, cmd, timeout=120)
+    if rc != 0:
+        raise LabError(f"growing the root filesystem failed: {err.strip()[-300:]}")
 
 
 def _libvirt(call: object, context: str) -> libvirt.virDomain:
