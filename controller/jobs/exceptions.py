@@ -10,9 +10,7 @@ class OperationInProgress(DomainBusy):
     """Another job holds this VM's lock (DomainBusy's code, OPERATION_IN_PROGRESS: one class per code)."""
 
     operation = "any"
-    remediation = (
-        "Another operation holds this VM; wait for it to end (`vmbackup jobs --vm NAME --state in-progress`)."
-    )
+    remediation = "Another operation holds this VM; wait for it to end (`vmbackup jobs --vm NAME --state in-progress`)."
 
 
 class DiscoveryInProgress(VmBackupError):
@@ -52,6 +50,16 @@ class JobStateError(VmBackupError):
 
     code = "JOB_STATE_INVALID"
     operation = "any"
-    remediation = (
-        "Check the job's state with `vmbackup job show ID`; finished jobs cannot be started or cancelled."
+    remediation = "Check the job's state with `vmbackup job show ID`; finished jobs cannot be started or cancelled."
+
+
+def lock_refused(key: str, holder_id: str, holder_type: str, vm_name: str | None) -> VmBackupError:
+    """The error for a refused lock: DiscoveryInProgress for 'discover:<uri>' keys, else OperationInProgress."""
+    details = {"lock": key, "holder_job_id": holder_id, "holder_type": holder_type}
+    if key.startswith("discover:"):
+        uri = key.split(":", 1)[1]
+        return DiscoveryInProgress(f"another discovery is already running on {uri} (job {holder_id})", details=details)
+    return OperationInProgress(
+        f"another operation ({holder_type}, job {holder_id}) is already running on VM {vm_name or key}",
+        details=details,
     )

@@ -44,9 +44,7 @@ def parse_duration(text: str) -> timedelta:
     """'30m', '24h', '7d', '2w', '90s' -> timedelta; anything else is INVALID_ARGUMENT."""
     m = _DURATION.match(text)
     if not m:
-        raise InvalidArgument(
-            f"cannot read duration {text!r}: use a number and a unit s/m/h/d/w, e.g. 24h or 7d"
-        )
+        raise InvalidArgument(f"cannot read duration {text!r}: use a number and a unit s/m/h/d/w, e.g. 24h or 7d")
     return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
 
 

@@ -44,11 +44,10 @@ from controller.errors import VmBackupError
 from controller.jobs import liveness
 from controller.jobs.exceptions import (
     ControllerRestarted,
-    DiscoveryInProgress,
     JobCancelled,
     JobNotFound,
     JobStateError,
-    OperationInProgress,
+    lock_refused,
 )
 from controller.jobs.model import ACTIVE_STATES, JOB_STATES, JOB_TYPES, Job, VmRef, phase_from_row, utcnow
 from controller.jobs.run import JobRun
@@ -182,7 +181,7 @@ class JobStore:
         if row is not None:
             live = row["state"] in ACTIVE_STATES and liveness.is_alive(row["owner_pid"], row["owner_start"])
             if live:
-                raise _busy(type, key, row)
+                raise lock_refused(key, row["job_id"], row["type"], row["vm_name"])
             if row["state"] in ACTIVE_STATES:  # its owner died without finishing: fail it now
                 _fail_orphan(c, row["job_id"], utcnow())
             c.execute("DELETE FROM vm_locks WHERE vm_uuid = ?", (key,))
@@ -195,14 +194,11 @@ class JobStore:
             if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
             if row["state"] == "cancelled":
-                raise JobCancelled(
-                    f"job {job_id} was cancelled before it started", details={"job_id": job_id}
-                )
+                raise JobCancelled(f"job {job_id} was cancelled before it started", details={"job_id": job_id})
             if row["state"] != "queued":
                 raise JobStateError(f"job {job_id} is {row['state']}, not queued")
             c.execute(
-                "UPDATE jobs SET state = 'in-progress', started_at = ?, owner_pid = ?, owner_start = ?"
-                " WHERE id = ?",
+                "UPDATE jobs SET state = 'in-progress', started_at = ?, owner_pid = ?, owner_start = ? WHERE id = ?",
                 (utcnow(), os.getpid(), liveness.start_marker(), job_id),
             )
         return JobRun(self, job_id, _loads(row["details_json"]))
@@ -241,12 +237,11 @@ class JobStore:
     def _phase_begin(self, job_id: str, name: str) -> int:
         """Insert a running phase row; returns its sequence number."""
         with self._tx() as c:
-            seq = c.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM job_phases WHERE job_id = ?", (job_id,)
-            ).fetchone()[0]
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM job_phases WHERE job_id = ?", (job_id,)).fetchone()[
+                0
+            ]
             c.execute(
-                "INSERT INTO job_phases (job_id, seq, name, state, started_at)"
-                " VALUES (?, ?, ?, 'running', ?)",
+                "INSERT INTO job_phases (job_id, seq, name, state, started_at) VALUES (?, ?, ?, 'running', ?)",
                 (job_id, seq, name, utcnow()),
             )
         return int(seq)
@@ -254,8 +249,7 @@ class JobStore:
     def _phase_end(self, job_id: str, seq: int, state: str, duration_s: float, nbytes: int | None) -> None:
         """Close a phase row."""
         self._exec(
-            "UPDATE job_phases SET state = ?, ended_at = ?, duration_s = ?, bytes = ?"
-            " WHERE job_id = ? AND seq = ?",
+            "UPDATE job_phases SET state = ?, ended_at = ?, duration_s = ?, bytes = ? WHERE job_id = ? AND seq = ?",
             (state, utcnow(), duration_s, nbytes, job_id, seq),
         )
 
@@ -290,9 +284,7 @@ class JobStore:
     ) -> _Jobs:
         """Jobs, newest first, filtered by type, state, VM (name or uuid), age, host; at most limit."""
         if state is not None and state not in JOB_STATES:
-            raise JobStateError(
-                f"unknown job state {state!r}", remediation=f"Use one of: {', '.join(JOB_STATES)}."
-            )
+            raise JobStateError(f"unknown job state {state!r}", remediation=f"Use one of: {', '.join(JOB_STATES)}.")
         where, params = ["1 = 1"], []
         for col, val in (("type", type), ("state", state), ("host_uri", host_uri)):
             if val is not None:
@@ -384,21 +376,6 @@ def _fail_orphan(c: sqlite3.Connection, job_id: str, now: str) -> None:
     """Mark a job whose owner process died as failed with CONTROLLER_RESTARTED."""
     err = ControllerRestarted(f"the process running job {job_id} ended before the job finished").to_dict()
     _end(c, job_id, "failed", err, now)
-
-
-def _busy(type: str, key: str, holder: sqlite3.Row) -> VmBackupError:
-    """The error for a refused lock: DiscoveryInProgress for discover keys, else OperationInProgress."""
-    details = {"lock": key, "holder_job_id": holder["job_id"], "holder_type": holder["type"]}
-    if key.startswith("discover:"):
-        uri = key.split(":", 1)[1]
-        return DiscoveryInProgress(
-            f"another discovery is already running on {uri} (job {holder['job_id']})", details=details
-        )
-    what = holder["vm_name"] or key
-    return OperationInProgress(
-        f"another operation ({holder['type']}, job {holder['job_id']}) is already running on VM {what}",
-        details=details,
-    )
 
 
 def _json(value: dict[str, Any]) -> str:
