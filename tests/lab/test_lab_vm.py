@@ -66,6 +66,7 @@ def test_own_vm_grown_root_then_clean_teardown(settings: Settings, make_lab_vm: 
     rc, out, err = vm.ssh("df -B1 --output=size / | tail -1")
     assert rc == 0, err
     assert int(out) > 2.5 * GiB, f"root not grown: {out}"
+    print(f"\nlab VM {vm.name}: SSH after {vm.boot_seconds:.1f} s, root fs {int(out) / GiB:.2f} GiB")
     meta = vm.meta
     overlay = Path(meta.files[0])
     assert overlay.exists() and overlay.name == "root.qcow2"
