@@ -1,7 +1,7 @@
 """Benchmark 1: the freeze window (agent FIFREEZE -> atomic snapshot -> thaw) for data disks holding 1, 4, 16 GiB.
 
-One lab VM per size, its /data1 filled with real random data on the host before boot, registered for real;
-then ``freeze_reps`` full vmbackup backups (each point deleted afterwards to keep the disk free).
+One registered lab VM; for each size its /data1 is replaced (VM off) by a disk filled with real random data on
+the host, the VM is booted again, and ``freeze_reps`` full vmbackup backups run (each point deleted afterwards).
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.common import GiB, drop_caches, summary
-from bench.env import Plan
-from bench.guest import BenchVm, boot_vm, destroy_vm, register
+from bench.guest import BenchVm, swap_data_disk
 from bench.vmbackup_backup import backup_once
 from controller.settings import Settings
 
@@ -22,8 +21,16 @@ def label(nbytes: int) -> str:
     return f"{nbytes / GiB:g} GiB" if nbytes >= GiB else f"{nbytes >> 20} MiB"
 
 
-def measure_vm(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
-    """reps backups of a registered VM: freeze windows, durations, bytes."""
+def reps_for(size: int, reps: int) -> int:
+    """16 GiB and more: at most 3 repetitions (each backup copies the whole disk)."""
+    return reps if size < 16 * GiB else min(reps, 3)
+
+
+def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None = None) -> dict[str, Any]:
+    """reps backups of the registered VM (after giving /data1 swap_to bytes of data, if set)."""
+    if swap_to is not None:
+        swap_data_disk(settings, vm, swap_to)
+    reps = reps_for(vm.data_bytes, reps)
     windows, durations, copied = [], [], []
     for _ in range(reps):
         drop_caches()
@@ -32,42 +39,27 @@ def measure_vm(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
             windows.append(r["freeze_window_ms"])
         durations.append(r["wall_s"])
         copied.append(r["bytes_written"])
-    return {
-        "vm": vm.name,
+    res: dict[str, Any] = {
+        "size": label(vm.data_bytes),
         "data_bytes": vm.data_bytes,
         "boot_s": round(vm.boot_seconds, 2),
-        "register_s": round(vm.register_seconds or 0, 2),
         "freeze_window_ms": summary(windows),
         "backup_wall_s": summary(durations),
         "bytes_written": copied,
     }
+    print(f"  freeze {res['size']}: p50 {res['freeze_window_ms']['median']} ms, "
+          f"p95 {res['freeze_window_ms']['p95']} ms over {reps} backups", flush=True)
+    return res
 
 
-def run(settings: Settings, plan: Plan, prefix: str, keep_first: bool = False) -> tuple[dict[str, Any], BenchVm | None]:
-    """Measure every size; with keep_first, the first (smallest) VM is left running and returned for reuse."""
-    sizes: list[dict[str, Any]] = []
-    kept: BenchVm | None = None
-    for i, size in enumerate(plan.freeze_sizes):
-        reps = plan.freeze_reps if size < 16 * GiB else min(plan.freeze_reps, 3)
-        name = f"{prefix}freeze-{size >> 20}m"
-        vm = boot_vm(settings, name, size)
-        try:
-            register(settings, vm)
-            res = measure_vm(settings, vm, reps)
-        except BaseException:
-            destroy_vm(settings, name)
-            raise
-        res["size"] = label(size)
-        sizes.append(res)
-        print(f"  freeze {label(size)}: p50 {res['freeze_window_ms']['median']} ms, "
-              f"p95 {res['freeze_window_ms']['p95']} ms over {reps} backups")
-        if keep_first and i == 0:
-            kept = vm
-        else:
-            destroy_vm(settings, name)
+def result(sizes: list[dict[str, Any]], vm: BenchVm) -> dict[str, Any]:
+    """The benchmark's result from the per-size measurements."""
     medians = [s["freeze_window_ms"]["median"] for s in sizes if s["freeze_window_ms"]["median"] is not None]
-    flat = None
-    if len(medians) >= 2:
-        flat = round(max(medians) / min(medians), 3)
-    return {"sizes": sizes, "largest_over_smallest_median": flat,
-            "method": "vmbackup backup of a registered lab VM; freeze_window_ms as the agent reports it"}, kept
+    return {
+        "sizes": sizes,
+        "largest_over_smallest_median": round(max(medians) / min(medians), 3) if len(medians) >= 2 else None,
+        "vm": vm.name,
+        "register_s": round(vm.register_seconds or 0, 1),
+        "method": "one registered lab VM, /data1 swapped per size (filled on the host while the VM is off); "
+                  "vmbackup backups; freeze_window_ms as the agent reports it",
+    }

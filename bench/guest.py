@@ -112,6 +112,32 @@ def boot_vm(settings: Settings, name: str, data_bytes: int, memory_mib: int = 76
         raise
 
 
+def swap_data_disk(settings: Settings, vm: BenchVm, data_bytes: int) -> None:
+    """Power the VM off, replace /data1 by a new disk holding data_bytes of real data, boot, wait for the agent."""
+    with connection(settings.uri) as conn:
+        dom = conn.lookupByName(vm.name)
+        if dom.isActive():
+            dom.destroy()
+        vms.wait_until_gone(vm.meta)
+        vm.data_disk.unlink()
+        filled_data_disk(vm.data_disk, data_bytes)
+        os.chmod(vm.data_disk, 0o644)
+        t0 = time.monotonic()
+        dom.create()
+    wait_for_ssh(vm.meta, 300.0)
+    vm.boot_seconds, vm.data_bytes = time.monotonic() - t0, data_bytes
+    wait_agent(vm)
+
+
+def wait_agent(vm: BenchVm, timeout: float = 120.0) -> None:
+    """Block until the vmbackup agent service is active in the guest."""
+    deadline = time.monotonic() + timeout
+    while ssh_run(vm.meta, "systemctl is-active --quiet vmbackup-agent.service", timeout=30)[0] != 0:
+        if time.monotonic() > deadline:
+            raise BenchSetupFailed(f"vmbackup-agent is not active in {vm.name} after {timeout:.0f} s")
+        time.sleep(1.0)
+
+
 def register(settings: Settings, vm: BenchVm) -> None:
     """Install the vmbackup agent in the VM for real (over SSH); record how long it took."""
     t0 = time.monotonic()

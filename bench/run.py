@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import os
 import shutil
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from bench import contenders, copyspeed, freeze, hostinfo, report, restore_boot, scale
 from bench.env import Plan, make_plan, setup_home
-from bench.guest import BenchVm, boot_vm, destroy_vm, register
+from bench.guest import boot_vm, destroy_vm, register
 from controller.settings import Settings
 
 NAMES = ("freeze", "copy", "full_backup", "restore", "scale")
@@ -60,38 +61,40 @@ def guarded(res: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
         traceback.print_exc()
         res["benchmarks"][name] = f"failed: {e}"
         return None
-    res["elapsed_s"][name] = round(time.monotonic() - t0, 1)
+    res["elapsed_s"][name] = round(res["elapsed_s"].get(name, 0) + time.monotonic() - t0, 1)
     return out
 
 
 def vm_benchmarks(res: dict[str, Any], s: Settings, plan: Plan, want: set[str], work: Path) -> None:
-    """freeze, full_backup, restore: one VM per freeze size; the first one is reused for 3 and 4."""
-    prefix = f"b{__import__('os').getpid()}-"
-    vm: BenchVm | None = None
+    """One registered VM: freeze at the first size, full_backup, restore, then freeze at the other sizes."""
+    vm = boot_vm(s, f"b{os.getpid()}-bench", plan.freeze_sizes[0])
+    sizes: list[dict[str, Any]] = []
     try:
+        register(s, vm)
+        print(f"  VM up in {vm.boot_seconds:.0f} s, registered in {vm.register_seconds:.0f} s", flush=True)
         if "freeze" in want:
-            out = guarded(res, "freeze", freeze.run, s, plan, prefix, bool(want & {"full_backup", "restore"}))
-            if out:
-                res["benchmarks"]["freeze"], vm = out
-        if want & {"full_backup", "restore"} and vm is None:
-            vm = boot_vm(s, f"{prefix}main", plan.freeze_sizes[0])
-            register(s, vm)
-        if "full_backup" in want and vm is not None:
+            out = guarded(res, "freeze", freeze.measure_size, s, vm, plan.freeze_reps)
+            sizes += [out] if out else []
+        if "full_backup" in want:
             out = guarded(res, "full_backup", contenders.run_bench, s, vm, plan.backup_reps, work / "contenders")
             if out:
                 res["benchmarks"]["full_backup"] = out
-        if "restore" in want and vm is not None:
-            if plan.restore_reps == 0:
-                msg = "not run in smoke mode: it boots a second VM per repetition (run `make bench`)"
-                print(f"== restore: {msg}")
-                res["benchmarks"]["restore"] = msg
-            else:
-                out = guarded(res, "restore", restore_boot.run_bench, s, vm, plan.restore_reps)
-                if out:
-                    res["benchmarks"]["restore"] = out
+        if "restore" in want and plan.restore_reps == 0:
+            msg = "not run in smoke mode: it boots a second VM per repetition (run `make bench`)"
+            print(f"== restore: {msg}")
+            res["benchmarks"]["restore"] = msg
+        elif "restore" in want:
+            out = guarded(res, "restore", restore_boot.run_bench, s, vm, plan.restore_reps)
+            if out:
+                res["benchmarks"]["restore"] = out
+        if "freeze" in want:
+            for size in plan.freeze_sizes[1:]:
+                out = guarded(res, "freeze", freeze.measure_size, s, vm, plan.freeze_reps, size)
+                sizes += [out] if out else []
+            if sizes:
+                res["benchmarks"]["freeze"] = freeze.result(sizes, vm)
     finally:
-        if vm is not None:
-            destroy_vm(s, vm.name)
+        destroy_vm(s, vm.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 vm_benchmarks(res, s, plan, want, work)
     finally:
         res["elapsed_s"]["total"] = round(time.monotonic() - t0, 1)
-        res["machine"]["load_avg_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+        res["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         j, md = report.write(res, a.out)
         print(f"wrote {j} and {md}")
         if not a.keep_home:
