@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -62,6 +63,8 @@ def guarded(res: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
         res["benchmarks"][name] = f"failed: {e}"
         return None
     res["elapsed_s"][name] = round(res["elapsed_s"].get(name, 0) + time.monotonic() - t0, 1)
+    if res.get("_out"):  # write as we go: an interrupted run still leaves what it measured
+        report.write({k: v for k, v in res.items() if k != "_out"}, res["_out"])
     return out
 
 
@@ -97,6 +100,11 @@ def vm_benchmarks(res: dict[str, Any], s: Settings, plan: Plan, want: set[str], 
         destroy_vm(s, vm.name)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C, so the VM is destroyed and the results so far are written."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks and write the results."""
     a = parse(argv)
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": {},
         "elapsed_s": {},
     }
+    res["_out"] = a.out
+    signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()
     try:
         if "copy" in want:
@@ -131,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             with vm_lock():
                 vm_benchmarks(res, s, plan, want, work)
     finally:
+        res.pop("_out", None)
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            res["notes"].append(f"run interrupted ({type(exc).__name__}: {exc}); benchmarks missing here did not finish")
         res["elapsed_s"]["total"] = round(time.monotonic() - t0, 1)
         res["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         j, md = report.write(res, a.out)
