@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         res.pop("_out", None)
         exc = sys.exc_info()[1]
         if exc is not None:
-            res["notes"].append(f"run interrupted ({type(exc).__name__}: {exc}); benchmarks missing here did not finish")
+            res["notes"].append(f"run interrupted ({type(exc).__name__}: {exc}); missing benchmarks did not finish")
         res["elapsed_s"]["total"] = round(time.monotonic() - t0, 1)
         res["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         j, md = report.write(res, a.out)
