@@ -76,6 +76,8 @@ def test_backup_while_guest_writes(registered_vm: Any, lab_vm: Any, settings: An
         assert int(ssh_ok(lab_vm, "wc -l < /data2/stream")) > grown_from, "the guest writer stalled after the backup"
     finally:
         lab_vm.ssh("kill $(cat /run/writer.pid)")
+    print(f"\nbackup: freeze window {r.freeze_window_ms} ms, {r.bytes_copied / 2**20:.0f} MiB stored, "
+          f"{r.duration_s:.1f} s end to end")
     assert r.consistency == "FILE_SYSTEM", r.consistency_reason
     assert r.freeze_window_ms is not None and 0 < r.freeze_window_ms < 10_000
     assert disk_paths(settings, lab_vm.name) == before, "the VM must end on its original disk files"
