@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid as uuid_mod
 import xml.etree.ElementTree as ET
 
 from controller.lab import metadata as labmeta
@@ -130,3 +131,28 @@ def test_no_lab_metadata_stays_without() -> None:
     plain = ORIG.replace(LAB, "")
     out = domainxml.rewrite(plain, _plan())
     assert out.lab is None and LAB_NS not in out.xml and not out.warnings
+
+
+def test_libvirt_accepts_a_rewritten_lab_domain_and_its_metadata() -> None:
+    """Define (never start) the rewrite of a real lab domain XML; libvirt hands back the new lab metadata."""
+    import libvirt
+
+    from controller.lab import domain as labdomain
+
+    name = f"vmb-rt-define-{uuid_mod.uuid4().hex[:8]}"
+    meta = labmeta.from_xml(LAB)
+    spec = labdomain.DomainSpec(name, "qemu", 256, 1, ("/h/lab/vms/web1/root.qcow2",), meta)
+    plan = _plan()
+    plan.name = name
+    out = domainxml.rewrite(labdomain.build_xml(spec), plan)
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.defineXML(out.xml)
+        try:
+            assert labmeta.read(dom) == out.lab
+            assert dom.UUIDString() == out.uuid
+            assert domainxml.hostfwds(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == {22: 50022, 7470: 50470}
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
