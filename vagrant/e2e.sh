@@ -255,8 +255,8 @@ vmb points
 vmb points --json > "$E2E_STATE/points.json"
 n=$(jq_py 'print(len(d))' < "$E2E_STATE/points.json")
 check "two recovery points" "$([ "$n" = 2 ] && echo 1 || echo 0)" "$n point(s) in the vault"
-cons=$(jq_py 'print(" ".join(f"{p[\"vm_name\"]}={p[\"consistency\"]}" for p in sorted(d, key=lambda p: p["vm_name"])))' \
-  < "$E2E_STATE/points.json" 2>/dev/null || echo "?")
+cons=$(jq_py 'print(" ".join(sorted(p["vm"]["name"] + "=" + p["consistency"] for p in d)))' \
+  < "$E2E_STATE/points.json" || echo "?")
 check "points record consistency" "$([ "$cons" = "e2e-app=APPLICATION e2e-marker=FILE_SYSTEM" ] && echo 1 || echo 0)" "$cons"
 rc=0; vmb vault verify --json > "$E2E_STATE/verify.json" || rc=$?
 check "vault verify" "$([ "$rc" = 0 ] && echo 1 || echo 0)" "exit $rc: $(jq_py 'print(d["ok"], len(d["points"]), "points")' < "$E2E_STATE/verify.json")"
