@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 
 import paramiko
 
@@ -40,8 +43,26 @@ def run(meta: LabMetadata, cmd: str, timeout: float = 60.0) -> tuple[int, str, s
         client.close()
 
 
+@contextlib.contextmanager
+def _quiet_paramiko() -> Iterator[None]:
+    """Silence paramiko's transport errors (banner timeouts are expected while the guest boots)."""
+    log = logging.getLogger("paramiko.transport")
+    old = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def wait_for_ssh(meta: LabMetadata, timeout: float = 180.0) -> float:
     """Block until `true` runs over SSH; return the seconds waited, or raise LabSshTimeout."""
+    with _quiet_paramiko():
+        return _wait(meta, timeout)
+
+
+def _wait(meta: LabMetadata, timeout: float) -> float:
+    """The polling loop of wait_for_ssh."""
     t0 = time.monotonic()
     last = ""
     while True:
