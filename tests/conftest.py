@@ -119,13 +119,17 @@ def _install_shared_key(settings: settings_mod.Settings) -> None:
 
 
 def _sweep_stale(settings: settings_mod.Settings) -> None:
-    """Destroy lab VMs left by earlier test sessions whose process is gone (names t<pid>-...)."""
+    """Destroy lab VMs and homes left by earlier test sessions whose process is gone (t<pid>-..., pid dirs)."""
     with contextlib.suppress(Exception):
         for vm in vms.list_lab_vms(settings):
             m = re.match(r"t(\d+)-", vm.name)
             if m and int(m.group(1)) != os.getpid() and not Path(f"/proc/{m.group(1)}").exists():
                 with contextlib.suppress(LabError):
                     vms.destroy_lab_vm(settings, vm.name)
+    for d in Path("/var/tmp").glob("vmbackup-test-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
