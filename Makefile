@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export VMBACKUP_HOME ?= /var/lib/vmbackup
 
-.PHONY: setup host venv demo test test-fast lint proto lab-image bench bench-smoke clean-lab
+.PHONY: setup host venv demo test test-fast lint proto lab-image vagrant-box e2e bench bench-smoke clean-lab
 
 setup: host venv ## apt packages, libvirtd running, venv with everything
 
@@ -38,6 +38,12 @@ proto: venv ## regenerate protos/vmbackup/**/*_pb2*.py (reproducible: grpcio-too
 
 lab-image: setup
 	@$(VENV)/bin/vmbackup lab image
+
+vagrant-box: setup ## a vagrant-libvirt box from the lab image (offline)
+	@bash vagrant/build-box.sh "$$($(PY) -c 'from controller import settings; from controller.lab import image; print(image.ensure_image(settings.load()).path)')" vagrant/lab-debian12.box
+
+e2e: setup ## Vagrant-made VMs, the whole workflow with the CLI only (runs inside its own network namespace)
+	@bash vagrant/e2e.sh
 
 bench: setup
 	@$(PY) -m bench.run

@@ -9,6 +9,8 @@ PKGS=(
   libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   debootstrap parted e2fsprogs xfsprogs util-linux kmod grub-pc-bin grub2-common
   pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables
+  vagrant vagrant-libvirt   # the Vagrant end-to-end test (make e2e)
+  virtnbdbackup             # a contender in make bench
 )
 
 log() { printf '[host-setup] %s\n' "$*"; }
