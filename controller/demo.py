@@ -4,7 +4,7 @@
     back up -> verify the vault -> restore as a new VM -> boot-check the point -> clean up
 
 Every step is the real CLI (`vmbackup ...`), so the log shows exactly what a user would type. State goes to
-$VMBACKUP_HOME (default /var/lib/vmbackup/demo when run through make demo); the demo VMs are removed at the end,
+$VMBACKUP_HOME (default /var/lib/vmbackup); the demo VMs are removed at the end,
 the vault and the job history are kept so `vmbackup points` and `vmbackup jobs` show what happened.
 """
 
@@ -61,6 +61,7 @@ def main() -> int:
         step("7. restore the point as a new VM, side by side with the original")
         point = _latest_point()
         vmbackup("restore", point, "--as", RESTORED, "--start")
+        vmbackup("lab", "ssh", RESTORED, "--", "cat", "/data1/marker")  # the marker written before the backup
         step("8. boot-check the point in an isolated VM")
         vmbackup("boot-check", point)
         vmbackup("points", VM)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -10,7 +12,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from controller import settings as settings_mod
 from controller.cli import output
-from controller.lab import host, image, vms
+from controller.errors import InvalidArgument
+from controller.lab import host, image, sshexec, vms
 from controller.lab.exceptions import LabError
 
 
@@ -43,6 +46,12 @@ def add_parser(sub: Any) -> None:
     d = lab.add_parser("destroy", help="destroy a lab VM and delete the files it owns")
     d.add_argument("name")
     d.set_defaults(func=run_destroy)
+
+    x = lab.add_parser("ssh", help="run a command in a lab VM over SSH (endpoint and key from its metadata)")
+    x.add_argument("name")
+    x.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
+    x.add_argument("--timeout", type=float, default=120.0)
+    x.set_defaults(func=run_ssh)
 
 
 def _progress_image(s: settings_mod.Settings) -> image.ImageInfo:
@@ -145,6 +154,19 @@ def run_destroy(args: argparse.Namespace) -> int:
     meta = vms.destroy_lab_vm(s, args.name)
     output.console.print(f"destroyed {args.name}; removed {len(meta.files)} files")
     return 0
+
+
+def run_ssh(args: argparse.Namespace) -> int:
+    """Run one command in the guest; its output is printed and its exit code returned."""
+    s = settings_mod.load()
+    vm = vms.get_lab_vm(s, args.name)
+    words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not words:
+        raise InvalidArgument("give the command after --, e.g. vmbackup lab ssh NAME -- uname -a")
+    rc, out, err = sshexec.run(vm.meta, shlex.join(words), timeout=args.timeout)
+    print(out, end="")
+    print(err, end="", file=sys.stderr)
+    return rc
 
 
 __all__ = ["LabError", "add_parser"]
