@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import libvirt
 
@@ -50,10 +50,8 @@ def connection(uri: str) -> Iterator[libvirt.virConnect]:
     try:
         yield conn
     finally:
-        try:
+        with suppress(libvirt.libvirtError):
             conn.close()
-        except libvirt.libvirtError:
-            pass
 
 
 def lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
