@@ -47,7 +47,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the write lock is taken up front, so check-then-write is atomic."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the write lock is taken first, so check-then-write is atomic."""
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
