@@ -12,9 +12,6 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from controller import settings as settings_mod
-from controller.settings import Settings
-
 
 @pytest.fixture
 def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -26,12 +23,6 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VMBACKUP_IMAGE_CACHE", os.environ.get("VMBACKUP_IMAGE_CACHE", "/var/tmp/vmbackup-images"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def settings(home: Path) -> Settings:
-    """Settings for the private home."""
-    return settings_mod.load()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import libvirt
 import pytest
 import restore_synth as synth
 
+from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.restore.bootcheck import PREFIX, BootChecker
 from controller.restore.domainxml import hostfwds
@@ -24,6 +25,12 @@ from controller.settings import Settings
 from controller.vault import Vault
 
 pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    """Settings for the test's private home (overrides the session fixture in this module only)."""
+    return settings_mod.load()
 
 
 def _listening(port: int) -> bool:
