@@ -18,6 +18,15 @@ from controller.errors import VmBackupError
 from controller.settings import Settings
 
 
+def agent_client(settings: Settings, reg: Any) -> Any:
+    """An mTLS client for a registered VM's agent (endpoint from its registration, certificates from the PKI)."""
+    from controller.agentclient import AgentClient, ClientTLS
+    from controller.pki.ca import CertificateAuthority
+
+    ca = CertificateAuthority.load_or_create(settings.pki_dir)
+    return AgentClient(reg.agent_host, int(reg.agent_port), vm_uuid=reg.vm_uuid, tls=ClientTLS.from_pki(ca))
+
+
 @dataclass
 class Quiesce:
     """Outcome of a freeze/thaw round."""
@@ -45,20 +54,10 @@ class AgentQuiescer:
         self._client: Any = None
         self.agent_version: str | None = None
 
-    def _connect(self) -> Any:
-        """An mTLS client for this VM's agent."""
-        from controller.agentclient import AgentClient, ClientTLS
-        from controller.pki.ca import CertificateAuthority
-
-        ca = CertificateAuthority.load_or_create(self.settings.pki_dir)
-        return AgentClient(
-            self.reg.agent_host, int(self.reg.agent_port), vm_uuid=self.reg.vm_uuid, tls=ClientTLS.from_pki(ca)
-        )
-
     def freeze(self) -> None:
         """Ask the agent to freeze; on any agent error remember why and carry on crash-consistent."""
         try:
-            self._client = self._connect()
+            self._client = agent_client(self.settings, self.reg)
             self.agent_version = self._client.get_info().agent_version
             self._freeze = self._client.freeze(None, self.timeout_s, self.job_id)
             self.token = self._freeze.token

@@ -101,17 +101,16 @@ def _recover_one(settings: Settings, intent: Intent, report: RecoveryReport) -> 
 
 def _thaw(settings: Settings, intent: Intent) -> bool:
     """Ask the agent to thaw with the recorded token; the agent's watchdog has usually done it already."""
-    from controller.backup.quiesce import AgentQuiescer
+    from controller.backup.quiesce import agent_client
     from controller.registration.store import get_registration
 
     conn = db.connect(settings.db_path)
     reg = get_registration(conn, intent.vm_uuid)
     if reg is None:
         return False
-    q = AgentQuiescer(settings, reg, job_id=intent.job_id, timeout_s=10)
     try:
-        client = q._connect()
-        client.thaw(intent.freeze_token)
+        with agent_client(settings, reg) as client:
+            client.thaw(intent.freeze_token)
         return True
     except VmBackupError:
         return False
