@@ -78,6 +78,8 @@ def vm_benchmarks(res: dict[str, Any], s: Settings, plan: Plan, want: set[str], 
         if "freeze" in want:
             out = guarded(res, "freeze", freeze.measure_size, s, vm, plan.freeze_reps)
             sizes += [out] if out else []
+            if sizes:  # recorded now, so an interrupted run still has the sizes it measured
+                res["benchmarks"]["freeze"] = freeze.result(sizes, vm)
         if "full_backup" in want:
             out = guarded(res, "full_backup", contenders.run_bench, s, vm, plan.backup_reps, work / "contenders")
             if out:
@@ -94,8 +96,8 @@ def vm_benchmarks(res: dict[str, Any], s: Settings, plan: Plan, want: set[str], 
             for size in plan.freeze_sizes[1:]:
                 out = guarded(res, "freeze", freeze.measure_size, s, vm, plan.freeze_reps, size)
                 sizes += [out] if out else []
-            if sizes:
-                res["benchmarks"]["freeze"] = freeze.result(sizes, vm)
+                if sizes:
+                    res["benchmarks"]["freeze"] = freeze.result(sizes, vm)
     finally:
         destroy_vm(s, vm.name)
 
