@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
     x = lab.add_parser("ssh", help="run a command in a lab VM over SSH (endpoint and key from its metadata)")
     x.add_argument("name")
     x.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
-    x.add_argument("--timeout", type=float, default=120.0)
+    x.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for SSH, then for the command")
     x.set_defaults(func=run_ssh)
 
 
@@ -163,6 +163,7 @@ def run_ssh(args: argparse.Namespace) -> int:
     words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not words:
         raise InvalidArgument("give the command after --, e.g. vmbackup lab ssh NAME -- uname -a")
+    sshexec.wait_for_ssh(vm.meta, timeout=args.timeout)  # a VM just started (e.g. by restore --start) may still boot
     rc, out, err = sshexec.run(vm.meta, shlex.join(words), timeout=args.timeout)
     print(out, end="")
     print(err, end="", file=sys.stderr)
