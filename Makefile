@@ -39,8 +39,8 @@ proto: venv ## regenerate protos/vmbackup/**/*_pb2*.py (reproducible: grpcio-too
 lab-image: setup
 	@$(VENV)/bin/vmbackup lab image
 
-vagrant-box: setup ## a vagrant-libvirt box from the lab image (offline)
-	@bash vagrant/build-box.sh "$$($(PY) -c 'from controller import settings; from controller.lab import image; print(image.ensure_image(settings.load()).path)')" vagrant/lab-debian12.box
+vagrant-box: setup ## the vagrant-libvirt box the e2e uses, built offline from the lab image
+	@bash vagrant/e2e.sh --box-only
 
 e2e: setup ## Vagrant-made VMs, the whole workflow with the CLI only (runs inside its own network namespace)
 	@bash vagrant/e2e.sh
