@@ -12,7 +12,8 @@ from rich.table import Table
 
 from controller.errors import VmBackupError
 
-console = Console()
+# soft_wrap: long lines (paths, ssh commands) stay whole for copy-paste and grep; tables still fit the terminal
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
