@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,13 @@ _LOCK_HINT = (
     "so the file becomes a read-only backing image, or shut the VM off."
 )
 _PCT = re.compile(rb"\(([0-9.]+)/100%\)")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the controller dies, so no orphaned convert keeps a disk image locked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -63,7 +72,9 @@ def convert(
     """Flatten src and its whole backing chain into one self-contained qcow2 at dst, then fsync dst."""
     total = info(src, force_share, fmt).virtual_size
     cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *_opts(force_share, fmt), str(src), str(dst)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a controller killed mid-copy must not leave this convert reading the base image: its lock would block the
+    # block-commit that crash recovery does next
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         pending = b""
