@@ -31,7 +31,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
     if swap_to is not None:
         swap_data_disk(settings, vm, swap_to)
     reps = reps_for(vm.data_bytes, reps)
-    windows, durations, copied = [], [], []
+    windows, durations, copied, consistency = [], [], [], []
     for _ in range(reps):
         drop_caches()
         r = backup_once(settings, vm.name, keep=False)
@@ -39,6 +39,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
             windows.append(r["freeze_window_ms"])
         durations.append(r["wall_s"])
         copied.append(r["bytes_written"])
+        consistency.append(r["consistency"])  # a backup without a freeze window is visible here, not dropped
     res: dict[str, Any] = {
         "size": label(vm.data_bytes),
         "data_bytes": vm.data_bytes,
@@ -46,6 +47,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
         "freeze_window_ms": summary(windows),
         "backup_wall_s": summary(durations),
         "bytes_written": copied,
+        "consistency": consistency,
     }
     print(f"  freeze {res['size']}: p50 {res['freeze_window_ms']['median']} ms, "
           f"p95 {res['freeze_window_ms']['p95']} ms over {reps} backups", flush=True)
