@@ -115,12 +115,13 @@ def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: t
     names.update({u: p.vm_name for u, p in prots.items() if p.vm_name})
     names.update({u: r.vm_name for u, r in regs.items()})
     policies: dict[str, Policy | None] = {}
+    last_backups = jobs.latest_per_vm("backup")
     rows = []
     for uuid in sorted(names, key=lambda u: (names[u], u)):
         row = VmRow(uuid, names[uuid], registered=uuid in regs, points=len(by_vm.get(uuid, [])))
         newest = by_vm.get(uuid, [None])[0]
         row.last_point = _point_view(newest, now) if newest else None
-        row.last_backup = _job_view(next(iter(jobs.list(type="backup", vm=uuid, limit=1)), None))
+        row.last_backup = _job_view(last_backups.get(uuid))
         _protection(conn, row, prots.get(uuid), policies, newest, now, grace)
         if row.last_backup and row.last_backup["state"] == "failed":
             row.attention.insert(0, f"last backup failed: {row.last_backup['error_code']}")

@@ -301,6 +301,15 @@ class JobStore:
             sql += f" LIMIT {int(limit)}"
         return self._with_phases(self._exec(sql, tuple(params)))
 
+    def latest_per_vm(self, type: str) -> dict[str, Job]:
+        """The newest job of a type for every VM, in one query (the dashboard's per-VM 'last backup')."""
+        rows = self._exec(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY vm_uuid ORDER BY created_at DESC, id DESC) AS rn"
+            " FROM jobs WHERE type = ? AND vm_uuid IS NOT NULL) WHERE rn = 1",
+            (type,),
+        )
+        return {j.vm.uuid: j for j in self._with_phases(rows) if j.vm is not None}
+
     def _with_phases(self, rows: _Rows) -> _Jobs:
         """Attach phases to job rows."""
         out = []
