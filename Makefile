@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export VMBACKUP_HOME ?= /var/lib/vmbackup
 
-.PHONY: setup host venv demo test test-fast lint proto lab-image vagrant-box e2e bench bench-smoke clean-lab
+.PHONY: setup host venv demo test test-fast lint proto lab-image vagrant-box e2e bench bench-contenders bench-smoke clean-lab
 
 setup: host venv ## apt packages, libvirtd running, venv with everything
 
@@ -45,7 +45,11 @@ vagrant-box: setup ## the vagrant-libvirt box the e2e uses, built offline from t
 e2e: setup ## Vagrant-made VMs, the whole workflow with the CLI only (runs inside its own network namespace)
 	@bash vagrant/e2e.sh
 
-bench: setup
+bench-contenders: ## virt-backup (PyPI) in its own venv, so it never mixes with ours
+	@test -x bench/.venv-contenders/bin/virt-backup || { python3 -m venv bench/.venv-contenders && \
+		bench/.venv-contenders/bin/pip install -q virt-backup; }
+
+bench: setup bench-contenders ## all five benchmarks -> bench/results/latest.{json,md} (~50 min)
 	@$(PY) -m bench.run
 
 bench-smoke: setup
