@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +45,26 @@ def _why_not_runnable() -> str:
     return ""
 
 
+@pytest.fixture
+def e2e_state() -> Iterator[Path]:
+    """The run's state dir, below /var/tmp: QEMU (libvirt-qemu) must reach restored disks in it, and pytest's own
+    tmp dirs are private to root (0700)."""
+    state = Path(tempfile.mkdtemp(prefix=f"vmbackup-e2e-{os.getpid()}-", dir="/var/tmp"))
+    state.chmod(0o755)
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
 @pytest.mark.vm
 @pytest.mark.timeout(3600)
-def test_vagrant_end_to_end(settings: Settings, lab_image: Any, tmp_path: Path) -> None:
+def test_vagrant_end_to_end(settings: Settings, lab_image: Any, e2e_state: Path) -> None:
     """Every step ran and passed, in order; every check passed; nothing was left behind."""
     reason = _why_not_runnable()
     if reason and os.environ.get("CI"):
         pytest.fail(f"CI must run the Vagrant end-to-end test: {reason}")
     if reason:
         pytest.skip(reason)
-    state = tmp_path / "e2e"
+    state = e2e_state
     env = dict(
         os.environ,
         E2E_ROOT="/var/tmp/vmbackup-e2e",  # box and bundle caches survive between sessions
