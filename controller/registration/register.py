@@ -12,6 +12,7 @@ certificate is installed and the previous one revoked once the agent answers wit
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from controller.registration.precheck import (
     check_running,
     resolve_endpoints,
 )
-from controller.registration.ssh import wait_connect
+from controller.registration.ssh import SshSession, wait_connect
 from controller.registration.store import Registration, get_registration, now_iso, save
 from controller.settings import Settings
 from controller.virt.connection import connection, lookup
@@ -115,6 +116,16 @@ class Registrar:
                     ends = resolve_endpoints(dom, opts.endpoints)
                 return self._install(run, job.id, ref, ends, opts)
 
+    def _push(self, run: JobRun, s: SshSession, py: str) -> tuple[float, str, Bundle]:
+        """Build (or reuse) the bundle for the guest's Python and push it; returns (seconds, staged dir, bundle)."""
+        with run.phase("push"):
+            bundle = build_bundle(self.settings.home / "bundles", python_version=py)
+            run.detail("bundle", bundle.key)
+            mark = time.monotonic()
+            staged = guest.push_bundle(s, bundle)
+            run.add_bytes(bundle.tar_path.stat().st_size)
+            return time.monotonic() - mark, staged, bundle
+
     def _install(
         self, run: JobRun, job_id: str, ref: VmRef, ends: Endpoints, opts: RegisterOptions
     ) -> RegisterResult:
@@ -133,25 +144,23 @@ class Registrar:
             run.detail("guest_python", py)
             run.detail("upgrade", upgraded)
         with s:
-            with run.phase("push"):
-                bundle: Bundle = build_bundle(self.settings.home / "bundles", python_version=py)
-                run.detail("bundle", bundle.key)
-                mark = time.monotonic()
-                staged = guest.push_bundle(s, bundle)
-                run.add_bytes(bundle.tar_path.stat().st_size)
-                t["push_s"] = time.monotonic() - mark
-            with run.phase("install"):
-                t["install_s"] = guest.install_venv(s, bundle, staged, opts.install_timeout_s)
-            with run.phase("configure"):
-                issued = self.ca.issue_agent_cert(ref.uuid, ref.name)
-                config_written = guest.configure(s, self.ca.ca_pem, issued)
-                run.detail("config_written", config_written)
-                run.detail("cert_serial", issued.serial_hex)
-            with run.phase("start"):
-                mark = time.monotonic()
-                guest.start(s, staged)
-                guest.cleanup_staging(s)
-                t["start_s"] = time.monotonic() - mark
+            try:
+                t_push, staged, bundle = self._push(run, s, py)
+                t["push_s"] = t_push
+                with run.phase("install"):
+                    t["install_s"] = guest.install_venv(s, bundle, staged, opts.install_timeout_s)
+                with run.phase("configure"):
+                    issued = self.ca.issue_agent_cert(ref.uuid, ref.name)
+                    config_written = guest.configure(s, self.ca.ca_pem, issued)
+                    run.detail("config_written", config_written)
+                    run.detail("cert_serial", issued.serial_hex)
+                with run.phase("start"):
+                    mark = time.monotonic()
+                    guest.start(s, staged)
+                    t["start_s"] = time.monotonic() - mark
+            finally:  # a failed or timed-out install must not leave the bundle in the guest's /var/tmp
+                with contextlib.suppress(VmBackupError, OSError):
+                    guest.cleanup_staging(s)
         with run.phase("verify"):
             mark = time.monotonic()
             info = self._verify(ref.uuid, ends, issued, opts)
