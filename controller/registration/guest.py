@@ -80,9 +80,9 @@ def push_bundle(s: SshSession, bundle: Bundle) -> str:
 
 def install_venv(s: SshSession, bundle: Bundle, staged: str, timeout_s: float) -> float:
     """Create (or reuse) the venv and pip install the wheels offline; return the seconds it took."""
-    # --no-compile: byte-compiling grpcio/protobuf dominates the install under emulation; the agent never writes
-    # .pyc files anyway (it may run while filesystems are frozen), so compiled files would only cost time here.
-    pip = f"{VENV}/bin/python -m pip install --disable-pip-version-check --no-index --no-compile -q"
+    # byte-compiled at install time on purpose: the agent never writes .pyc itself (it may run while filesystems are
+    # frozen), so without them every agent start would compile grpc/protobuf in memory, slow under emulation
+    pip = f"{VENV}/bin/python -m pip install --disable-pip-version-check --no-index -q"
     wheels = f"{staged}/wheels"
     agent_wheel = shlex.quote(f"{wheels}/{bundle.manifest['agent_wheel']}")
     cmd = (
