@@ -239,7 +239,7 @@ end_step
 
 begin "backup now"
 vmb backup e2e-app e2e-marker --host "$URI" --json > "$E2E_STATE/backup.json"
-sed -u 's/^/    /' "$E2E_STATE/backup.json" | head -60
+head -n 60 "$E2E_STATE/backup.json" | sed -u 's/^/    /'   # head reads the file itself: no SIGPIPE under pipefail
 for vm in "${VMS[@]}"; do
   want=FILE_SYSTEM; [ "$vm" = e2e-app ] && want=APPLICATION
   got=$(jq_py "print(next(r.get('consistency') for r in d if r.get('vm_name') == '$vm'))" < "$E2E_STATE/backup.json")
@@ -282,7 +282,7 @@ begin "boot-check the marker point (marker data checked over SSH)"
 cmd="cd /srv/marker && sha256sum -c --quiet SHA256SUMS && [ \"\$(sha256sum < marker.txt | cut -c1-64)\" = $(
   printf '%s\n' "$MARKER" | sha256sum | cut -c1-64) ]"
 rc=0; vmb boot-check "$MARKER_POINT" --host "$URI" --check-command "$cmd" --json > "$E2E_STATE/bootcheck.json" || rc=$?
-sed -u 's/^/    /' "$E2E_STATE/bootcheck.json" | head -40
+head -n 40 "$E2E_STATE/bootcheck.json" | sed -u 's/^/    /'
 check "boot-check of the marker point" "$([ "$rc" = 0 ] && echo 1 || echo 0)" \
   "exit $rc: $(jq_py 'print(d.get("result"), "boot", d.get("boot_seconds"), "s;", [c["name"] for c in d.get("checks", []) if c["ok"]])' \
   < "$E2E_STATE/bootcheck.json" 2>/dev/null || true)"
