@@ -157,8 +157,12 @@ def cleanup_staging(s: SshSession) -> None:
 
 
 def is_installed(s: SshSession) -> bool:
-    """Whether an agent venv is present (an upgrade rather than a first install)."""
-    return s.exists(f"{VENV}/bin/vmbackup-agent")
+    """Whether an agent was installed before (an upgrade rather than a first install).
+
+    The config counts too: an upgrade that was interrupted half-way (e.g. by the install deadline) may have removed
+    the old entry point before installing the new one, and the next register must still treat it as an upgrade.
+    """
+    return s.exists(f"{VENV}/bin/vmbackup-agent") or s.exists(CONFIG)
 
 
 def remove_agent(s: SshSession) -> None:
