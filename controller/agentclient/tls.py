@@ -47,6 +47,10 @@ def fetch_server_cert(
         with socket.create_connection((host, port), timeout=timeout_s) as raw, \
                 ctx.wrap_socket(raw, server_hostname=server_name) as s:
             der = s.getpeercert(binary_form=True)
+    except ssl.SSLEOFError as exc:
+        # closed before any TLS answer: nothing listens behind the port yet (QEMU's user-mode port forwarding
+        # accepts the connection and then drops it while the guest's agent is down or still starting)
+        raise AgentUnreachable(f"the agent at {host}:{port} closed the connection before TLS: {exc}") from exc
     except ssl.SSLError as exc:
         raise AgentRefused(f"TLS handshake with {host}:{port} as {server_name} failed: {exc}") from exc
     except OSError as exc:
