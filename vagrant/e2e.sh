@@ -208,18 +208,17 @@ check "discover finds both" "$([ "$found" = "e2e-app e2e-marker" ] && echo 1 || 
 end_step
 
 begin "register both"
-pids=()
+# One bulk call, no per-VM address: vmbackup finds each VM's address in the DHCP leases of the private libvirtd.
+rc=0
+vmb register "${VMS[@]}" --host "$URI" --ssh-user root --ssh-key "$KEY" --ssh-wait 60 --json \
+  > "$E2E_STATE/register.json" 2> "$E2E_STATE/register.err" || rc=$?
+[ "$rc" = 0 ] || sed -u 's/^/    /' "$E2E_STATE/register.err" "$E2E_STATE/register.json"
 for vm in "${VMS[@]}"; do
-  vmb register "$vm" --host "$URI" --ssh-host "${IP[$vm]}" --ssh-user root --ssh-key "$KEY" \
-    --agent-host "${IP[$vm]}" --ssh-wait 60 --json > "$E2E_STATE/register-$vm.json" 2> "$E2E_STATE/register-$vm.err" &
-  pids+=($!)
-done
-for i in "${!VMS[@]}"; do
-  rc=0; wait "${pids[$i]}" || rc=$?
-  vm=${VMS[$i]}
-  [ "$rc" = 0 ] || sed -u 's/^/    /' "$E2E_STATE/register-$vm.err" "$E2E_STATE/register-$vm.json"
-  check "register $vm" "$([ "$rc" = 0 ] && echo 1 || echo 0)" \
-    "exit $rc; $(jq_py 'r=d[0]; print(r.get("agent_version"), r.get("timings"))' < "$E2E_STATE/register-$vm.json" 2>/dev/null || true)"
+  got=$(VM=$vm jq_py 'import os; r=[r for r in d if r["vm"]==os.environ["VM"]][0]
+print(r["ok"], r.get("registration", {}).get("agent_host"), r.get("agent_version"), r.get("timings"))' \
+    < "$E2E_STATE/register.json" 2>/dev/null || echo "False")
+  check "register $vm" "$(case "$got" in "True ${IP[$vm]} "*) echo 1 ;; *) echo 0 ;; esac)" \
+    "exit $rc; agent at its leased address ${IP[$vm]}? $got"
 done
 hook=$(gssh "${IP[e2e-app]}" 'ls /etc/vmbackup-agent/hooks.d/')
 check "freeze hook kept by the agent install" "$([ "$hook" = 50-labapp ] && echo 1 || echo 0)" "hooks.d: $hook"

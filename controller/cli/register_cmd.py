@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--list", action="store_true", help="list registered VMs instead")
     p.add_argument("--host", dest="uri", help="libvirt URI (default: VMBACKUP_URI or qemu:///system)")
     p.add_argument("--concurrency", type=int, default=2, help="VMs registered at once (default 2)")
-    p.add_argument("--ssh-host", help="guest SSH host (default: from lab metadata)")
+    p.add_argument(
+        "--ssh-host", help="guest SSH host (default: lab metadata, else the address libvirt leased to the VM)"
+    )
     p.add_argument("--ssh-port", type=int)
     p.add_argument("--ssh-user", help="default root")
     p.add_argument("--ssh-key", help="private key file")

@@ -15,6 +15,7 @@ from controller.lab import metadata as lab_metadata
 from controller.registration.exceptions import SshEndpointUnknown, TooManyDataDisks, VmNotRunning
 from controller.registration.guest import AGENT_PORT
 from controller.registration.ssh import SshEndpoint
+from controller.virt.addresses import guest_ipv4
 from controller.virt.domain import state_name
 
 DEFAULT_MAX_DATA_DISKS = 5
@@ -22,7 +23,7 @@ DEFAULT_MAX_DATA_DISKS = 5
 
 @dataclass(frozen=True)
 class EndpointOverrides:
-    """Endpoint values given on the command line; None means "from lab metadata / default"."""
+    """Endpoint values given on the command line; None means "from lab metadata, libvirt's DHCP lease, default"."""
 
     ssh_host: str | None = None
     ssh_port: int | None = None
@@ -70,11 +71,21 @@ def check_running(dom: libvirt.virDomain) -> None:
 
 
 def resolve_endpoints(dom: libvirt.virDomain, o: EndpointOverrides) -> Endpoints:
-    """Flags first, then lab metadata; the agent defaults to the SSH host and port 7470."""
+    """Flags first, then lab metadata, then the guest's address from libvirt; the agent defaults to the SSH host:7470.
+
+    The libvirt lookup is what makes bulk registration work for VMs on a libvirt network (Vagrant, virt-install):
+    each VM is reached at its own DHCP-leased address, with one set of flags for all of them.
+    """
     lab = lab_metadata.read(dom)
     ssh_host = o.ssh_host or (lab.ssh_host if lab else None)
     if not ssh_host:
-        raise SshEndpointUnknown(f"no SSH endpoint for VM {dom.name()!r}: no lab metadata and no --ssh-host")
+        found = guest_ipv4(dom)
+        ssh_host = found[0] if found else None
+    if not ssh_host:
+        raise SshEndpointUnknown(
+            f"no SSH endpoint for VM {dom.name()!r}: no --ssh-host, no lab metadata, and libvirt knows no address "
+            "for it (no DHCP lease on a libvirt network, nothing in the ARP table)"
+        )
     ssh_key = o.ssh_key or (lab.ssh_key if lab else None)
     ssh = SshEndpoint(
         host=ssh_host,

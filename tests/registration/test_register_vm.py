@@ -90,6 +90,16 @@ def test_shut_off_vm_is_refused(defined_domain: Any) -> None:
     assert "shutoff" in exc.value.message
 
 
+@pytest.mark.root
+def test_no_endpoint_anywhere_is_a_clear_error(defined_domain: Any) -> None:
+    """No flag, no lab metadata and no lease or ARP entry in libvirt: SSH_ENDPOINT_UNKNOWN names all three."""
+    name = defined_domain(1)
+    with libvirt.open(settings.load().uri) as conn, pytest.raises(VmBackupError) as exc:
+        resolve_endpoints(conn.lookupByName(name), EndpointOverrides())
+    assert _code(exc) == "SSH_ENDPOINT_UNKNOWN"
+    assert "--ssh-host" in exc.value.message and "DHCP lease" in exc.value.message
+
+
 # ---- against the shared lab VM ---------------------------------------------------------------------------
 
 
