@@ -17,19 +17,20 @@ The writer holds a ``flock`` on its ``.tmp-`` directory while it works, so ``Vau
 only leftovers of dead writers (crashed or killed processes), never a backup in progress.
 Deleting a point renames it back to ``.tmp-<point-id>`` first, then removes it.
 
-manifest.json (format_version 1)::
+manifest.json (format_version 2; format 1 points are still read and verified)::
 
-    {"format_version": 1, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
+    {"format_version": 2, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
      "created": "2026-11-25T10:15:00+00:00", "consistency": "APPLICATION|FILE_SYSTEM|CRASH",
      "consistency_reason": "...", "freeze_window_ms": 41.2,
      "disks": [{"target": "vda", "file": "disks/vda.qcow2", "format": "qcow2", "virtual_size": ...,
-                "logical_size": ..., "stored_bytes": ..., "sha256": "...", "source_path": "...",
+                "logical_size": ..., "stored_bytes": ..., "digest": "sha256-4m:...", "source_path": "...",
                 "method": "sparse-copy|qemu-img-convert"}],
      "agent_version": "...", "controller_version": "...", "policy": "...", "job_id": "...",
      "boot_check": null | {...}}
 
-``virtual_size`` is the guest-visible size, ``logical_size`` the stored file's apparent size (what ``sha256``
-covers, equal to ``sha256sum FILE``), ``stored_bytes`` what it occupies on the vault filesystem.
+``virtual_size`` is the guest-visible size, ``logical_size`` the stored file's apparent size (what ``digest``
+covers: SHA-256 over 4 MiB chunk digests, so holes cost nothing; see ``digest.py``), ``stored_bytes`` what it
+occupies on the vault filesystem.
 ``boot_check`` is filled later with ``Vault.update_manifest(point, boot_check={...})`` (atomic rewrite).
 
 Every uuid, point id and disk target is checked against a strict pattern and every path is resolved and must
@@ -44,7 +45,7 @@ Usage::
         w.write_domain_xml(xml)
         vm = {"uuid": vm_uuid, "name": "web1", "host": uri}
         point = w.publish({"vm": vm, "consistency": "FILE_SYSTEM"})
-    copy_out_disk(point, "vda", "/restore/web1-vda.qcow2")   # verifies sha256 while copying
+    copy_out_disk(point, "vda", "/restore/web1-vda.qcow2")   # verifies the checksum while copying
 """
 
 from controller.vault.copyout import copy_out_disk, verify_point_quick

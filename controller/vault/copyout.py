@@ -20,7 +20,7 @@ def copy_out_disk(
     vault: Vault | None = None,
     overwrite: bool = False,
 ) -> DiskRecord:
-    """Copy one stored disk to dest_path (written as <dest>.part, renamed when its sha256 matched).
+    """Copy one stored disk to dest_path (written as <dest>.part, renamed when its checksum matched).
 
     On a checksum mismatch nothing is left at dest_path (nor the .part) and CHECKSUM_MISMATCH names the disk.
     Returns the record of the written copy (source_path = the vault file).
@@ -38,7 +38,7 @@ def copy_out_disk(
     if dest.exists() and not overwrite:
         raise InvalidVaultId(f"destination {dest} already exists; refusing to overwrite it")
     part = dest.with_name(dest.name + ".part")
-    res = sparse.copy_verified(src, part, rec.sha256, target, progress)
+    res = sparse.copy_verified(src, part, rec.digest, target, progress)
     os.replace(part, dest)
     fsync_dir(dest.parent)
     return DiskRecord(
@@ -48,7 +48,7 @@ def copy_out_disk(
         virtual_size=rec.virtual_size,
         logical_size=res.logical_size,
         stored_bytes=res.stored_bytes,
-        sha256=res.sha256,
+        digest=res.digest,
         source_path=str(src),
         method="sparse-copy",
     )

@@ -10,7 +10,8 @@ from typing import Any
 
 from controller.vault.exceptions import ManifestInvalid
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256"
+READABLE_VERSIONS = (1, 2)
 CONSISTENCY = ("APPLICATION", "FILE_SYSTEM", "CRASH")
 
 
@@ -22,15 +23,17 @@ class DiskRecord:
     file: str  # relative to the point dir: disks/<target>.qcow2
     format: str  # qcow2 | raw
     virtual_size: int  # guest-visible size
-    logical_size: int  # apparent size of the stored file (what sha256 covers)
+    logical_size: int  # apparent size of the stored file (what digest covers)
     stored_bytes: int  # bytes allocated on the vault filesystem
-    sha256: str
+    digest: str  # "<algo>:<hex>", see controller/vault/digest.py
     source_path: str
     method: str = ""  # sparse-copy | qemu-img-convert (how it got here)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiskRecord:
-        """Parse one entry of manifest['disks']."""
+        """Parse one entry of manifest['disks'] (format 1 kept a plain "sha256" of the whole file)."""
+        if "digest" not in d and "sha256" in d:
+            d = {**d, "digest": f"sha256:{d['sha256']}"}
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -64,10 +67,15 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         """Parse the JSON form; raises MANIFEST_INVALID on a missing field or unknown version."""
         try:
-            if d.get("format_version") != FORMAT_VERSION:
-                raise ManifestInvalid(f"unknown manifest format_version {d.get('format_version')!r}")
+            if d.get("format_version") not in READABLE_VERSIONS:
+                raise ManifestInvalid(
+                    f"unknown manifest format_version {d.get('format_version')!r} (this vmbackup reads "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}; a newer vmbackup wrote it)"
+                )
             vm = d["vm"]
-            simple = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("disks",)}
+            # format 1 is read as format 2 (its disks' "sha256" becomes "digest"), so a rewrite stays consistent
+            skip = ("disks", "format_version")
+            simple = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in skip}
             m = cls(
                 **simple,
                 vm_uuid=vm["uuid"],

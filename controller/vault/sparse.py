@@ -1,24 +1,26 @@
-"""Sparse-aware streaming copy with SHA-256 of the full logical content, computed on the fly.
+"""Sparse-aware streaming copy with a checksum of the full logical content, computed on the fly.
 
-Holes (found with ``SEEK_DATA``/``SEEK_HOLE``) are never read: they are hashed as zeros and left as holes in
-the destination (``ftruncate`` to the final size, then ``pwrite`` only the data). Data blocks that are all
-zeros are treated the same way, like ``cp --sparse=always``. Reads and writes go in 8 MiB blocks.
+The file is walked in 4 MiB chunks (see ``digest``). A chunk that lies wholly in holes (found with
+``SEEK_DATA``/``SEEK_HOLE``) is never read: its digest is known and it stays a hole in the destination
+(``ftruncate`` to the final size, then ``pwrite`` only data). Inside a data chunk, 64 KiB pieces that are
+all zeros are not written either, like ``cp --sparse=always``.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.vault import digest
 from controller.vault.exceptions import ChecksumMismatch, DiskCopyFailed
 
-BLOCK = 8 << 20
-_ZERO = bytes(BLOCK)
-_ZMV = memoryview(_ZERO)
+BLOCK = digest.CHUNK
+SUB = 64 << 10  # zero detection granularity inside a data chunk
+HOLE_REPORT = 256 << 20  # across holes, report progress every 256 MiB (progress callbacks may touch the job DB)
+_ZMV = memoryview(bytes(BLOCK))
 #: progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
 
@@ -27,7 +29,7 @@ Progress = Callable[[int, int], None]
 class StreamResult:
     """What one pass over a file produced."""
 
-    sha256: str
+    digest: str  # "<algo>:<hex>"
     logical_size: int
     data_bytes: int  # bytes actually read (non-hole)
     stored_bytes: int  # bytes allocated by the destination (0 when only hashing)
@@ -52,12 +54,22 @@ def extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
         pos = hole
 
 
-def _hash_zeros(h: hashlib._Hash, n: int) -> None:
-    """Feed n zero bytes to the hash without touching the disk."""
-    while n:
-        k = min(n, BLOCK)
-        h.update(_ZMV[:k])
-        n -= k
+def _write_nonzero(fd: int, chunk: memoryview, offset: int) -> None:
+    """pwrite the chunk's non-zero SUB-byte pieces (coalesced); zero pieces stay holes in the destination."""
+    n = len(chunk)
+    if chunk == _ZMV[:n]:
+        return
+    run_start = -1
+    for a in range(0, n, SUB):
+        b = min(a + SUB, n)
+        if chunk[a:b] == _ZMV[: b - a]:
+            if run_start >= 0:
+                _pwrite_all(fd, chunk[run_start:a], offset + run_start)
+                run_start = -1
+        elif run_start < 0:
+            run_start = a
+    if run_start >= 0:
+        _pwrite_all(fd, chunk[run_start:], offset + run_start)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -67,44 +79,52 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def stream(src: Path, dst: Path | None = None, progress: Progress | None = None) -> StreamResult:
-    """Hash src (and copy it sparse to dst when given, fsynced); dst is created or truncated."""
-    h = hashlib.sha256()
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of [0, size) that hold data."""
+    return [(a, b) for a, b, is_data in extents(fd, size) if is_data]
+
+
+def stream(
+    src: Path, dst: Path | None = None, progress: Progress | None = None, algo: str = digest.DEFAULT_ALGO
+) -> StreamResult:
+    """Checksum src (and copy it sparse to dst when given, fsynced); dst is created or truncated."""
+    h = digest.new(algo)
     buf = bytearray(BLOCK)
     mv = memoryview(buf)
-    done = read = 0
+    read = 0
     with open(src, "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        data = data_extents(fd, size)
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640) if dst is not None else -1
         try:
             if dfd >= 0:
                 os.ftruncate(dfd, size)
             if progress:
                 progress(0, size)
-            for start, end, is_data in extents(fd, size):
-                if not is_data:
-                    _hash_zeros(h, end - start)
-                    done += end - start
-                    if progress:
-                        progress(done, size)
+            j = reported = 0
+            for pos in range(0, size, BLOCK):
+                end = min(pos + BLOCK, size)
+                while j < len(data) and data[j][1] <= pos:
+                    j += 1
+                if j == len(data) or data[j][0] >= end:  # no data in this chunk: a hole, never read
+                    h.zeros(end - pos)
+                    if progress and (end - reported >= HOLE_REPORT or end == size):
+                        reported = end
+                        progress(end, size)
                     continue
-                pos = start
-                while pos < end:
-                    f.seek(pos)
-                    n = f.readinto(mv[: min(BLOCK, end - pos)])
-                    if not n:
-                        raise DiskCopyFailed(f"{src} shrank while being read (at offset {pos})")
-                    chunk = mv[:n]
-                    h.update(chunk)
-                    if dfd >= 0 and not buf.startswith(_ZMV[:n]):
-                        _pwrite_all(dfd, chunk, pos)
-                    pos += n
-                    read += n
-                    done += n
-                    if progress:
-                        progress(done, size)
+                n = os.preadv(fd, [mv[: end - pos]], pos)
+                if n != end - pos:
+                    raise DiskCopyFailed(f"{src} shrank while being read (at offset {pos + n})")
+                chunk = mv[:n]
+                h.data(chunk)
+                if dfd >= 0:
+                    _write_nonzero(dfd, chunk, pos)
+                read += n
+                if progress:
+                    reported = end
+                    progress(end, size)
             stored = 0
             if dfd >= 0:
                 os.fsync(dfd)
@@ -112,23 +132,22 @@ def stream(src: Path, dst: Path | None = None, progress: Progress | None = None)
         finally:
             if dfd >= 0:
                 os.close(dfd)
-    return StreamResult(sha256=h.hexdigest(), logical_size=size, data_bytes=read, stored_bytes=stored)
+    return StreamResult(digest=h.hexdigest(), logical_size=size, data_bytes=read, stored_bytes=stored)
 
 
 def copy_verified(
-    src: Path, dst: Path, expected_sha256: str, name: str, progress: Progress | None = None
+    src: Path, dst: Path, expected: str, name: str, progress: Progress | None = None
 ) -> StreamResult:
-    """Copy src to dst sparse, checking the SHA-256; on mismatch remove dst, raise CHECKSUM_MISMATCH."""
+    """Copy src to dst sparse, checking the recorded checksum; on mismatch remove dst, raise CHECKSUM_MISMATCH."""
     try:
-        res = stream(src, dst, progress)
+        res = stream(src, dst, progress, algo=digest.algo_of(expected))
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
-    if res.sha256 != expected_sha256:
+    if res.digest != expected:
         dst.unlink(missing_ok=True)
         raise ChecksumMismatch(
-            f"disk {name}: stored file {src} has sha256 {res.sha256[:16]}..., "
-            f"the manifest says {expected_sha256[:16]}...",
-            details={"disk": name, "file": str(src), "expected": expected_sha256, "actual": res.sha256},
+            f"disk {name}: stored file {src} has checksum {res.digest[:26]}..., the manifest says {expected[:26]}...",
+            details={"disk": name, "file": str(src), "expected": expected, "actual": res.digest},
         )
     return res

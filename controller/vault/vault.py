@@ -12,7 +12,7 @@ from typing import Any
 
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
-from controller.vault import layout, qemuimg, sparse
+from controller.vault import digest, layout, qemuimg, sparse
 from controller.vault.exceptions import InvalidVaultId, ManifestInvalid, PointNotFound, VaultFull
 from controller.vault.layout import new_point_id
 from controller.vault.manifest import (
@@ -43,7 +43,7 @@ class DiskVerify:
 
 @dataclass
 class VerifyResult:
-    """A point's verification: ok only if every disk is present, matches its sha256, passes qemu-img check."""
+    """A point's verification: ok only if every disk is present, matches its checksum, passes qemu-img check."""
 
     point_id: str
     vm_uuid: str
@@ -144,7 +144,7 @@ class Vault:
         return layout.disk_path(self.point_path(point), rec.file)
 
     def verify(self, point: RecoveryPoint) -> VerifyResult:
-        """Recompute each disk's sha256 and run qemu-img check; report missing/corrupt disks by name."""
+        """Recompute each disk's checksum and run qemu-img check; report missing/corrupt disks by name."""
         res = VerifyResult(point.point_id, point.vm_uuid, point.vm_name)
         try:
             pdir = self.point_path(point)
@@ -167,11 +167,11 @@ class Vault:
         if not path.is_file():
             return DiskVerify(rec.target, rec.file, "missing", f"{path} does not exist")
         try:
-            got = sparse.stream(path)
+            got = sparse.stream(path, algo=digest.algo_of(rec.digest))
         except OSError as e:
             return DiskVerify(rec.target, rec.file, "missing", f"cannot read {path}: {e}")
-        if got.sha256 != rec.sha256:
-            detail = f"sha256 {got.sha256} != recorded {rec.sha256}"
+        if got.digest != rec.digest:
+            detail = f"checksum {got.digest} != recorded {rec.digest}"
             return DiskVerify(rec.target, rec.file, "checksum-mismatch", detail)
         chk = qemuimg.check(path, rec.format)
         if not chk.ok:

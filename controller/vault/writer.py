@@ -104,7 +104,7 @@ class PointWriter:
             virtual_size=inf.virtual_size,
             logical_size=res.logical_size,
             stored_bytes=res.stored_bytes,
-            sha256=res.sha256,
+            digest=res.digest,
             source_path=str(src),
             method=method,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.vault import RecoveryPoint, Vault
+from controller.vault.digest import CHUNK
 
 MiB = 1 << 20
 
@@ -19,6 +21,15 @@ def run(*cmd: str) -> str:
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert p.returncode == 0, f"{' '.join(cmd)}: {p.stderr}"
     return p.stdout
+
+
+def reference_digest(path: Path) -> str:
+    """The stored-disk checksum computed the naive way: every byte read in order, holes included."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(hashlib.sha256(chunk).digest())
+    return f"sha256-4m:{h.hexdigest()}"
 
 
 def qemu_io_write(path: Path, fmt: str, pattern: int, offset: int, length: int) -> None:

@@ -84,7 +84,7 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
     assert {x.name for x in p.path.iterdir()} == {"manifest.json", "domain.xml", "disks"}
     assert sorted(os.listdir(p.path / "disks")) == ["vda.qcow2", "vdb.qcow2"]
     m = json.loads((p.path / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["point_id"] == p.point_id
+    assert m["format_version"] == 2 and m["point_id"] == p.point_id
     assert m["vm"] == {"uuid": VM, "name": "web1", "host": "qemu:///system"}
     assert m["consistency"] == "FILE_SYSTEM" and m["freeze_window_ms"] == 42.5
     assert m["job_id"] == "job-1" and m["policy"] == "gold" and m["boot_check"] is None
@@ -97,7 +97,7 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
         "virtual_size",
         "logical_size",
         "stored_bytes",
-        "sha256",
+        "digest",
         "source_path",
     }
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import MiB, PointMaker, run
+from conftest import MiB, PointMaker, reference_digest, run
 
 from controller.vault import Vault, copy_out_disk, verify_point_quick
 from controller.vault.exceptions import ChecksumMismatch, PointCorrupt, PointNotFound
@@ -55,7 +55,7 @@ def test_verify_reports_missing_disk_and_qcow2_damage(
         f.seek(40)
         f.write((0x7FFFFFFFFFFF0000).to_bytes(8, "big"))
     m = json.loads((p.path / "manifest.json").read_text())
-    m["disks"][1]["sha256"] = run("sha256sum", str(vdb)).split()[0]  # so only qemu-img check can catch it
+    m["disks"][1]["digest"] = reference_digest(vdb)  # so only qemu-img check can catch it
     (p.path / "manifest.json").write_text(json.dumps(m))
     r = vault.verify(vault.get_point(p.point_id))
     status = {d.target: d.status for d in r.disks}
@@ -70,7 +70,7 @@ def test_copy_out_roundtrip_sparse(
     dest = tmp_path / "restored.raw"
     seen: list[tuple[int, int]] = []
     rec = copy_out_disk(p, "vda", dest, progress=lambda d, t: seen.append((d, t)), vault=vault)
-    assert rec.sha256 == p.manifest.disks[0].sha256 == run("sha256sum", str(dest)).split()[0]
+    assert rec.digest == p.manifest.disks[0].digest == reference_digest(dest)
     assert dest.stat().st_size == 1024 * MiB and dest.stat().st_blocks * 512 < 8 * MiB
     assert seen[-1] == (1024 * MiB, 1024 * MiB)
     with pytest.raises(Exception, match="already exists"):
@@ -120,7 +120,7 @@ def test_verify_flags_a_stored_disk_with_backing_file(
     stored.unlink()
     run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2_plain), str(stored))
     m = json.loads((p.path / "manifest.json").read_text())
-    m["disks"][0]["sha256"] = run("sha256sum", str(stored)).split()[0]
+    m["disks"][0]["digest"] = reference_digest(stored)
     (p.path / "manifest.json").write_text(json.dumps(m))
     r = vault.verify(vault.get_point(p.point_id))
     assert [(d.target, d.status) for d in r.disks] == [("vda", "has-backing")], r.to_dict()
