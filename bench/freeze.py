@@ -32,12 +32,15 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
         swap_data_disk(settings, vm, swap_to)
     reps = reps_for(vm.data_bytes, reps)
     windows, durations, copied, consistency = [], [], [], []
+    phases: dict[str, list[float]] = {"freeze": [], "snapshot": [], "thaw": []}
     for _ in range(reps):
         drop_caches()
         r = backup_once(settings, vm.name, keep=False)
         if r["freeze_window_ms"] is not None:
             windows.append(r["freeze_window_ms"])
         durations.append(r["wall_s"])
+        for k, v in r["phase_ms"].items():
+            phases[k].append(v)
         copied.append(r["bytes_written"])
         consistency.append(r["consistency"])  # a backup without a freeze window is visible here, not dropped
     res: dict[str, Any] = {
@@ -46,6 +49,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
         "boot_s": round(vm.boot_seconds, 2),
         "freeze_window_ms": summary(windows),
         "backup_wall_s": summary(durations),
+        "phase_ms": {k: summary(v) for k, v in phases.items()},
         "bytes_written": copied,
         "consistency": consistency,
     }
@@ -63,5 +67,6 @@ def result(sizes: list[dict[str, Any]], vm: BenchVm) -> dict[str, Any]:
         "vm": vm.name,
         "register_s": round(vm.register_seconds or 0, 1),
         "method": "one registered lab VM, /data1 swapped per size (filled on the host while the VM is off); "
-                  "vmbackup backups; freeze_window_ms as the agent reports it",
+                  "vmbackup backups; freeze_window_ms from the agent's frozen reply to its thaw reply, phase_ms "
+                  "from the job's phases (freeze = the Freeze RPC before the window opens; snapshot, thaw inside)",
     }

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.common import allocated, apparent
 from controller.backup.engine import BackupEngine, BackupRequest
+from controller.jobs.store import JobStore
 from controller.settings import Settings
 from controller.vault import Vault
 
@@ -19,8 +20,12 @@ def backup_once(settings: Settings, vm: str, keep: bool) -> dict[str, Any]:
     vault = Vault(settings.vault)
     point = vault.get_point(res.point_id)
     pdir = vault.point_path(point)
+    phases = {p.name: p.duration_s or 0.0 for p in JobStore.open(settings.db_path).get(res.job_id).phases}
     out = {
         "wall_s": wall,
+        # the job's own phase timings: the Freeze RPC (guest sync + FIFREEZE + hooks), the libvirt snapshot
+        # (inside the window), the Thaw RPC (ends the window)
+        "phase_ms": {k: round(v * 1000, 1) for k, v in phases.items() if k in ("freeze", "snapshot", "thaw")},
         "engine_duration_s": res.duration_s,
         "freeze_window_ms": res.freeze_window_ms,
         "consistency": res.consistency,

@@ -1,9 +1,10 @@
 """The agent bundle: the vmbackup wheel (agent/ + generated protos) plus its dependency wheels, for the guest.
 
-A bundle is one tar file holding ``manifest.json``, ``requirements.txt``, ``vmbackup-agent.service`` and
-``wheels/*.whl``, built for one guest Python (default CPython 3.11, x86_64 manylinux) so the guest needs no
-internet. It is cached by content hash in ``$VMBACKUP_HOME/bundles/<hash>/`` (hash of the agent sources, the
-dependency pins and the target)::
+A bundle is one tar file holding ``manifest.json``, ``requirements.txt``, ``vmbackup-agent.service``,
+``wheels/*.whl`` and ``installer/pip-*.whl`` (pip itself, run straight from its wheel in the guest, so the agent's
+venv is made ``--without-pip``: ensurepip alone took 75 s in an emulated guest). It is built for one guest Python
+(default CPython 3.11, x86_64 manylinux) so the guest needs no internet. It is cached by content hash in
+``$VMBACKUP_HOME/bundles/<hash>/`` (hash of the agent sources, the dependency pins, the installer and the target)::
 
     b = build_bundle(settings.home / "bundles")                 # or python_version="3.12"
     b.tar_path, b.manifest["agent_version"], b.key
@@ -34,7 +35,7 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x8
 #: What goes into the vmbackup wheel for the guest: the agent and the generated protos, never controller/.
 _SOURCE_ITEMS = ("pyproject.toml", "agent", "protos")
 _PIP_TIMEOUT_S = 600
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: installer/ (pip run from its wheel)
 _build_lock = threading.Lock()
 
 
@@ -85,10 +86,15 @@ def _source_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
+def installer_pin() -> str:
+    """The pip the guest runs from its wheel: the controller's own version, known to work with these pins."""
+    return f"pip=={metadata.version('pip')}"
+
+
 def bundle_key(root: Path, requirements: list[str], python_version: str) -> str:
-    """Content hash of everything a bundle is made of: sources, pins, target Python and platforms."""
+    """Content hash of everything a bundle is made of: sources, pins, installer, target Python and platforms."""
     h = hashlib.sha256()
-    h.update(json.dumps([BUNDLE_FORMAT, requirements, python_version, PLATFORMS]).encode())
+    h.update(json.dumps([BUNDLE_FORMAT, requirements, installer_pin(), python_version, PLATFORMS]).encode())
     for f in _source_files(root):
         h.update(str(f.relative_to(root)).encode() + b"\0")
         h.update(hashlib.sha256(f.read_bytes()).digest())
@@ -195,6 +201,12 @@ def _build_bundle(cache_dir: Path, python_version: str) -> Bundle:
         wheels.mkdir()
         agent_wheel = _build_agent_wheel(root, wheels)
         _download_dependencies(requirements, python_version, wheels)
+        installer = work / "installer"
+        installer.mkdir()
+        _download_dependencies([installer_pin()], python_version, installer)
+        pip_wheels = sorted(installer.glob("pip-*.whl"))
+        if len(pip_wheels) != 1:
+            raise BundleBuildFailed(f"expected one pip wheel in {installer}, found {[w.name for w in pip_wheels]}")
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "key": key,
@@ -203,13 +215,14 @@ def _build_bundle(cache_dir: Path, python_version: str) -> Bundle:
             "platforms": list(PLATFORMS),
             "requirements": requirements,
             "agent_wheel": agent_wheel.name,
+            "installer_wheel": pip_wheels[0].name,
             "wheels": {w.name: _sha256(w) for w in sorted(wheels.glob("*.whl"))},
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         (work / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         shutil.copy2(root / "agent" / "systemd" / "vmbackup-agent.service", work / "vmbackup-agent.service")
         with tarfile.open(work / "bundle.tar", "w") as tar:
-            for name in ("manifest.json", "requirements.txt", "vmbackup-agent.service", "wheels"):
+            for name in ("manifest.json", "requirements.txt", "vmbackup-agent.service", "wheels", "installer"):
                 tar.add(work / name, arcname=name)
         _publish(work, bundle_dir)
     result = _load_cached(bundle_dir, key)

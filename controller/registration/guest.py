@@ -7,6 +7,7 @@ Nothing the agent needs at run time stays under /var/tmp: the bundle is unpacked
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
 import yaml
@@ -78,20 +79,32 @@ def push_bundle(s: SshSession, bundle: Bundle) -> str:
     return target
 
 
-def install_venv(s: SshSession, bundle: Bundle, staged: str, timeout_s: float) -> float:
-    """Create (or reuse) the venv and pip install the wheels offline; return the seconds it took."""
+def install_script(bundle: Bundle, staged: str, venv: str = VENV, python3: str = "python3") -> str:
+    """The sh script that creates (or reuses) the venv and pip installs the unpacked bundle offline.
+
+    The venv is made without pip (ensurepip is the slowest part under emulation); the bundle's pip runs straight
+    from its wheel with the venv's interpreter, which installs into that venv. A venv whose interpreter does not
+    start (an interrupted first install) is made again. Ends by printing the installed agent's version.
+    """
     # byte-compiled at install time on purpose: the agent never writes .pyc itself (it may run while filesystems are
     # frozen), so without them every agent start would compile grpc/protobuf in memory, slow under emulation
-    pip = f"{VENV}/bin/python -m pip install --disable-pip-version-check --no-index -q"
-    wheels = f"{staged}/wheels"
-    agent_wheel = shlex.quote(f"{wheels}/{bundle.manifest['agent_wheel']}")
-    cmd = (
-        f"set -e; mkdir -p {AGENT_ROOT}; "
-        f"{VENV}/bin/python -c 'import pip' 2>/dev/null || python3 -m venv --clear {VENV}; "
-        f"{pip} --find-links {wheels} -r {staged}/requirements.txt; "
+    q = shlex.quote
+    installer = q(f"{staged}/installer/{bundle.manifest['installer_wheel']}/pip")
+    pip = f"{q(venv)}/bin/python {installer} install --disable-pip-version-check --no-index --no-cache-dir -q"
+    wheels = q(f"{staged}/wheels")
+    agent_wheel = q(f"{staged}/wheels/{bundle.manifest['agent_wheel']}")
+    return (
+        f"set -e; mkdir -p {q(posixpath.dirname(venv))}; "
+        f"{q(venv)}/bin/python -c 'import sys' 2>/dev/null || {q(python3)} -m venv --clear --without-pip {q(venv)}; "
+        f"{pip} --find-links {wheels} -r {q(staged + '/requirements.txt')}; "
         f"{pip} --no-deps --force-reinstall {agent_wheel}; "
-        f"{VENV}/bin/vmbackup-agent --version"
+        f"{q(venv)}/bin/vmbackup-agent --version"
     )
+
+
+def install_venv(s: SshSession, bundle: Bundle, staged: str, timeout_s: float) -> float:
+    """Run install_script in the guest under a deadline; return the seconds it took."""
+    cmd = install_script(bundle, staged)
     limit = max(1, int(timeout_s))
     guarded = f"timeout -k 5 {limit} sh -c {shlex.quote(cmd)}"  # the guest enforces the deadline too
     try:

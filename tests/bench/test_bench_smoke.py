@@ -70,6 +70,8 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     b = res["benchmarks"]
     fw = b["freeze"]["sizes"][0]["freeze_window_ms"]
     assert fw["n"] == 1 and 0 < fw["median"] < 10_000
+    ph = b["freeze"]["sizes"][0]["phase_ms"]
+    assert 0 < ph["snapshot"]["median"] < fw["median"]  # the snapshot happens inside the window
     assert b["freeze"]["sizes"][0]["bytes_written"][0] > 64 << 20  # the 64 MiB of random data + the root disk
     vmb = b["full_backup"]["contenders"]["vmbackup"]
     assert vmb["status"] == "ok" and vmb["max_stall_ms"]["median"] >= 10  # the writer sleeps 10 ms per line

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller.registration import bundle as bundle_mod
+from controller.registration import guest
 from controller.registration.bundle import Bundle, build_bundle
 
 
@@ -33,6 +34,7 @@ def test_bundle_contents_match_manifest(built: Bundle) -> None:
             data = tar.extractfile(f"wheels/{wheel}").read()  # type: ignore[union-attr]
             assert hashlib.sha256(data).hexdigest() == digest
     assert {"manifest.json", "requirements.txt", "vmbackup-agent.service"} <= names
+    assert f"installer/{manifest['installer_wheel']}" in names and manifest["installer_wheel"].startswith("pip-")
     wheels = " ".join(manifest["wheels"])
     for dep in ("grpcio-", "grpcio_health_checking-", "protobuf-", "pyyaml-", "vmbackup-"):
         assert dep in wheels.lower(), f"{dep} missing from {wheels}"
@@ -67,36 +69,25 @@ def test_cached_by_content_hash(built: Bundle) -> None:
 
 
 def test_installs_offline_into_fresh_venv(built: Bundle, tmp_path: Path) -> None:
+    """The guest's own install script, run here: a venv without pip, the bundle's pip from its wheel, no index."""
     if sys.version_info[:2] != (3, 11):
         pytest.skip(f"the bundle targets CPython 3.11; this interpreter is {sys.version.split()[0]}")
     with tarfile.open(built.tar_path) as tar:
         tar.extractall(tmp_path / "b", filter="data")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [
-        str(venv / "bin" / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-index",
-        "--disable-pip-version-check",
-    ]
-    wheels = tmp_path / "b" / "wheels"
-    subprocess.run(
-        [*pip, "--find-links", str(wheels), "-r", str(tmp_path / "b" / "requirements.txt")], check=True
-    )
-    subprocess.run([*pip, "--no-deps", str(wheels / built.manifest["agent_wheel"])], check=True)
-    out = subprocess.run(
-        [str(venv / "bin" / "vmbackup-agent"), "--version"], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == f"vmbackup-agent {built.agent_version}"
-    # the generated gRPC code imports with the bundled grpcio/protobuf
+    venv = tmp_path / "opt" / "venv"
+    script = guest.install_script(built, str(tmp_path / "b"), venv=str(venv), python3=sys.executable)
+    for attempt in ("fresh", "again (an upgrade reuses the venv)"):
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        assert out.returncode == 0, f"{attempt}: {out.stderr[-3000:]}"
+        assert out.stdout.strip().endswith(f"vmbackup-agent {built.agent_version}"), attempt
+    assert not (venv / "bin" / "pip").exists()  # no pip inside: the installer wheel did the work
+    # the generated gRPC code imports with the bundled grpcio/protobuf, and it was byte-compiled at install time
     probe = (
         "from vmbackup.agent.v1 import agent_pb2_grpc; import grpc_health.v1.health; import yaml; print('ok')"
     )
     res = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True)
     assert res.stdout.strip() == "ok", res.stderr
+    assert list(venv.glob("lib/python3.11/site-packages/agent/__pycache__/*.pyc"))
 
 
 def _repo_agent_version() -> str:
