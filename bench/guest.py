@@ -17,11 +17,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bench.common import MiB, run
 from bench.exceptions import BenchSetupFailed, GuestCommandFailed
+from controller import db
+from controller.backup.quiesce import agent_client
+from controller.errors import VmBackupError
 from controller.lab import image, vms
 from controller.lab.metadata import LabMetadata
 from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.registration.register import RegisterOptions, Registrar
+from controller.registration.store import get_registration
 from controller.settings import Settings
 from controller.virt.connection import connection
 
@@ -126,16 +130,32 @@ def swap_data_disk(settings: Settings, vm: BenchVm, data_bytes: int) -> None:
         dom.create()
     wait_for_ssh(vm.meta, 300.0)
     vm.boot_seconds, vm.data_bytes = time.monotonic() - t0, data_bytes
-    wait_agent(vm)
+    wait_agent(vm, settings)
 
 
-def wait_agent(vm: BenchVm, timeout: float = 120.0) -> None:
-    """Block until the vmbackup agent service is active in the guest."""
+def wait_agent(vm: BenchVm, settings: Settings, timeout: float = 120.0) -> None:
+    """Block until the agent service is active and answers GetInfo over mTLS (a freshly booted agent is active
+    before it listens: a backup then would fall back to CRASH and measure no freeze window)."""
     deadline = time.monotonic() + timeout
-    while ssh_run(vm.meta, "systemctl is-active --quiet vmbackup-agent.service", timeout=30)[0] != 0:
+    while not _agent_ready(vm, settings):
         if time.monotonic() > deadline:
-            raise BenchSetupFailed(f"vmbackup-agent is not active in {vm.name} after {timeout:.0f} s")
+            raise BenchSetupFailed(f"vmbackup-agent does not answer in {vm.name} after {timeout:.0f} s")
         time.sleep(1.0)
+
+
+def _agent_ready(vm: BenchVm, settings: Settings) -> bool:
+    """The unit is active and GetInfo answers."""
+    if ssh_run(vm.meta, "systemctl is-active --quiet vmbackup-agent.service", timeout=30)[0] != 0:
+        return False
+    reg = get_registration(db.connect(settings.db_path), vm.uuid)
+    if reg is None:
+        raise BenchSetupFailed(f"{vm.name} is not registered")
+    try:
+        with agent_client(settings, reg) as client:
+            client.get_info()
+        return True
+    except VmBackupError:
+        return False
 
 
 def register(settings: Settings, vm: BenchVm) -> None:

@@ -77,10 +77,13 @@ class BackupEngine:
 
     def __init__(self, settings: Settings, progress: Progress | None = None):
         self.settings = settings
-        self.conn = db.connect(settings.db_path)
-        self.conn.execute("PRAGMA synchronous=FULL")  # intent records must survive a crash right after they are written
+        self.conn = db.connect(settings.db_path)  # jobs: WAL + synchronous=NORMAL, no fsync per commit
         self.jobs = JobStore(self.conn)
-        self.intents = IntentStore(self.conn)
+        # intent records must survive a crash right after they are written: their own connection fsyncs each commit
+        # (the WAL is shared, so that fsync also makes every earlier job row durable)
+        self.intent_conn = db.connect(settings.db_path)
+        self.intent_conn.execute("PRAGMA synchronous=FULL")
+        self.intents = IntentStore(self.intent_conn)
         self.vault = Vault(settings.vault)
         self.progress = progress
         self._recovered = False
@@ -168,10 +171,12 @@ class BackupEngine:
             with run.phase("snapshot"):
                 overlays = take_snapshot(dom, ds, run.job_id)
                 snap_time = _utcnow()
-                self.intents.step(run.job_id, "snapshotted", overlays=overlays)
         finally:
             with run.phase("thaw"):
                 q = agent.thaw()
+        # recorded after the thaw, to keep an fsync out of the freeze window: a crash before this line is recovered
+        # from the "frozen" step (thaw by token) plus the overlays found by their job-named files (recovery.py)
+        self.intents.step(run.job_id, "snapshotted", overlays=overlays)
         q.created = snap_time
         self.intents.step(run.job_id, "thawed")
         run.detail("freeze_window_ms", q.window_ms)
