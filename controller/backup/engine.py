@@ -88,6 +88,11 @@ class BackupEngine:
         self.progress = progress
         self._recovered = False
 
+    def close(self) -> None:
+        """Close the engine's database connections (a long-running caller makes one engine per backup)."""
+        self.conn.close()
+        self.intent_conn.close()
+
     def run(self, req: BackupRequest) -> BackupResult:
         """Back up one VM as a job; raises the job's error if it fails."""
         uri = req.host_uri or self.settings.uri

@@ -192,7 +192,7 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
     try:
         r = engine.run(req)
     finally:
-        engine.conn.close()
+        engine.close()
     window = f"{r.freeze_window_ms:.0f} ms" if r.freeze_window_ms is not None else "-"
     return r.job_id, r.point_id, f"{r.consistency}, freeze {window}, {r.bytes_copied / 2**20:.1f} MiB"
 
