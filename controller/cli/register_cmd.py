@@ -35,6 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--ready-timeout", type=float, default=180.0, help="seconds for the agent to answer GetInfo"
     )
+    p.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="the VM's SSH host key changed and you verified the new one (default: refuse, SSH_HOST_KEY_CHANGED)",
+    )
     p.add_argument("--ssh-wait", type=float, default=0.0, help="keep retrying SSH this long (guest booting)")
     output.add_json_flag(p)
     p.set_defaults(func=run)
@@ -54,6 +59,7 @@ def _options(args: argparse.Namespace) -> RegisterOptions:
         install_timeout_s=args.install_timeout,
         ready_timeout_s=args.ready_timeout,
         ssh_wait_s=args.ssh_wait,
+        accept_new_host_key=args.accept_new_host_key,
     )
 
 

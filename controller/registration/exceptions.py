@@ -40,6 +40,15 @@ class SshUnreachable(RegistrationError):
     remediation = "Check that the VM has booted, sshd runs in the guest and the SSH host/port are right."
 
 
+class SshHostKeyChanged(RegistrationError):
+    code = "SSH_HOST_KEY_CHANGED"
+    remediation = (
+        "Either the guest was reinstalled or something intercepts the connection. Compare the presented "
+        "fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` run on the VM's console; if they "
+        "match, run `vmbackup register VM --accept-new-host-key`."
+    )
+
+
 class SshAuthFailed(RegistrationError):
     code = "SSH_AUTH_FAILED"
     remediation = "Use a key the guest's root (or --ssh-user) accepts: --ssh-key PATH; check authorized_keys."

@@ -32,6 +32,7 @@ from controller.pki import CertificateAuthority, IssuedCert
 from controller.registration import guest
 from controller.registration.bundle import Bundle, build_bundle
 from controller.registration.exceptions import AgentNotReady
+from controller.registration.hostkeys import HostKeyStore
 from controller.registration.precheck import (
     DEFAULT_MAX_DATA_DISKS,
     EndpointOverrides,
@@ -60,6 +61,7 @@ class RegisterOptions:
     ready_timeout_s: float = 180.0
     ssh_wait_s: float = 0.0
     min_agent_version: str = MIN_AGENT_VERSION
+    accept_new_host_key: bool = False  # the operator verified a changed SSH host key (see hostkeys.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Registrar:
         self.conn = db.connect(settings.db_path)
         self.jobs = JobStore(self.conn)
         self.ca = CertificateAuthority.load_or_create(settings.pki_dir)
+        self.host_keys = HostKeyStore.of(settings)
 
     def register_many(
         self, vms: list[str], opts: RegisterOptions, concurrency: int = 2
@@ -135,6 +138,8 @@ class Registrar:
         with run.phase("connect"):
             s = wait_connect(ends.ssh, opts.ssh_wait_s)
             try:
+                trust = self.host_keys.check(ref.uuid, ref.name, s.host_key(), opts.accept_new_host_key)
+                run.detail("ssh_host_key", trust)
                 py = guest.probe_python(s)
                 upgraded = guest.is_installed(s)
             except BaseException:

@@ -4,8 +4,9 @@ Errors are translated at the edge: unreachable -> SshUnreachable, refused key ->
 its deadline -> CommandTimeout (the caller names what timed out). Commands run as root; a non-root user gets
 ``sudo -n`` in front.
 
-Host keys: the SSH channel is only used to install the agent; trust afterwards rests on mutual TLS. Host keys
-are accepted without a known_hosts check (lab VMs are rebuilt with new keys on the same forwarded port).
+Host keys: this module accepts any key during the handshake; callers check it against the key recorded for the
+VM (trust on first use, bound to the VM's UUID: ``hostkeys.py``) before sending anything. Trust in the agent
+afterwards rests on mutual TLS.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class SshSession:
         if self._sftp is not None:
             self._sftp.close()
         self.client.close()
+
+    def host_key(self) -> paramiko.PKey:
+        """The host key the guest's sshd presented in this session's handshake."""
+        transport = self.client.get_transport()
+        if transport is None:
+            raise SshUnreachable(f"SSH connection to {self.endpoint.host}:{self.endpoint.port} was lost")
+        return transport.get_remote_server_key()
 
     @property
     def sftp(self) -> paramiko.SFTPClient:

@@ -15,6 +15,7 @@ from controller.jobs.store import JobStore, VmRef
 from controller.pki import CertificateAuthority
 from controller.registration import guest
 from controller.registration.exceptions import NotRegistered
+from controller.registration.hostkeys import HostKeyStore
 from controller.registration.ssh import SshEndpoint, connect
 from controller.registration.store import delete, get_registration, list_registrations
 from controller.settings import Settings
@@ -69,6 +70,11 @@ class Unregistrar:
             try:
                 with run.phase("connect"):
                     session = connect(endpoint)
+                    try:  # never run commands on a guest that presents another host key than the registered one
+                        HostKeyStore.of(self.settings).check(ref.uuid, ref.name, session.host_key())
+                    except VmBackupError:
+                        session.close()
+                        raise
             except VmBackupError:
                 if not force:
                     raise

@@ -8,6 +8,7 @@ install, an upgrade that keeps a planted config marker, a revoked certificate re
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import paramiko
 import pytest
 
 from controller import db, settings
@@ -25,6 +27,7 @@ from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.pki import CertificateAuthority
 from controller.registration import guest
+from controller.registration.hostkeys import HostKeyStore, fingerprint
 from controller.registration.precheck import EndpointOverrides, resolve_endpoints
 from controller.registration.register import RegisterOptions, RegisterResult, Registrar
 from controller.registration.ssh import SshSession, connect
@@ -191,6 +194,36 @@ def test_registered_agent_answers_over_mtls(registered_vm: RegisterResult, lab_v
         assert client.get_info().hostname == hostname
         assert f"{client.verify_server_cert():x}" == reg.cert_serial
     print(f"\nregister timings under TCG: {registered_vm.timings}")
+
+
+@pytest.mark.vm
+def test_changed_host_key_is_refused_before_anything_runs(
+    registered_vm: RegisterResult, lab_vm: Any, tmp_path: Path
+) -> None:
+    """Registration recorded the guest's host key; a different recorded key stops register and unregister."""
+    vm, cfg = lab_vm_name(lab_vm), settings.load()
+    store = HostKeyStore.of(cfg)
+    vm_uuid = registered_vm.registration.vm_uuid
+    real = store.get(vm_uuid)
+    assert real is not None, "registration did not record the guest's host key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    other = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "k"))
+    saved = store.path.read_text()
+    entries = json.loads(saved)
+    forged = {"key_type": other.get_name(), "key": other.get_base64(), "fingerprint": fingerprint(other)}
+    entries[vm_uuid] = {**real, **forged}
+    store.path.write_text(json.dumps(entries))
+    try:
+        with pytest.raises(VmBackupError) as exc:
+            Registrar(cfg).register(vm, RegisterOptions())
+        assert _code(exc) == "SSH_HOST_KEY_CHANGED"
+        assert real["fingerprint"] in exc.value.message and fingerprint(other) in exc.value.message
+        with pytest.raises(VmBackupError) as exc:
+            Unregistrar(cfg).unregister(vm)
+        assert _code(exc) == "SSH_HOST_KEY_CHANGED"
+        assert get_registration(db.connect(cfg.db_path), vm_uuid) is not None  # nothing was removed
+    finally:
+        store.path.write_text(saved)
 
 
 @pytest.mark.vm
