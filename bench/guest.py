@@ -25,7 +25,7 @@ from controller.lab.metadata import LabMetadata
 from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.registration.register import RegisterOptions, Registrar
-from controller.registration.store import get_registration
+from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
 from controller.virt.connection import connection
 
@@ -136,20 +136,20 @@ def swap_data_disk(settings: Settings, vm: BenchVm, data_bytes: int) -> None:
 def wait_agent(vm: BenchVm, settings: Settings, timeout: float = 120.0) -> None:
     """Block until the agent service is active and answers GetInfo over mTLS (a freshly booted agent is active
     before it listens: a backup then would fall back to CRASH and measure no freeze window)."""
+    reg = get_registration(db.connect(settings.db_path), vm.uuid)
+    if reg is None:
+        raise BenchSetupFailed(f"{vm.name} is not registered")
     deadline = time.monotonic() + timeout
-    while not _agent_ready(vm, settings):
+    while not _agent_ready(vm, settings, reg):
         if time.monotonic() > deadline:
             raise BenchSetupFailed(f"vmbackup-agent does not answer in {vm.name} after {timeout:.0f} s")
         time.sleep(1.0)
 
 
-def _agent_ready(vm: BenchVm, settings: Settings) -> bool:
+def _agent_ready(vm: BenchVm, settings: Settings, reg: Registration) -> bool:
     """The unit is active and GetInfo answers."""
     if ssh_run(vm.meta, "systemctl is-active --quiet vmbackup-agent.service", timeout=30)[0] != 0:
         return False
-    reg = get_registration(db.connect(settings.db_path), vm.uuid)
-    if reg is None:
-        raise BenchSetupFailed(f"{vm.name} is not registered")
     try:
         with agent_client(settings, reg) as client:
             client.get_info()

@@ -12,10 +12,8 @@ keeps forwarded ports and DHCP addresses that get reused by other VMs from causi
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import threading
@@ -26,6 +24,7 @@ from typing import Any
 
 import paramiko
 
+from controller.lab import sshkey
 from controller.registration.exceptions import SshHostKeyChanged
 from controller.settings import Settings
 
@@ -34,7 +33,7 @@ _thread_lock = threading.Lock()
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style fingerprint: SHA256:<base64, unpadded> (what `ssh-keygen -lf` prints)."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return sshkey.fingerprint(f"{key.get_name()} {key.get_base64()}")
 
 
 class HostKeyStore:

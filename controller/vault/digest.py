@@ -23,13 +23,13 @@ from controller.vault.exceptions import ManifestInvalid
 CHUNK = 4 << 20
 DEFAULT_ALGO = "sha256-4m"
 ALGOS = ("sha256-4m", "sha256")
-_ZEROS = memoryview(bytes(CHUNK))
+ZEROS = memoryview(bytes(CHUNK))  #: one chunk of zeros, shared with sparse.py
 
 
 @lru_cache(maxsize=8)
 def _zero_chunk_digest(n: int) -> bytes:
     """SHA-256 of n zero bytes (n <= CHUNK): the digest of a hole chunk."""
-    return hashlib.sha256(_ZEROS[:n]).digest()
+    return hashlib.sha256(ZEROS[:n]).digest()
 
 
 class Digest:
@@ -49,7 +49,7 @@ class Digest:
         """Feed n zero bytes (a hole), chunk-aligned at its start."""
         while n:
             k = min(n, CHUNK)
-            self._h.update(_zero_chunk_digest(k) if self.algo == "sha256-4m" else _ZEROS[:k])
+            self._h.update(_zero_chunk_digest(k) if self.algo == "sha256-4m" else ZEROS[:k])
             n -= k
 
     def hexdigest(self) -> str:

@@ -20,7 +20,7 @@ from controller.vault.exceptions import ChecksumMismatch, DiskCopyFailed
 BLOCK = digest.CHUNK
 SUB = 64 << 10  # zero detection granularity inside a data chunk
 HOLE_REPORT = 256 << 20  # across holes, report progress every 256 MiB (progress callbacks may touch the job DB)
-_ZMV = memoryview(bytes(BLOCK))
+_ZMV = digest.ZEROS
 #: progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
 
