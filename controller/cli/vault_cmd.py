@@ -6,11 +6,13 @@ import argparse
 
 from controller.cli import output
 from controller.cli.points_cmd import human_size
-from controller.vault import Vault, VerifyResult
+from controller.errors import VmBackupError
+from controller.vault import RecoveryPoint, Vault, VerifyResult
+from controller.vault.verdicts import record_verify
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Verify one point or all; exit 1 when any point is corrupt."""
+    """Verify one point or all, recording each outcome on the point; exit 1 when any point is corrupt."""
     v = Vault()
     points = [v.get_point(args.point)] if args.point else v.list_points(include_broken=True)
     results: list[VerifyResult] = []
@@ -18,7 +20,9 @@ def run_verify(args: argparse.Namespace) -> int:
         if p.error:
             results.append(VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error))
         else:
-            results.append(v.verify(p))
+            res = v.verify(p)
+            results.append(res)
+            _record(v, p, res)
     bad = [r for r in results if not r.ok]
     if args.json:
         output.print_json({"ok": not bad, "points": [r.to_dict() for r in results]})
@@ -34,6 +38,14 @@ def run_verify(args: argparse.Namespace) -> int:
         output.table("vault verify", ["point", "VM", "result", "bad disks", "detail"], rows)
         print(f"{len(results)} point(s) checked, {len(bad)} corrupt")
     return 1 if bad else 0
+
+
+def _record(v: Vault, p: RecoveryPoint, res: VerifyResult) -> None:
+    """Store the outcome on the point (retention keeps the newest verified point); warn if that fails."""
+    try:
+        record_verify(v, p, res)
+    except (VmBackupError, OSError) as e:
+        output.err_console.print(f"warning: could not record the verify result on {p.point_id}: {e}", markup=False)
 
 
 def run_usage(args: argparse.Namespace) -> int:

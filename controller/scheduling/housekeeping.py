@@ -22,6 +22,7 @@ from controller.scheduling.workers import RunResult
 from controller.settings import Settings
 from controller.vault import Vault
 from controller.vault.exceptions import PointCorrupt
+from controller.vault.verdicts import record_verify
 
 #: The lock key of the verify job: one verify of the vault at a time, across processes.
 VERIFY_LOCK = "verify:vault"
@@ -51,7 +52,7 @@ def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
 
 
 def verify_vault(settings: Settings) -> RunResult:
-    """Verify every published point (SHA-256 + qemu-img check) as one 'verify' job."""
+    """Verify every published point (SHA-256 + qemu-img check) as one 'verify' job; records each on its point."""
     conn = db.connect(settings.db_path)
     try:
         jobs, vault = JobStore(conn), Vault(settings.vault)
@@ -62,6 +63,10 @@ def verify_vault(settings: Settings) -> RunResult:
                 points = vault.list_points()
                 for p in points:
                     res = vault.verify(p)
+                    try:
+                        record_verify(vault, p, res)  # retention keeps the newest point that verified
+                    except (VmBackupError, OSError) as e:
+                        run.warn(f"could not record the verify result on {p.point_id}: {e}")
                     run.add_bytes(p.stored_bytes)
                     if not res.ok:
                         bad.append(res.to_dict())

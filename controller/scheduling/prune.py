@@ -24,6 +24,7 @@ from controller.scheduling.retention import PointRecord, Selection, select_pruna
 from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault
 from controller.vault.exceptions import VaultError
+from controller.vault.verdicts import boot_checked_ok, verified_ok
 
 
 @dataclass
@@ -56,13 +57,20 @@ class PruneReport:
 
 
 def record_of(p: RecoveryPoint) -> PointRecord:
-    """The retention view of a vault point (created: manifest ISO time, naive taken as UTC)."""
+    """The retention view of a vault point (created: manifest ISO time, naive taken as UTC; recorded verdicts)."""
     created = getattr(p, "created", None)
     if not isinstance(created, datetime):
         created = datetime.fromisoformat(p.manifest.created)
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    return PointRecord(p.point_id, created, p.manifest.consistency, ref=p)
+    return PointRecord(
+        p.point_id,
+        created,
+        p.manifest.consistency,
+        ref=p,
+        verified=verified_ok(p.manifest),
+        boot_checked=boot_checked_ok(p.manifest),
+    )
 
 
 def _by_vm(vault: Vault, vm: str | None) -> dict[str, list[RecoveryPoint]]:

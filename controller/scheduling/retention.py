@@ -10,7 +10,10 @@ first, and a point is kept if any rule keeps it (the union; like restic's ``forg
 - ``max_age``: a point older than now - max_age is pruned even if a rule keeps it. With no count rule at all,
   everything younger than max_age is kept.
 - No rule at all: everything is kept.
-- Always kept: the newest *good* point (the newest non-CRASH point, else the newest), whatever the rules.
+- Always kept, whatever the rules: the newest point whose last verify passed ("newest verified point"), the
+  newest point whose last boot-check passed ("newest boot-checked point"), and the newest *good* point (the
+  newest non-CRASH point not known to have failed verify or boot-check, else the newest), so a corrupt newest
+  point can never make prune delete the only point known to be good.
 
 Applying it to what it kept prunes nothing more (idempotent). Unprotected-with-retain VMs are not pruned at
 all: that is decided by the caller (controller.scheduling.prune), not here.
@@ -34,6 +37,8 @@ class PointRecord:
     created: datetime
     consistency: str
     ref: Any = None
+    verified: bool | None = None  # last verify: passed, failed, or never verified
+    boot_checked: bool | None = None  # last boot-check: passed, failed, or never boot-checked
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Verdict:
             "point_id": self.point.id,
             "created": self.point.created.isoformat(),
             "consistency": self.point.consistency,
+            "verified": self.point.verified,
+            "boot_checked": self.point.boot_checked,
             "reasons": list(self.reasons),
         }
 
@@ -76,12 +83,29 @@ def _periods(tz: tzinfo) -> dict[str, Callable[[datetime], Hashable]]:
 
 
 def newest_good(points: Iterable[PointRecord]) -> PointRecord | None:
-    """The newest non-CRASH point, else the newest point, else None."""
+    """The newest non-CRASH point not known to be bad (failed verify or boot-check), else the newest, else None."""
     ordered = sorted(points, key=lambda p: (_utc(p.created), p.id), reverse=True)
-    good = [p for p in ordered if p.consistency != "CRASH"]
+    sound = [p for p in ordered if p.verified is not False and p.boot_checked is not False]
+    good = [p for p in sound if p.consistency != "CRASH"]
     if good:
         return good[0]
     return ordered[0] if ordered else None
+
+
+def guarded(points: Iterable[PointRecord]) -> list[tuple[PointRecord, str]]:
+    """The points kept whatever the rules, each with why (a point may appear under several reasons)."""
+    ordered = sorted(points, key=lambda p: (_utc(p.created), p.id), reverse=True)
+    out: list[tuple[PointRecord, str]] = []
+    verified = next((p for p in ordered if p.verified is True), None)
+    if verified is not None:
+        out.append((verified, "newest verified point"))
+    booted = next((p for p in ordered if p.boot_checked is True), None)
+    if booted is not None:
+        out.append((booted, "newest boot-checked point"))
+    good = newest_good(ordered)
+    if good is not None:
+        out.append((good, "newest good point"))
+    return out
 
 
 def select_prunable(
@@ -118,12 +142,12 @@ def select_prunable(
             if _utc(p.created) < cutoff:
                 reasons[p.id] = [f"older than max age {format_duration(retention.max_age)}"]
     keep_ids = {p.id for p in ordered if reasons[p.id] and not reasons[p.id][0].startswith("older than")}
-    guard = newest_good(ordered)
-    if guard is not None and guard.id not in keep_ids:
-        keep_ids.add(guard.id)
-        reasons[guard.id] = ["newest good point (always kept)"]
-    elif guard is not None:
-        reasons[guard.id].append("newest good point")
+    for guard, why in guarded(ordered):
+        if guard.id not in keep_ids:
+            keep_ids.add(guard.id)
+            reasons[guard.id] = [f"{why} (always kept)"]
+        else:
+            reasons[guard.id].append(why)
     keep = [Verdict(p, tuple(reasons[p.id])) for p in ordered if p.id in keep_ids]
     prune = [
         Verdict(p, tuple(reasons[p.id]) or ("not selected by any rule",))

@@ -55,6 +55,7 @@ class Manifest:
     policy: str | None = None
     job_id: str | None = None
     boot_check: dict[str, Any] | None = None
+    verify: dict[str, Any] | None = None  # the last verify: {"ok", "at", "errors"} (controller.vault.verdicts)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -240,7 +240,7 @@ class Vault:
 
     def update_manifest(self, point: RecoveryPoint, **changes: Any) -> RecoveryPoint:
         """Atomically rewrite a point's manifest with some top-level fields changed (e.g. boot_check=...)."""
-        allowed = {"boot_check", "policy", "consistency_reason"}
+        allowed = {"boot_check", "verify", "policy", "consistency_reason"}
         bad = set(changes) - allowed
         if bad:
             raise InvalidVaultId(f"manifest fields {sorted(bad)} cannot be changed (only {sorted(allowed)})")
