@@ -9,12 +9,18 @@ class attributes ``code`` (stable, UPPER_SNAKE, never reused) and ``remediation`
 
     raise VmNotRunning(f"VM {name!r} is shut off")
 
-Every subclass is recorded in :data:`ERROR_TABLE`, which ``vmbackup errors`` prints (the seed product's error table).
+Every subclass is recorded in :data:`ERROR_TABLE` when its module is imported; :func:`load_all` imports every
+``exceptions`` (and ``*_exceptions``) module under controller/ so the table ``vmbackup errors`` prints is complete
+(tests/test_error_table.py checks that no subclass lives anywhere else).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, ClassVar
+
+import controller
 
 #: code -> error class, filled in as subclasses are defined.
 ERROR_TABLE: dict[str, type[VmBackupError]] = {}
@@ -62,3 +68,17 @@ class InvalidArgument(VmBackupError):
 
     code = "INVALID_ARGUMENT"
     remediation = "Correct the value as the message says and run the command again."
+
+
+def is_exceptions_module(name: str) -> bool:
+    """Whether a dotted module name is one that defines errors: ``...exceptions`` or ``..._exceptions``."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "exceptions" or last.endswith("_exceptions")
+
+
+def load_all() -> dict[str, type[VmBackupError]]:
+    """Import every exceptions module under controller/ and return :data:`ERROR_TABLE`, now complete."""
+    for mod in pkgutil.walk_packages(controller.__path__, "controller."):
+        if is_exceptions_module(mod.name):
+            importlib.import_module(mod.name)
+    return ERROR_TABLE

@@ -35,7 +35,7 @@ class AgentTooOld(AgentClientError):
     """The agent does not speak the contract version the controller needs."""
 
     code = "AGENT_TOO_OLD"
-    remediation = "Upgrade the agent: vmbackup register --upgrade VM."
+    remediation = "Upgrade the agent: run `vmbackup register VM` again (it installs the current agent in place)."
 
 
 class AgentCallError(AgentClientError):

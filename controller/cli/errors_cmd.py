@@ -1,31 +1,33 @@
-"""`vmbackup errors`: the error table (code, operation, remediation), like the seed product's."""
+"""`vmbackup errors`: the error table (code, operation, remediation), like the seed product's.
+
+The table holds every :class:`~controller.errors.VmBackupError` code (:func:`controller.errors.load_all` imports
+every exceptions module under controller/) and every code the guest agent can answer with
+(:func:`controller.agentclient.agent_codes.agent_codes`); the ``raised by`` column says which side reports it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 
-import controller
+from controller.agentclient.agent_codes import agent_codes
 from controller.cli import output
-from controller.errors import ERROR_TABLE
+from controller.errors import load_all
 
 
-def _load_all_errors() -> None:
-    """Import every ``exceptions`` module so the table is complete."""
-    for mod in pkgutil.walk_packages(controller.__path__, "controller."):
-        if mod.name.endswith(".exceptions"):
-            importlib.import_module(mod.name)
+def rows() -> list[tuple[str, str, str, str]]:
+    """(operation, code, raised by, remediation) for every code, sorted by operation then code."""
+    out = [(cls.operation, code, "controller", cls.remediation) for code, cls in load_all().items()]
+    out += [(a.operation, a.code, "agent", a.remediation) for a in agent_codes()]
+    return sorted(out)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the table."""
-    _load_all_errors()
-    rows = sorted((cls.operation, code, cls.remediation) for code, cls in ERROR_TABLE.items())
+    table = rows()
     if args.json:
-        output.print_json([{"operation": o, "code": c, "remediation": r} for o, c, r in rows])
+        output.print_json([{"operation": o, "code": c, "raised_by": s, "remediation": r} for o, c, s, r in table])
     else:
-        output.table("vmbackup errors", ["operation", "code", "what to do"], rows)
+        output.table("vmbackup errors", ["operation", "code", "raised by", "what to do"], table)
     return 0
 
 

@@ -87,7 +87,7 @@ class AgentNotReady(RegistrationError):
 class BundleBuildFailed(RegistrationError):
     code = "BUNDLE_BUILD_FAILED"
     remediation = (
-        "Building the agent bundle failed: the controller must run from the vmbackup source tree, and PyPI "
+        "Building the agent bundle failed: the controller must run from a source checkout of vmbackup, and PyPI "
         "(or the pip cache) must provide the agent's dependency wheels once; the details keep pip's output."
     )
 

@@ -21,7 +21,7 @@ class PathEscape(VmBackupError):
     code = "PATH_ESCAPE"
     operation = "any"
     remediation = (
-        "Use the ids vmbackup prints (`vmbackup points`); names may not contain '/', '..' or be absolute."
+        "Use the point ids `vmbackup points` prints; names may not contain '/', '..' or be absolute."
     )
 
 
