@@ -110,6 +110,13 @@ def parse_text(text: str, source: str = "<text>") -> list[Policy]:
     src = _Src(source)
     try:
         docs = [d for d in yaml.compose_all(text) if d is not None]
+    except yaml.reader.ReaderError as e:  # a control character YAML does not allow (NUL, BEL, ...)
+        line = text.count("\n", 0, e.position) + 1
+        raise PolicyInvalid(
+            f"{source}:{line}: not valid YAML: control character #x{e.character:04x} "
+            "is not allowed in a policy file",
+            details={"file": source, "line": line, "field": None},
+        ) from e
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
@@ -143,9 +150,17 @@ def parse_file(path: Path | str) -> list[Policy]:
     """Every policy in a YAML file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as e:
         raise PolicyInvalid(f"{p}: cannot read: {e.strerror or e}", details={"file": str(p)}) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise PolicyInvalid(
+            f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+            details={"file": str(p), "line": line, "field": None},
+        ) from e
     return parse_text(text, str(p))
 
 
