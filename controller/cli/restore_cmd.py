@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from controller import settings as settings_mod
 from controller.cli import output
 from controller.errors import InvalidArgument
+from controller.restore.exceptions import ConfirmationRequired
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,6 +20,13 @@ def run(args: argparse.Namespace) -> int:
     modes = [bool(args.as_name), bool(args.disks_only), bool(args.replace)]
     if sum(modes) != 1:
         raise InvalidArgument("choose exactly one of --as NEW_NAME, --disks-only --to DIR, --replace VM")
+    if args.replace and args.keep_old and args.discard_old:
+        raise InvalidArgument("--keep-old and --discard-old contradict each other (replaced files are kept by default)")
+    if args.replace and not args.yes and not sys.stdin.isatty():
+        raise ConfirmationRequired(
+            f"restore --replace {args.replace} overwrites that VM's disks and needs a confirmation, "
+            "but there is no terminal to ask on; add --yes"
+        )
     r = Restorer(settings_mod.load())
     if args.as_name:
         pool = Path(args.pool_dir) if args.pool_dir else None
@@ -26,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgument("--disks-only needs --to DIR")
         res = r.restore_disks(args.point, Path(args.to))
     else:
-        res = r.restore_replace(args.point, args.replace, args.host, keep_old=args.keep_old)
+        res = r.restore_replace(
+            args.point,
+            args.replace,
+            args.host,
+            discard_old=args.discard_old,
+            from_other_vm=args.from_other_vm,
+            confirm=_confirmer(args),
+        )
     if args.json:
         output.print_json(res.to_dict())
         return 0
@@ -45,6 +62,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirmer(args: argparse.Namespace) -> Callable[[str], bool] | None:
+    """None with --yes; else a question on the terminal (stderr; only an answer of y/yes goes ahead)."""
+    if args.yes:
+        return None
+
+    def ask(summary: str) -> bool:
+        output.err_console.print(summary, markup=False, highlight=False)  # stderr: keeps --json output clean
+        output.err_console.print("Go ahead? [y/N] ", end="", markup=False)
+        try:
+            answer = input()
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `restore`."""
     p = sub.add_parser("restore", help="restore a recovery point as a new VM, as disk images, or into a VM")
@@ -56,6 +90,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--disks-only", action="store_true", help="only copy out the verified disk images")
     p.add_argument("--to", metavar="DIR", help="destination directory for --disks-only")
     p.add_argument("--replace", metavar="VM", help="put the point's disks back into this shut-off VM")
-    p.add_argument("--keep-old", action="store_true", help="with --replace: keep the previous disk files")
+    p.add_argument(
+        "--discard-old", action="store_true", help="with --replace: delete the replaced disk files (kept by default)"
+    )
+    p.add_argument("--keep-old", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
+    p.add_argument(
+        "--from-other-vm", action="store_true", help="with --replace: accept a point taken of a different VM"
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="with --replace: do not ask for confirmation")
     output.add_json_flag(p)
     p.set_defaults(func=run)

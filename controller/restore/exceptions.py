@@ -46,3 +46,34 @@ class BootCheckFailed(VmBackupError):
         "Do not rely on this point: the details list each check and the console tail. Try an older point "
         "(`vmbackup points VM`) or take a new backup; APPLICATION-consistent backups (agent registered) help."
     )
+
+
+class PointFromOtherVm(VmBackupError):
+    """A replace-restore was asked to put one VM's recovery point into a different VM."""
+
+    code = "POINT_FROM_OTHER_VM"
+    operation = "restore"
+    remediation = (
+        "Pick a point of the target VM (`vmbackup points VM`), or restore this one beside it as a new VM "
+        "(`vmbackup restore POINT --as NEW_NAME`). To really put another VM's disks into this VM, add --from-other-vm."
+    )
+
+
+class ConfirmationRequired(VmBackupError):
+    """A replace-restore needs a yes, and there is no terminal to ask on."""
+
+    code = "CONFIRMATION_REQUIRED"
+    operation = "restore"
+    remediation = (
+        "Run it on a terminal to answer the question, or confirm up front with --yes "
+        "(`vmbackup restore POINT --replace VM --yes`)."
+    )
+
+
+class RestoreDeclined(VmBackupError):
+    """The user answered no to a replace-restore; nothing was changed."""
+
+    code = "RESTORE_DECLINED"
+    operation = "restore"
+    remediation = "Nothing was changed. Run `vmbackup restore POINT --replace VM` again and answer yes, or add --yes."
+

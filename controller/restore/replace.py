@@ -1,22 +1,25 @@
 """Replace-restore: put a point's disks back into an existing VM that is shut off.
 
+The point must be of the target VM (same libvirt UUID) unless ``from_other_vm``; ``confirm(summary)`` (the CLI
+asks on the terminal) is called before anything is touched and a False answer ends it with RESTORE_DECLINED.
 Each disk is first copied (verified) next to the VM's current file as ``<file>.vmb-restore-<job>``. Only when
 every copy is good are the current files renamed aside to ``<file>.vmb-replaced-<job>`` and the copies renamed
-into place. On any failure the current files are moved back; after success they are deleted (or kept with
-keep_old). The VM's definition is not changed.
+into place. On any failure the current files are moved back; after success they are kept (listed in the
+result's ``kept_old``) unless ``discard_old``. The VM's definition is not changed.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import libvirt
 
 from controller.jobs.store import JobRun, VmRef
-from controller.restore.exceptions import RestoreTargetInvalid, VmRunning
+from controller.restore.exceptions import PointFromOtherVm, RestoreDeclined, RestoreTargetInvalid, VmRunning
 from controller.vault import RecoveryPoint, copy_out_disk
 from controller.virt.connection import connection, lookup
 from controller.virt.domain import disks, state_name
@@ -28,22 +31,71 @@ REPLACED = ".vmb-replaced-"
 INCOMING = ".vmb-restore-"
 
 
-def replace_disks(r: Restorer, point: RecoveryPoint, vm: str, uri: str, keep_old: bool) -> RestoreResult:
-    """The replace-restore as one job on the target VM."""
+#: asked before a replace changes anything: True to go ahead
+Confirm = Callable[[str], bool]
+
+
+def replace_disks(
+    r: Restorer,
+    point: RecoveryPoint,
+    vm: str,
+    uri: str,
+    discard_old: bool = False,
+    from_other_vm: bool = False,
+    confirm: Confirm | None = None,
+) -> RestoreResult:
+    """The replace-restore as one job on the target VM (POINT_FROM_OTHER_VM before any job for a foreign point)."""
     with connection(uri) as lv:
         dom = lookup(lv, vm)
         ref = VmRef(uuid=dom.UUIDString(), name=dom.name(), host_uri=uri)
+        refuse_other_vm(point, ref, from_other_vm)
         job = r.jobs.create("restore", vm=ref)
         with r.jobs.run(job.id) as run:
             run.detail("point_id", point.point_id)
             run.detail("mode", "replace")
-            return _replace(r, run, point, dom, ref, keep_old)
+            if point.vm_uuid.lower() != ref.uuid.lower():
+                run.detail("from_other_vm", {"uuid": point.vm_uuid, "name": point.vm_name})
+            return _replace(r, run, point, dom, ref, discard_old, confirm)
+
+
+def refuse_other_vm(point: RecoveryPoint, ref: VmRef, from_other_vm: bool) -> None:
+    """POINT_FROM_OTHER_VM unless the point was taken of this VM (same UUID) or from_other_vm is set."""
+    if from_other_vm or point.vm_uuid.lower() == ref.uuid.lower():
+        return
+    raise PointFromOtherVm(
+        f"point {point.point_id} is of VM {point.vm_name!r} ({point.vm_uuid}), not of {ref.name!r} ({ref.uuid}); "
+        f"replacing would put {point.vm_name!r}'s disks into {ref.name!r}",
+        details={"point_vm": point.vm_uuid, "target_vm": ref.uuid},
+    )
+
+
+def summary(point: RecoveryPoint, ref: VmRef, targets: dict[str, Path], discard_old: bool) -> str:
+    """What a replace is about to do, for the confirmation question."""
+    foreign = point.vm_uuid.lower() != ref.uuid.lower()
+    src = f"point {point.point_id} of {point.vm_name!r} ({point.manifest.created})"
+    lines = [f"Replace the disks of VM {ref.name!r} ({ref.uuid}) with {src}:"]
+    if foreign:
+        lines.append(f"  WARNING: the point is of ANOTHER VM ({point.vm_uuid})")
+    for target, path in targets.items():
+        lines.append(f"  {target}: {path}")
+    lines.append(
+        "  the current files will be DELETED after the swap"
+        if discard_old
+        else f"  the current files are kept as <file>{REPLACED}<job> (delete them when no longer needed)"
+    )
+    return "\n".join(lines)
 
 
 def _replace(
-    r: Restorer, run: JobRun, point: RecoveryPoint, dom: libvirt.virDomain, ref: VmRef, keep_old: bool
+    r: Restorer,
+    run: JobRun,
+    point: RecoveryPoint,
+    dom: libvirt.virDomain,
+    ref: VmRef,
+    discard_old: bool,
+    confirm: Confirm | None,
 ) -> RestoreResult:
-    """Verify, copy beside, swap, clean up."""
+    """Confirm, verify, copy beside, swap, clean up."""
     from controller.restore.restore import RestoreResult
 
     t0 = time.monotonic()
@@ -51,6 +103,8 @@ def _replace(
     with run.phase("verify"):
         refuse_unless_shut_off(dom)
         targets = _match_disks(point, dom)
+        if confirm is not None and not confirm(summary(point, ref, targets, discard_old)):
+            raise RestoreDeclined(f"replace-restore of {point.point_id} into {ref.name!r} declined; nothing changed")
         r._verify(run, point)
     incoming: dict[str, Path] = {}
     try:
@@ -73,10 +127,11 @@ def _replace(
     for target, path in targets.items():
         old = path.with_name(f"{path.name}{REPLACED}{run.job_id}")
         res.disks[target] = str(path)
-        if keep_old:
-            res.warnings.append(f"previous {target} kept as {old}")
-        else:
+        if discard_old:
             old.unlink(missing_ok=True)
+        elif old.exists():
+            res.kept_old[target] = str(old)
+            res.warnings.append(f"previous {target} kept as {old} (delete it when no longer needed)")
     others = [d.target for d in disks(dom, inactive=True) if d.target not in targets]
     res.warnings += [f"disk {t} is not in the point and was left as it is" for t in others]
     for w in res.warnings:

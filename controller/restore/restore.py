@@ -51,6 +51,7 @@ class RestoreResult:
     vm_uuid: str = ""
     host_uri: str = ""
     disks: dict[str, str] = field(default_factory=dict)  # target -> restored file
+    kept_old: dict[str, str] = field(default_factory=dict)  # replace: target -> the replaced file, kept aside
     ports: dict[int, int] = field(default_factory=dict)  # guest port -> 127.0.0.1 host port
     macs: list[str] = field(default_factory=list)
     started: bool = False
@@ -176,13 +177,23 @@ class Restorer:
             return res
 
     def restore_replace(
-        self, point_id: str, vm: str, host_uri: str | None = None, keep_old: bool = False
+        self,
+        point_id: str,
+        vm: str,
+        host_uri: str | None = None,
+        discard_old: bool = False,
+        from_other_vm: bool = False,
+        confirm: Callable[[str], bool] | None = None,
     ) -> RestoreResult:
-        """Put the point's disks back into an existing, shut-off VM (see controller.restore.replace)."""
+        """Put the point's disks back into an existing, shut-off VM (see controller.restore.replace).
+
+        The point must be of that VM unless from_other_vm; the replaced files are kept unless discard_old.
+        """
         from controller.restore.replace import replace_disks
 
         point = self.point(point_id)
-        return replace_disks(self, point, vm, host_uri or self.settings.uri, keep_old)
+        uri = host_uri or self.settings.uri
+        return replace_disks(self, point, vm, uri, discard_old, from_other_vm, confirm)
 
     # -- steps ---------------------------------------------------------------------------------------------
 

@@ -253,7 +253,8 @@ def test_replace_restore_refused_while_running_then_rolls_back(
     print(f"\nshutdown {how}; replace {res.bytes_copied} B in {time.monotonic() - t0:.1f} s")
     root = vm.meta.files[0]
     assert res.disks == {"vda": root} and res.mode == "replace"
-    assert not list(Path(root).parent.glob("*.vmb-*"))
+    kept = Path(root).with_name(f"{Path(root).name}.vmb-replaced-{res.job_id}")
+    assert list(Path(root).parent.glob("*.vmb-*")) == [kept] and res.kept_old == {"vda": str(kept)}  # kept by default
     dom.create()
     wait_for_ssh(vm.meta, 240)
     assert vm.ssh(f"cat {MARKER_FILE}")[1].strip() == "good-state"

@@ -101,11 +101,11 @@ def test_disks_only(settings: Settings, lv: libvirt.virConnect, home: Path) -> N
     assert sorted(p.name for p in (home / "out").iterdir()) == ["vda.qcow2"]
 
 
-@pytest.mark.parametrize("keep_old", [False, True])
+@pytest.mark.parametrize("discard_old", [False, True])
 def test_replace_refuses_running_then_replaces(
-    settings: Settings, lv: libvirt.virConnect, home: Path, keep_old: bool
+    settings: Settings, lv: libvirt.virConnect, home: Path, discard_old: bool
 ) -> None:
-    vm = synth.define_vm(lv, home, f"rt-repl-{int(keep_old)}", "good-state")
+    vm = synth.define_vm(lv, home, f"rt-repl-{int(discard_old)}", "good-state")
     point = synth.make_point(Vault(settings.vault), vm)
     synth.make_disk(vm.disk.with_name("later.qcow2"), "changed-after-backup")
     vm.disk.unlink()
@@ -118,15 +118,16 @@ def test_replace_refuses_running_then_replaces(
     assert ei.value.code == "VM_RUNNING" and "shut" in ei.value.remediation
     assert "changed-after-backup" in synth.read_marker(vm.disk)
     dom.destroy()
-    res = r.restore_replace(point.point_id, vm.name, keep_old=keep_old)
+    res = r.restore_replace(point.point_id, vm.name, discard_old=discard_old)
     assert res.disks == {"vda": str(vm.disk)}
     assert "good-state" in synth.read_marker(vm.disk)
     aside = list(vm.disk.parent.glob("vda.qcow2.vmb-*"))
-    if keep_old:
+    if discard_old:
+        assert aside == [] and res.kept_old == {}
+    else:  # kept by default
         assert [p.name for p in aside] == [f"vda.qcow2.vmb-replaced-{res.job_id}"]
+        assert res.kept_old == {"vda": str(aside[0])}
         assert "changed-after-backup" in synth.read_marker(aside[0])
-    else:
-        assert aside == []
     dom.create()  # the VM starts on the restored disk
     assert dom.isActive()
 
