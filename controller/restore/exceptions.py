@@ -77,3 +77,13 @@ class RestoreDeclined(VmBackupError):
     operation = "restore"
     remediation = "Nothing was changed. Run `vmbackup restore POINT --replace VM` again and answer yes, or add --yes."
 
+
+class CheckCommandTimeout(VmBackupError):
+    """A boot-check's --check-command did not exit within the time left; its SSH channel was closed."""
+
+    code = "CHECK_COMMAND_TIMEOUT"
+    operation = "boot-check"
+    remediation = (
+        "Make the command end on its own (e.g. prefix it with `timeout 60`), or give the boot-check more time "
+        "(`vmbackup boot-check POINT --timeout S --check-command CMD`)."
+    )

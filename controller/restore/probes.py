@@ -7,9 +7,10 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controller.errors import VmBackupError
+from controller.restore.exceptions import CheckCommandTimeout
 from controller.settings import Settings
 
 #: a getty prompt ("debian login: ") or systemd reaching the multi-user / graphical target
@@ -108,7 +109,7 @@ def wait_for_ssh_port(port: int, timeout_s: float) -> bool:
 
 
 def run_command(port: int, user: str, key: Path, command: str, timeout_s: float) -> Probe:
-    """Run the user's check command in the guest over SSH; ok on exit status 0."""
+    """Run the user's check command in the guest over SSH; ok on exit status 0 within ``timeout_s``."""
     import paramiko
 
     t0 = time.monotonic()
@@ -127,12 +128,62 @@ def run_command(port: int, user: str, key: Path, command: str, timeout_s: float)
             allow_agent=False,
             look_for_keys=False,
         )
-        _in, out, err = client.exec_command(command, timeout=timeout_s)
-        status = out.channel.recv_exit_status()
-        text = (out.read() + err.read()).decode(errors="replace").strip()
+        transport = client.get_transport()
+        if transport is None:
+            raise paramiko.SSHException("no SSH transport after connect")
+        chan = transport.open_session(timeout=30)
+        left = timeout_s - (time.monotonic() - t0)
+        status, text = exec_with_deadline(chan, command, max(left, 1.0))
+    except CheckCommandTimeout as e:
+        return Probe("command", False, f"{e.code}: {e.message}", time.monotonic() - t0)
     except (paramiko.SSHException, OSError) as e:
         return Probe("command", False, f"SSH failed: {e}")
     finally:
         client.close()
     detail = f"`{command}` exit {status}" + (f": {text[-300:]}" if text else "")
     return Probe("command", status == 0, detail, time.monotonic() - t0)
+
+
+class _Channel(Protocol):
+    """What :func:`exec_with_deadline` uses of a paramiko Channel."""
+
+    def settimeout(self, timeout: float | None) -> None: ...
+    def exec_command(self, command: str) -> None: ...
+    def recv_ready(self) -> bool: ...
+    def recv_stderr_ready(self) -> bool: ...
+    def recv(self, nbytes: int) -> bytes: ...
+    def recv_stderr(self, nbytes: int) -> bytes: ...
+    def exit_status_ready(self) -> bool: ...
+    def recv_exit_status(self) -> int: ...
+    def close(self) -> None: ...
+
+
+#: output kept from a check command (the probe's detail shows the last 300 characters)
+_KEEP_OUTPUT = 4096
+
+
+def exec_with_deadline(chan: _Channel, command: str, timeout_s: float) -> tuple[int, str]:
+    """Run ``command`` on a fresh session channel: (exit status, stdout+stderr tail).
+
+    Output is drained while waiting (a chatty command cannot stall on a full window). If the command has not
+    exited ``timeout_s`` after it started, the channel is closed and :class:`CheckCommandTimeout` raised.
+    """
+    deadline = time.monotonic() + timeout_s
+    chan.settimeout(timeout_s)
+    chan.exec_command(command)
+    out = bytearray()
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(65536)
+        while chan.recv_stderr_ready():
+            out += chan.recv_stderr(65536)
+        del out[:-_KEEP_OUTPUT]
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return chan.recv_exit_status(), out.decode(errors="replace").strip()
+        if time.monotonic() >= deadline:
+            chan.close()
+            raise CheckCommandTimeout(
+                f"`{command}` still running after {timeout_s:.0f} s; its SSH channel was closed",
+                details={"command": command, "timeout_s": timeout_s},
+            )
+        time.sleep(0.05)
