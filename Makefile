@@ -25,7 +25,7 @@ demo: setup ## lab VM -> the furthest end-to-end story that exists today
 
 # The suite includes the Vagrant end-to-end run (tests/e2e/test_vagrant_e2e.py runs vagrant/e2e.sh, ~8 min).
 test: setup ## the whole suite, real VMs included
-	@$(PY) -m pytest -v --timeout=1800 tests
+	@bash scripts/run-tests.sh $(PY)
 
 test-fast: setup ## only what needs no VM
 	@$(PY) -m pytest -q -m 'not vm' tests

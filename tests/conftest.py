@@ -56,6 +56,11 @@ from controller.lab import host, image, sshkey, vms  # noqa: E402
 from controller.lab.exceptions import LabError, LabSshTimeout  # noqa: E402
 from controller.lab.metadata import LabMetadata  # noqa: E402
 from controller.lab.sshexec import run as ssh_run  # noqa: E402
+from tests.timing_plugin import (  # noqa: E402, F401  (hooks: per-module times, VM fixtures imply the vm mark)
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_terminal_summary,
+)
 
 try:  # the registration layer's session fixture `registered_vm` (built on lab_vm), when that layer exists
     from tests.fixtures_registration import registered_vm  # noqa: F401
