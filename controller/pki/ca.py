@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.errors import InvalidArgument
-from controller.pki.exceptions import CaKeyExposed, PkiError
+from controller.pki.exceptions import CaKeyExposed, ControllerKeyExposed, PkiError
 
 CONTROLLER_CN = "vmbackup-controller"
 AGENT_GENERIC_DNS = "vmbackup-agent"
@@ -137,6 +137,8 @@ class CertificateAuthority:
         """The controller's client cert (CN vmbackup-controller), created once and stored."""
         crt, key = self.directory / "controller.crt", self.directory / "controller.key"
         if crt.exists() and key.exists():
+            if os.stat(key).st_mode & 0o077:
+                raise ControllerKeyExposed(f"{key} is readable by group or others")
             cert = x509.load_pem_x509_certificate(crt.read_bytes())
             return IssuedCert(crt.read_bytes(), key.read_bytes(), cert.serial_number)
         issued = self._issue(CONTROLLER_CN, [x509.DNSName(CONTROLLER_CN)], ExtendedKeyUsageOID.CLIENT_AUTH)
