@@ -87,7 +87,7 @@ class FreezeManager:
                 raise ShuttingDown("the agent is stopping")
             if self._session is not None:
                 raise AlreadyFrozen(f"already frozen for job {self._session.job_id!r}")
-            outcome = self.quiescer.freeze(mount_points)
+            outcome = self.quiescer.freeze(mount_points, timeout)
             session = Session(secrets.token_urlsafe(24), job_id, timeout, outcome, time.monotonic())
             with self._state:
                 self._session = session

@@ -1,4 +1,5 @@
-"""`vmbackup-agent --config PATH`: load config, serve gRPC over mTLS, thaw everything on SIGTERM/SIGINT.
+"""`vmbackup-agent --config PATH`: thaw what a dead predecessor left frozen, start the thaw guard, serve gRPC over
+mTLS, thaw everything on SIGTERM/SIGINT.
 
 Everything the freeze/thaw path needs is imported here at startup and bytecode writing is off, so nothing
 lazily writes a .pyc (or a log file) to a filesystem the agent froze. Logs go to stderr (journald).
@@ -26,6 +27,7 @@ from agent.info import read_host_facts  # noqa: E402
 from agent.quiesce import select_quiescer  # noqa: E402
 from agent.server import build_server  # noqa: E402
 from agent.service import AgentService  # noqa: E402
+from agent.thawguard import ThawGuard, thaw_all_eligible  # noqa: E402
 
 log = logging.getLogger("vmbackup.agent")
 
@@ -39,21 +41,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def thaw_at_start() -> None:
+    """Thaw whatever a killed predecessor left frozen, before this process writes anything."""
+    was_frozen, errors = thaw_all_eligible()
+    if was_frozen:
+        log.warning("thawed at start (left frozen by an agent that died): %s", was_frozen)
+    for e in errors:
+        log.error("thaw at start: %s", e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; exit 2 on a bad config."""
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="vmbackup-agent %(levelname)s %(message)s")
+    guard = None
+    if sys.platform.startswith("linux"):
+        thaw_at_start()
+        guard = ThawGuard()
     try:
         cfg = load_config(args.config)
         check_tls_files(cfg)
-        manager = FreezeManager(select_quiescer(cfg), cfg.freeze_timeout_s, cfg.max_freeze_timeout_s)
+        manager = FreezeManager(select_quiescer(cfg, guard), cfg.freeze_timeout_s, cfg.max_freeze_timeout_s)
         server, port = build_server(cfg, AgentService(manager, read_host_facts()))
     except AgentError as exc:
         print(f"vmbackup-agent: error: {exc}\n  remediation: {exc.remediation}", file=sys.stderr)
         return 2
+    if guard is not None:
+        try:
+            guard.start()
+        except OSError as exc:  # each Freeze starts it again or is refused
+            log.error("thaw guard did not start: %s", exc)
+        atexit.register(guard.close)
     stop = threading.Event()
-    atexit.register(manager.shutdown, "exit")
+    atexit.register(manager.shutdown, "exit")  # runs before guard.close (atexit is LIFO)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         """Ask the main loop to thaw and stop."""

@@ -82,8 +82,11 @@ class Quiescer(Protocol):
         """Names of the application hooks that will run."""
         ...
 
-    def freeze(self, mount_points: Sequence[str] | None) -> FreezeOutcome:
-        """Freeze the given mount points (None: all eligible); on failure leave nothing frozen and raise."""
+    def freeze(self, mount_points: Sequence[str] | None, hold_s: float = 0.0) -> FreezeOutcome:
+        """Freeze the given mount points (None: all eligible) to be held up to ``hold_s`` (the watchdog timeout).
+
+        On failure leave nothing frozen and raise.
+        """
         ...
 
     def thaw(self) -> ThawOutcome:

@@ -1,8 +1,10 @@
 """FIFREEZE / FITHAW on Linux filesystems, through ioctl on a descriptor of the mount point (no shelling out).
 
-Safety rules: freeze in the planned order and keep each descriptor open until thaw; if any freeze fails,
-thaw every filesystem already frozen (reverse order) before raising; thaw never raises per filesystem, it
-records the error and goes on. Nothing here writes to disk or logs to a file.
+Safety rules: open every mount point first, hand the descriptors to the thaw guard (a separate process that
+thaws them if this one dies, see agent/thawguard.py) before the first FIFREEZE, then freeze in the planned order
+and keep each descriptor open until thaw; if any freeze fails, thaw every filesystem already frozen (reverse
+order) before raising; thaw never raises per filesystem, it records the error and goes on. Nothing here writes
+to disk or logs to a file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.exceptions import FreezeFailed
 from agent.quiesce.mounts import Mount
@@ -22,6 +25,22 @@ FITHAW = 0xC0045878
 
 #: The ioctl call, injectable so tests can force an error on a chosen filesystem.
 IoctlFn = Callable[[int, int, int], object]
+
+
+class Guard(Protocol):
+    """What FsFreezer needs from the thaw guard (agent.thawguard.ThawGuard)."""
+
+    def arm(self, fds: list[int], hold_s: float) -> None:
+        """Take the descriptors about to be frozen; raise FreezeFailed when it cannot."""
+        ...
+
+    def started(self, hold_s: float) -> None:
+        """The freeze is complete; the guard's deadline restarts now."""
+        ...
+
+    def disarm(self) -> int:
+        """After the thaw: how many filesystems the guard thawed itself (-1: unknown)."""
+        ...
 
 
 @dataclass
@@ -35,26 +54,49 @@ class FrozenFs:
 class FsFreezer:
     """Freezes and thaws a list of mounts, holding the descriptors in between."""
 
-    def __init__(self, ioctl: IoctlFn | None = None) -> None:
+    def __init__(self, ioctl: IoctlFn | None = None, guard: Guard | None = None) -> None:
         self._ioctl: IoctlFn = ioctl or fcntl.ioctl
+        self.guard = guard
         self.frozen: list[FrozenFs] = []
+        self._armed = False
+        #: Mount points the last thaw found already thawed (by the guard or someone else): not held.
+        self.released_early: list[str] = []
 
-    def freeze(self, plan: list[Mount]) -> tuple[list[str], list[tuple[str, str]]]:
-        """Freeze ``plan`` in order; return (frozen, unsupported). Raise FreezeFailed after rollback."""
+    def freeze(self, plan: list[Mount], hold_s: float = 0.0) -> tuple[list[str], list[tuple[str, str]]]:
+        """Freeze ``plan`` in order; return (frozen, unsupported). Raise FreezeFailed after rollback.
+
+        With a guard and ``hold_s`` > 0 the guard is armed before the first FIFREEZE and thaws by itself after
+        ``hold_s`` (+ its grace) or as soon as this process dies; ``hold_s`` 0 freezes unguarded.
+        """
         if self.frozen:
             raise FreezeFailed("a freeze is already held by this freezer")
-        skipped: list[tuple[str, str]] = []
-        for mount in plan:
-            fd = -1
+        opened: list[tuple[Mount, int]] = []
+        try:
+            for mount in plan:
+                opened.append((mount, _open_checked(mount)))
+        except OSError as exc:
+            for _, fd in opened:
+                os.close(fd)
+            raise FreezeFailed(f"opening {mount.mount_point} failed: {exc.strerror or exc}; nothing frozen") from exc
+        if self.guard is not None and hold_s > 0 and opened:
             try:
-                fd = _open_checked(mount)
+                self.guard.arm([fd for _, fd in opened], hold_s)
+            except Exception:
+                for _, fd in opened:
+                    os.close(fd)
+                raise
+            self._armed = True
+        skipped: list[tuple[str, str]] = []
+        for i, (mount, fd) in enumerate(opened):
+            try:
                 self._ioctl(fd, FIFREEZE, 0)
             except OSError as exc:
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
                 if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
                     skipped.append((mount.mount_point, f"freezing not supported by {mount.fs_type}"))
                     continue
+                for _, rest in opened[i + 1:]:
+                    os.close(rest)
                 undone = self.thaw()
                 raise FreezeFailed(
                     f"freezing {mount.mount_point} ({mount.fs_type}) failed: {exc.strerror or exc}; "
@@ -62,12 +104,18 @@ class FsFreezer:
                     + (f"; thaw errors: {undone[1]}" if undone[1] else "")
                 ) from exc
             self.frozen.append(FrozenFs(mount.mount_point, fd))
+        if self._armed:
+            self.guard.started(hold_s)  # type: ignore[union-attr]  # _armed implies a guard
         return [f.mount_point for f in self.frozen], skipped
 
     def thaw(self) -> tuple[list[tuple[str, int]], list[str]]:
-        """Thaw everything held, in reverse freeze order: ([(mount point, ms to thaw)], [errors])."""
+        """Thaw everything held, in reverse freeze order: ([(mount point, ms to thaw)], [errors]).
+
+        Then disarm the guard; ``released_early`` names what was already thawed when we got to it.
+        """
         thawed: list[tuple[str, int]] = []
         errors: list[str] = []
+        early: list[str] = []
         while self.frozen:
             fs = self.frozen.pop()
             t0 = time.monotonic()
@@ -77,10 +125,17 @@ class FsFreezer:
             except OSError as exc:
                 if exc.errno == errno.EINVAL:  # not frozen any more (someone else thawed it): already safe
                     thawed.append((fs.mount_point, 0))
+                    early.append(fs.mount_point)
                 else:
                     errors.append(f"{fs.mount_point}: {exc.strerror or exc}")
             finally:
                 os.close(fs.fd)
+        if self._armed:
+            self._armed = False
+            by_guard = self.guard.disarm()  # type: ignore[union-attr]  # _armed implies a guard
+            if by_guard > 0 and not early:
+                early = [m for m, _ in thawed]
+        self.released_early = early
         return thawed, errors
 
 

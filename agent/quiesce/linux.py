@@ -10,7 +10,7 @@ from agent.exceptions import InvalidRequest, MountNotAllowed
 from agent.quiesce import hooks as hooklib
 from agent.quiesce import mounts as mountlib
 from agent.quiesce.base import Consistency, FreezeOutcome, FsEntry, HookRun, ThawOutcome
-from agent.quiesce.fsfreeze import FsFreezer, IoctlFn
+from agent.quiesce.fsfreeze import FsFreezer, Guard, IoctlFn
 
 
 class LinuxQuiescer:
@@ -28,12 +28,13 @@ class LinuxQuiescer:
         *,
         mountinfo: Path = Path("/proc/self/mountinfo"),
         ioctl: IoctlFn | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.hooks_dir = hooks_dir
         self.hook_timeout_s = hook_timeout_s
         self.allowed = tuple(allowed_mount_points)
         self.mountinfo = mountinfo
-        self.freezer = FsFreezer(ioctl)
+        self.freezer = FsFreezer(ioctl, guard)
         self._hooks_run: list[Path] = []
 
     def filesystems(self) -> list[FsEntry]:
@@ -50,8 +51,8 @@ class LinuxQuiescer:
         """Names of the hooks that will run."""
         return [p.name for p in hooklib.discover_hooks(self.hooks_dir)[0]]
 
-    def freeze(self, mount_points: Sequence[str] | None) -> FreezeOutcome:
-        """Run freeze hooks, then freeze; on a freeze failure thaw, run thaw hooks and raise."""
+    def freeze(self, mount_points: Sequence[str] | None, hold_s: float = 0.0) -> FreezeOutcome:
+        """Run freeze hooks, then freeze (guarded for ``hold_s``); on a failure thaw, run thaw hooks and raise."""
         plan, skipped = self._plan(mount_points)
         hooks, ignored = hooklib.discover_hooks(self.hooks_dir)
         results = [HookRun(n, "freeze", -1, 0, output=f"ignored: {r}") for n, r in ignored]
@@ -59,7 +60,7 @@ class LinuxQuiescer:
         results += hooklib.run_all(hooks, "freeze", self.hook_timeout_s)
         t0 = time.monotonic()
         try:
-            frozen, unsupported = self.freezer.freeze(plan)
+            frozen, unsupported = self.freezer.freeze(plan, hold_s)
         except Exception:
             hooklib.run_all(list(reversed(hooks)), "thaw", self.hook_timeout_s)
             self._hooks_run = []
@@ -74,11 +75,18 @@ class LinuxQuiescer:
         return FreezeOutcome(frozen, skipped + unsupported, consistency, results, freeze_ms)
 
     def thaw(self) -> ThawOutcome:
-        """Thaw in reverse freeze order, then run thaw hooks in reverse name order."""
+        """Thaw in reverse freeze order, then run thaw hooks in reverse name order.
+
+        ``held`` is False when a filesystem was already thawed when we got to it (the thaw guard's deadline or
+        someone else ended the freeze early).
+        """
         thawed, errors = self.freezer.thaw()
         hook_results = hooklib.run_all(list(reversed(self._hooks_run)), "thaw", self.hook_timeout_s)
         self._hooks_run = []
-        return ThawOutcome([m for m, _ in thawed], errors, hook_results)
+        early = self.freezer.released_early
+        if early:
+            errors = [*errors, f"already thawed before the agent's thaw: {early}"]
+        return ThawOutcome([m for m, _ in thawed], errors, hook_results, held=not early)
 
     def _plan(self, mount_points: Sequence[str] | None) -> tuple[list[mountlib.Mount], list[tuple[str, str]]]:
         """The mounts to freeze, in order, and the skipped ones; validate requested mount points."""

@@ -87,8 +87,8 @@ class VssQuiescer:
         """VSS writers play the role of hooks; none are run by the agent."""
         return []
 
-    def freeze(self, mount_points: Sequence[str] | None) -> FreezeOutcome:
-        """Begin the backup, freeze writers and hold I/O; abort the set on any failure."""
+    def freeze(self, mount_points: Sequence[str] | None, hold_s: float = 0.0) -> FreezeOutcome:
+        """Begin the backup, freeze writers and hold I/O; abort the set on any failure (VSS bounds the hold)."""
         vols = [v for v in self.backend.volumes() if v.eligible]
         skipped = [(v.mount_point, v.reason) for v in self.backend.volumes() if not v.eligible]
         if mount_points:
