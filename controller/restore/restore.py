@@ -36,6 +36,15 @@ from controller.vault.layout import DOMAIN_XML
 from controller.virt.connection import connection, translate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+#: Restored disk images: owner only. libvirt's dynamic_ownership chowns an image to the QEMU user at start.
+IMAGE_MODE = 0o600
+#: Directories of a disks-only restore: owner only (no QEMU has to get in).
+PRIVATE_DIR_MODE = 0o700
+#: Directories a restored VM's disks live in (new VM, boot-check). Not 0700: dynamic_ownership chowns only the
+#: image, never its parent directories, so QEMU (libvirt-qemu) could not reach a disk under a root-owned 0700
+#: directory and the start fails ("Cannot access storage file ... Permission denied"). 0711 lets QEMU pass
+#: through but nobody list the directory; the 0600 images are readable only by root and the running QEMU.
+VM_DIR_MODE = 0o711
 #: progress(target, bytes_done, bytes_total)
 Progress = Callable[[str, int, int], None]
 
@@ -60,6 +69,8 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     console_log: str = ""
     ssh_command: str = ""  # how to reach the new VM (when it forwards guest port 22)
+    #: devices of the original not attached to the new VM, with why (domainxml.RewriteResult.dropped_devices)
+    dropped_devices: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""
@@ -135,7 +146,7 @@ class Restorer:
             try:
                 self._verify(run, point)
                 refuse_existing_name(lv, spec.name)
-                self._copy_all(run, point, spec.pool_dir, created, res, prefix=f"{spec.name}-")
+                self._copy_all(run, point, spec.pool_dir, created, res, f"{spec.name}-", VM_DIR_MODE)
                 with run.phase("define"):
                     self._define(lv, point, spec, new_uuid, created, res)
                 if spec.start:
@@ -168,7 +179,7 @@ class Restorer:
             created = Created()
             try:
                 self._verify(run, point)
-                self._copy_all(run, point, Path(to_dir), created, res, prefix="")
+                self._copy_all(run, point, Path(to_dir), created, res, "", PRIVATE_DIR_MODE)
             except BaseException:
                 created.remove_all(None)
                 raise
@@ -210,10 +221,11 @@ class Restorer:
         created: Created,
         res: RestoreResult,
         prefix: str,
+        dir_mode: int,
     ) -> None:
-        """Copy every disk of the point into dest_dir, verified while reading."""
+        """Copy every disk of the point into dest_dir (created with dir_mode), verified while reading; 0600."""
         with run.phase("copy"):
-            make_dir(dest_dir, created)
+            make_dir(dest_dir, created, dir_mode)
             for rec in point.manifest.disks:
                 dest = dest_dir / f"{prefix}{rec.target}.{rec.format}"
                 if dest.exists():
@@ -223,7 +235,7 @@ class Restorer:
                 res.disks[rec.target] = str(dest)
                 res.bytes_copied += out.logical_size
                 run.add_bytes(out.logical_size)
-                dest.chmod(0o644)
+                dest.chmod(IMAGE_MODE)
 
     def _define(
         self,
@@ -265,6 +277,12 @@ class Restorer:
         res.ssh_command = self._ssh_command(point, out)
         res.warnings += out.warnings
         res.warnings += [f"disk {t} is not in the point and was left out" for t in out.dropped_disks]
+        res.dropped_devices = out.dropped_devices
+        res.warnings += [
+            f"{d['device']} {d['target']} not attached: {d['reason']}"
+            for d in out.dropped_devices
+            if d["target"] not in out.dropped_disks
+        ]
 
     def _ssh_command(self, point: RecoveryPoint, out: domainxml.RewriteResult) -> str:
         """`ssh ...` for the new VM: the lab metadata's user and key, else the registration's ('' if no SSH)."""
@@ -322,14 +340,15 @@ def refuse_existing_name(lv: libvirt.virConnect, name: str) -> None:
     raise VmNameExists(f"a VM named {name!r} already exists on {lv.getURI()}")
 
 
-def make_dir(path: Path, created: Created) -> None:
-    """Create a restore directory (remembered for cleanup) readable by QEMU; an existing one must be a dir."""
+def make_dir(path: Path, created: Created, mode: int) -> None:
+    """Create a restore directory and its missing parents with exactly `mode` (whatever the umask; remembered
+    for cleanup); an existing one must be a directory and is left as it is."""
     if path.exists():
         if not path.is_dir():
             raise RestoreTargetInvalid(f"{path} exists and is not a directory")
         return
     missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, mode=0o755)
-    for p in missing:
-        p.chmod(0o755)
+    for p in reversed(missing):
+        p.mkdir(mode=mode)
+        p.chmod(mode)  # mkdir's mode is masked by the umask
     created.dirs.append(missing[-1])

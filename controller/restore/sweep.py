@@ -21,7 +21,9 @@ from controller.restore.undo import remove_domain
 @contextlib.contextmanager
 def hold(lock: Path) -> Iterator[None]:
     """Hold an exclusive flock on lock for the block (the file is removed afterwards)."""
-    lock.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if not lock.parent.is_dir():  # the boot-check root: QEMU must pass through it (see restore.VM_DIR_MODE)
+        lock.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        lock.parent.chmod(0o711)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
