@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.exceptions import FreezeFailed
 from agent.quiesce.fsfreeze import FIFREEZE, FITHAW, FsFreezer
 from agent.quiesce.mounts import Mount
 from agent.thawguard import GuardLoop, ThawGuard, thaw_all_eligible
@@ -266,3 +267,18 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_freeze_is_refused_when_the_guard_cannot_start(tmp_path: Path) -> None:
+    """No guard process (its interpreter exits at once): FsFreezer raises FREEZE_FAILED before any FIFREEZE."""
+    fs = FakeFs()
+    d = tmp_path / "m"
+    d.mkdir()
+    st = d.stat()
+    plan = [Mount(1, 0, (os.major(st.st_dev), os.minor(st.st_dev)), str(d), ("rw",), "ext4", "/dev/vda", ("rw",))]
+    g = ThawGuard(python="/bin/false", reply_timeout_s=2.0)
+    with pytest.raises(FreezeFailed) as exc:
+        FsFreezer(fs, g).freeze(plan, 5.0)
+    assert exc.value.code == "FREEZE_FAILED" and "thaw guard" in exc.value.message
+    assert fs.calls == []
+    g.close()
