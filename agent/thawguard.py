@@ -111,10 +111,11 @@ class GuardLoop:
              + (f"; errors: {errors}" if errors else ""))
 
     def _release(self) -> None:
-        """Close the armed descriptors and clear the deadline."""
-        for fd in self.held:
-            os.close(fd)
-        self.held, self.deadline = [], None
+        """Close the armed descriptors and clear the deadline (safe to repeat, e.g. from the SIGTERM handler)."""
+        held, self.held, self.deadline = self.held, [], None
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def step(self) -> bool:
         """Wait for one message or the deadline; False when the agent's end closed (thawed by then)."""

@@ -58,6 +58,8 @@ class BootCheckResult:
     console_tail: str = ""
     ports: dict[int, int] = field(default_factory=dict)  # guest port -> 127.0.0.1 port the throwaway VM used
     checked_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    #: devices of the original the throwaway VM did not get (restore's dropped_devices), with why
+    dropped_devices: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The form stored in the manifest's boot_check field and the job."""
@@ -72,6 +74,7 @@ class BootCheckResult:
             "checked_at": self.checked_at,
             "checks": [c.to_dict() for c in self.checks],
             "ports": {str(g): h for g, h in sorted(self.ports.items())},
+            "dropped_devices": list(self.dropped_devices),
         }
         if not self.passed:
             out["console_tail"] = self.console_tail
@@ -146,6 +149,7 @@ class BootChecker:
             return
         res.checks.append(Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes"))
         res.ports = dict(restored.ports)
+        res.dropped_devices = list(restored.dropped_devices)
         console = Path(restored.console_log)
         with connection(spec.host_uri) as lv:
             dom = lv.lookupByName(spec.name)

@@ -6,7 +6,10 @@ user-mode ``hostfwd`` ports (fresh 127.0.0.1 ports, same guest ports), explicit 
 and the NVRAM path (libvirt assigns new ones). Lab metadata (``controller.lab.metadata``) is rebuilt for the new
 VM: its SSH/agent ports, console, directory, and ``files`` listing only the restored VM's OWN files, so
 ``vmbackup lab destroy NEW`` removes those and never the original's.
-File-backed disks the point does not hold are dropped (they would be the original VM's live files).
+Nothing of the original's storage or host hardware stays attached: every disk the point does not hold (file, block
+device, pool volume, network disk, LUN) is dropped, a cdrom/floppy keeps its drive but loses host media, and every
+``<filesystem>``, ``<hostdev>``, ``<redirdev>`` and ``<smartcard>`` is dropped; ``dropped_devices`` says which and why.
+Disks the point holds become ``type='file'`` on the restored image, whatever their original type.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from controller.lab import metadata as labmeta
 from controller.lab.exceptions import LabError
 from controller.lab.metadata import LabMetadata
+from controller.virt.domain import source_text
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = labmeta.NS
@@ -53,10 +57,21 @@ class RewriteResult:
     macs: list[str]
     ports: dict[int, int]  # guest port -> new host port
     old_ports: dict[int, int]  # guest port -> original host port
-    dropped_disks: list[str]
+    dropped_disks: list[str]  # targets of disks left out (not in the point)
     replaced: dict[str, str]  # old value -> new value (paths, ports)
     lab: LabMetadata | None = None  # the new VM's lab metadata (None: the original was not a lab VM)
     warnings: list[str] = field(default_factory=list)
+    #: every device removed or emptied, with why: {"target", "device", "type", "source", "reason"}
+    dropped_devices: list[dict[str, str]] = field(default_factory=list)
+
+
+#: devices that hand the guest host hardware or host directories; a restored VM never gets them
+PASSTHROUGH_REASONS = {
+    "filesystem": "host directory share (filesystem)",
+    "hostdev": "host device passthrough",
+    "redirdev": "USB redirection",
+    "smartcard": "smartcard passthrough",
+}
 
 
 def new_mac() -> str:
@@ -89,7 +104,9 @@ def rewrite(xml: str, plan: RewritePlan) -> RewriteResult:
     devices = root.find("devices")
     if devices is None:
         devices = ET.SubElement(root, "devices")
-    dropped = _rewrite_disks(devices, plan, replaced)
+    dropped_devices: list[dict[str, str]] = []
+    dropped = _rewrite_disks(devices, plan, replaced, dropped_devices)
+    _drop_passthrough(devices, dropped_devices)
     macs = _rewrite_macs(devices)
     _rewrite_console(devices, plan, replaced)
     _strip_generated_paths(root, devices)
@@ -106,6 +123,7 @@ def rewrite(xml: str, plan: RewritePlan) -> RewriteResult:
         replaced=replaced,
         lab=lab,
         warnings=warnings,
+        dropped_devices=dropped_devices,
     )
 
 
@@ -118,32 +136,72 @@ def _set_text(root: ET.Element, tag: str, text: str) -> None:
     el.text = text
 
 
-def _rewrite_disks(devices: ET.Element, plan: RewritePlan, replaced: dict[str, str]) -> list[str]:
-    """Point file disks at the restored images; drop file disks the point does not hold."""
+def _rewrite_disks(
+    devices: ET.Element, plan: RewritePlan, replaced: dict[str, str], dropped_devices: list[dict[str, str]]
+) -> list[str]:
+    """Point the disks the point holds at the restored images; drop every other disk, empty cdrom/floppy drives."""
     dropped: list[str] = []
     for d in list(devices.findall("disk")):
         target = d.find("target")
         dev = target.get("dev") if target is not None else None
-        if d.get("device", "disk") != "disk" or d.get("type") != "file":
+        device, kind = d.get("device", "disk"), d.get("type", "file")
+        if device in ("cdrom", "floppy"):
+            if d.find("source") is not None:  # host media: the original's file or device
+                dropped_devices.append(_dropped(d, str(dev), f"{device} media from the host removed"))
+                for media in d.findall("source"):
+                    d.remove(media)
+                for bs in d.findall("backingStore"):
+                    d.remove(bs)
+                if kind not in ("file", "block"):
+                    d.set("type", "file")
             continue
-        if dev is None or dev not in plan.disks:
+        if dev is None or dev not in plan.disks or device != "disk":
             devices.remove(d)
             dropped.append(str(dev))
+            dropped_devices.append(_dropped(d, str(dev), f"{kind} {device} not in the point"))
             continue
         path, fmt = plan.disks[dev]
         for bs in d.findall("backingStore"):
             d.remove(bs)
+        for extra in ("auth", "encryption", "reservations"):  # belonged to the original's source
+            for el in d.findall(extra):
+                d.remove(el)
         src = d.find("source")
         if src is None:
             src = ET.SubElement(d, "source")
-        if src.get("file"):
-            replaced[str(src.get("file"))] = path
+        old = src.get("file") or src.get("dev")
+        if old:
+            replaced[str(old)] = path
         src.attrib = {"file": path}
+        for child in list(src):
+            src.remove(child)
+        d.set("type", "file")
         drv = d.find("driver")
         if drv is None:
             drv = ET.SubElement(d, "driver", {"name": "qemu"})
         drv.set("type", fmt)
     return dropped
+
+
+def _drop_passthrough(devices: ET.Element, dropped_devices: list[dict[str, str]]) -> None:
+    """Remove every <filesystem>, <hostdev>, <redirdev> and <smartcard> (host storage or hardware)."""
+    for tag, reason in PASSTHROUGH_REASONS.items():
+        for i, el in enumerate(devices.findall(tag)):
+            target = el.find("target")
+            name = target.get("dir") if target is not None and target.get("dir") else f"{tag}{i}"
+            dropped_devices.append(_dropped(el, str(name), reason))
+            devices.remove(el)
+
+
+def _dropped(el: ET.Element, target: str, reason: str) -> dict[str, str]:
+    """One dropped_devices entry."""
+    return {
+        "target": target,
+        "device": el.get("device", "disk") if el.tag == "disk" else el.tag,
+        "type": el.get("type") or el.get("mode") or "",
+        "source": source_text(el),
+        "reason": reason,
+    }
 
 
 def _rewrite_macs(devices: ET.Element) -> list[str]:
