@@ -17,8 +17,6 @@ Any failure (or a cancel) takes the same undo path: thaw, merge the overlays bac
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import libvirt
 import controller
 from controller import db
 from controller.backup import faults, quiesce
+from controller.backup.disksource import allocated, backup_plan, overlay_dir
 from controller.backup.exceptions import ConsistencyNotMet, NotRegistered
 from controller.backup.intent import IntentStore
 from controller.backup.snapshot import commit_back, remove_overlay, take_snapshot
@@ -52,6 +51,7 @@ class BackupRequest:
     vm: str
     host_uri: str | None = None
     policy: str | None = None
+    exclude_disks: tuple[str, ...] = ()  # targets not copied (the policy's exclude_disks); listed in the manifest
     min_consistency: str | None = None
     freeze_timeout_s: float = 10.0
 
@@ -115,8 +115,9 @@ class BackupEngine:
             reg = get_registration(self.conn, ref.uuid)
             if reg is None:
                 raise NotRegistered(f"VM {ref.name!r} is not registered")
-            ds = disks(dom)
-            self.vault.check_space(sum(_allocated(d) for d in ds))
+            dplan = backup_plan(dom, req.exclude_disks)  # UNSUPPORTED_DISK for network disks, passthrough, ...
+            ds = dplan.disks
+            self.vault.check_space(sum(allocated(d) for d in ds))
             running = state_name(dom) == "running"
         point_id = new_point_id()
         writer = self.vault.new_point(ref.uuid, point_id)
@@ -131,6 +132,7 @@ class BackupEngine:
             run.detail("consistency", q.consistency)
             run.detail("consistency_reason", q.reason)
             manifest = self._manifest(ref, req, q, run.job_id, dom)
+            manifest["skipped"] = [o.to_dict() for o in dplan.skipped]
             writer.publish(manifest)
             self.intents.step(run.job_id, "copied", point_id=point_id)
             if running:
@@ -174,7 +176,7 @@ class BackupEngine:
         try:
             faults.checkpoint("while-frozen")
             with run.phase("snapshot"):
-                overlays = take_snapshot(dom, ds, run.job_id)
+                overlays = take_snapshot(dom, ds, run.job_id, overlay_dir(self.settings.home, ref.uuid))
                 snap_time = _utcnow()
         finally:
             with run.phase("thaw"):
@@ -258,11 +260,3 @@ def _active(dom: libvirt.virDomain, target: str) -> str | None:
     """The file the domain currently writes for a target."""
     return next((d.path for d in disks(dom) if d.target == target), None)
 
-
-def _allocated(d: Disk) -> int:
-    """Bytes allocated by a disk and its backing chain: an upper bound of what the vault needs."""
-    total = 0
-    for p in (d.path, *d.backing):
-        with contextlib.suppress(OSError):
-            total += os.stat(p).st_blocks * 512
-    return total

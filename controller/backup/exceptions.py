@@ -39,7 +39,14 @@ class ConsistencyNotMet(VmBackupError):
 
 
 class UnsupportedDisk(VmBackupError):
+    """A device a backup cannot copy (network disk, filesystem share, passthrough); register and backup refuse it."""
+
     code = "UNSUPPORTED_DISK"
-    operation = "backup"
-    remediation = "Only file-backed qcow2/raw disks can be backed up; detach or convert the named disk."
+    operation = "backup"  # also raised by the register pre-check (controller/registration/precheck.py)
+    remediation = (
+        "Only qcow2/raw disks on files, block devices or storage-pool volumes can be backed up. Exclude the named "
+        "devices by target in the VM's policy (`exclude_disks: [vdc]`, then `vmbackup policy create --file FILE "
+        "--replace`; for `vmbackup register` pass `--exclude-disk vdc`), or detach them "
+        "(`virsh detach-disk VM vdc --persistent`)."
+    )
 

@@ -21,6 +21,7 @@ from xml.sax.saxutils import quoteattr
 
 import libvirt
 
+from controller.backup.disksource import is_block_device
 from controller.backup.exceptions import CommitFailed, SnapshotFailed, UnsupportedDisk
 from controller.virt.connection import translate
 from controller.virt.domain import Disk, disks
@@ -35,9 +36,17 @@ SNAPSHOT_FLAGS = (
 COMMIT_FLAGS = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
 
 
-def overlay_path(disk_path: str, job_id: str) -> str:
-    """Where the overlay of a disk goes for a job: beside the disk, named after the job."""
+def overlay_path(disk_path: str, job_id: str, block_dir: Path | None = None) -> str:
+    """Where the overlay of a disk goes for a job, named after the job (the one place that decides it).
+
+    Beside a file disk; in ``block_dir`` (``disksource.overlay_dir(home, vm_uuid)``) for a block device, named
+    after the device's path (/dev/vg/lv -> dev-vg-lv.vmb-<job>.qcow2). A block device needs ``block_dir``.
+    """
     p = Path(disk_path)
+    if is_block_device(disk_path):
+        if block_dir is None:
+            raise ValueError(f"{disk_path} is a block device: its overlay needs a vmbackup-owned directory")
+        return str(block_dir / f"{'-'.join(p.parts[1:])}.vmb-{job_id}.qcow2")
     return str(p.with_name(f"{p.stem}.vmb-{job_id}.qcow2"))
 
 
@@ -56,7 +65,7 @@ def check_disks(ds: list[Disk]) -> None:
 def snapshot_xml(ds: list[Disk], overlays: dict[str, str], name: str) -> str:
     """The <domainsnapshot> document for an external disk-only snapshot of the given disks."""
     parts = [
-        f"<disk name={quoteattr(d.target)} snapshot='external'>"
+        f"<disk name={quoteattr(d.target)} snapshot='external' type='file'>"
         f"<driver type='qcow2'/><source file={quoteattr(overlays[d.target])}/></disk>"
         for d in ds
     ]
@@ -66,10 +75,18 @@ def snapshot_xml(ds: list[Disk], overlays: dict[str, str], name: str) -> str:
     )
 
 
-def take_snapshot(dom: libvirt.virDomain, ds: list[Disk], job_id: str) -> dict[str, str]:
-    """Atomically snapshot every disk to a fresh overlay; returns {target: overlay path}."""
+def take_snapshot(
+    dom: libvirt.virDomain, ds: list[Disk], job_id: str, block_dir: Path | None = None
+) -> dict[str, str]:
+    """Atomically snapshot every disk to a fresh overlay file; returns {target: overlay path}.
+
+    block_dir holds the overlays of block-device disks (see overlay_path); it is created when needed.
+    """
     check_disks(ds)
-    overlays = {d.target: overlay_path(d.path, job_id) for d in ds}
+    overlays = {d.target: overlay_path(d.path, job_id, block_dir) for d in ds}
+    if block_dir is not None and any(is_block_device(d.path) for d in ds):
+        block_dir.mkdir(mode=0o711, parents=True, exist_ok=True)  # qemu (libvirt-qemu) must reach the overlay
+        block_dir.parent.chmod(0o711)
     for path in overlays.values():
         if os.path.exists(path):
             raise SnapshotFailed(f"overlay {path} already exists", details={"overlay": path})

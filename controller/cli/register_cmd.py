@@ -30,6 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--agent-port", type=int, help="default: from lab metadata, else 7470")
     p.add_argument("--max-data-disks", type=int, default=DEFAULT_MAX_DATA_DISKS)
     p.add_argument(
+        "--exclude-disk",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a device the backups will not copy (its policy must exclude it too, `exclude_disks`); repeatable",
+    )
+    p.add_argument(
         "--install-timeout", type=float, default=900.0, help="seconds for the pip install (TCG: slow)"
     )
     p.add_argument(
@@ -60,6 +67,7 @@ def _options(args: argparse.Namespace) -> RegisterOptions:
         ready_timeout_s=args.ready_timeout,
         ssh_wait_s=args.ssh_wait,
         accept_new_host_key=args.accept_new_host_key,
+        exclude_disks=tuple(args.exclude_disk),
     )
 
 

@@ -134,7 +134,10 @@ class CertificateAuthority:
         return issued
 
     def controller_client_cert(self) -> IssuedCert:
-        """The controller's client cert (CN vmbackup-controller), created once and stored."""
+        """The controller's client cert (CN vmbackup-controller), created once and stored.
+
+        A stored key readable by group or others is refused (PKI_CONTROLLER_KEY_EXPOSED), like ca.key.
+        """
         crt, key = self.directory / "controller.crt", self.directory / "controller.key"
         if crt.exists() and key.exists():
             if os.stat(key).st_mode & 0o077:

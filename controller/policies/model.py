@@ -135,6 +135,7 @@ class Policy:
     boot_check_every: int | None = None
     max_concurrent_jobs: int | None = None
     bandwidth_mbps: float | None = None
+    exclude_disks: tuple[str, ...] = ()  # device targets a backup does not copy (listed in the manifest)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view (stored beside the YAML text)."""
@@ -148,6 +149,7 @@ class Policy:
                 "max_concurrent_jobs": self.max_concurrent_jobs,
                 "bandwidth_mbps": self.bandwidth_mbps,
             },
+            "exclude_disks": list(self.exclude_disks),
         }
 
     @classmethod
@@ -162,6 +164,7 @@ class Policy:
             d.get("boot_check_every"),
             lim.get("max_concurrent_jobs"),
             lim.get("bandwidth_mbps"),
+            tuple(d.get("exclude_disks") or ()),
         )
 
 

@@ -10,6 +10,7 @@ A file holds one policy, several YAML documents (``---``), or ``policies: [ ... 
     consistency: FILE_SYSTEM         # minimum: APPLICATION | FILE_SYSTEM | CRASH (weaker fails the job)
     boot_check_every: 7              # boot-check every 7th point (optional)
     limits: {max_concurrent_jobs: 2, bandwidth_mbps: 100}
+    exclude_disks: [vdc, share]      # devices not backed up, by target (disk, filesystem tag, hostdev alias)
 
 The tree comes from ``yaml.compose`` so every value keeps its line, and scalars are read from their source
 text (an unquoted ``22:00`` is not turned into the YAML 1.1 sexagesimal 1320).
@@ -38,7 +39,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 AGE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-TOP_FIELDS = ("name", "schedule", "retention", "consistency", "boot_check_every", "limits")
+TOP_FIELDS = ("name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks")
+#: a device target to exclude: a disk target (vdc, sdb), a <filesystem> target tag, a hostdev alias (hostdev0)
+EXCLUDE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RETENTION_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "max_age")
 LIMIT_FIELDS = ("max_concurrent_jobs", "bandwidth_mbps")
 
@@ -193,7 +196,25 @@ def _policy(src: _Src, node: yaml.Node) -> Policy:
         if "bandwidth_mbps" in lim:
             bw = src.number(lim["bandwidth_mbps"], "limits.bandwidth_mbps")
     retention = _retention(src, f["retention"]) if "retention" in f else Retention()
-    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw)
+    exclude = _exclude_disks(src, f["exclude_disks"]) if "exclude_disks" in f else ()
+    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude)
+
+
+def _exclude_disks(src: _Src, node: yaml.Node) -> tuple[str, ...]:
+    """exclude_disks: a list of distinct device targets."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise src.fail(node, "exclude_disks", "must be a list of device targets, e.g. [vdc, sdb]")
+    out: list[str] = []
+    for item in node.value:
+        target = src.scalar(item, "exclude_disks")
+        if not EXCLUDE_RE.match(target):
+            raise src.fail(
+                item, "exclude_disks", f"got {target!r}; allowed: a device target such as vdc, sdb or hostdev0"
+            )
+        if target in out:
+            raise src.fail(item, "exclude_disks", f"{target!r} is listed twice")
+        out.append(target)
+    return tuple(out)
 
 
 def _schedule(src: _Src, node: yaml.Node) -> Schedule:
@@ -318,4 +339,6 @@ def to_yaml(p: Policy) -> str:
     }
     if lim:
         doc["limits"] = lim
+    if p.exclude_disks:
+        doc["exclude_disks"] = list(p.exclude_disks)
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

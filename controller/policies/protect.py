@@ -37,7 +37,11 @@ def run_backup_now(settings: Settings, reg: Registration, policy: Policy) -> str
     from controller.backup.engine import BackupEngine, BackupRequest
 
     req = BackupRequest(
-        vm=reg.vm_uuid, host_uri=reg.host_uri, policy=policy.name, min_consistency=policy.min_consistency
+        vm=reg.vm_uuid,
+        host_uri=reg.host_uri,
+        policy=policy.name,
+        min_consistency=policy.min_consistency,
+        exclude_disks=policy.exclude_disks,
     )
     return BackupEngine(settings).run(req).point_id
 

@@ -54,6 +54,22 @@ class SshAuthFailed(RegistrationError):
     remediation = "Use a key the guest's root (or --ssh-user) accepts: --ssh-key PATH; check authorized_keys."
 
 
+class SshTransferTimeout(RegistrationError):
+    code = "SSH_TRANSFER_TIMEOUT"
+    remediation = (
+        "The guest stopped answering in the middle of an SFTP transfer (hung guest, full disk, broken network): "
+        "check the VM's console and free space under /var/tmp and /etc, then run `vmbackup register VM` again."
+    )
+
+
+class SshUserNotPrivileged(RegistrationError):
+    code = "SSH_USER_NOT_PRIVILEGED"
+    remediation = (
+        "Registration installs a system service, so it needs root in the guest: use --ssh-user root, or give the "
+        "SSH user passwordless sudo (in the guest: echo 'USER ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/vmbackup)."
+    )
+
+
 class GuestPythonMissing(RegistrationError):
     code = "GUEST_PYTHON_MISSING"
     remediation = (

@@ -14,8 +14,13 @@ import yaml
 
 from controller.pki import IssuedCert
 from controller.registration.bundle import Bundle
-from controller.registration.exceptions import AgentInstallTimeout, GuestCommandFailed, GuestPythonMissing
-from controller.registration.ssh import CommandTimeout, SshSession
+from controller.registration.exceptions import (
+    AgentInstallTimeout,
+    GuestCommandFailed,
+    GuestPythonMissing,
+    SshUserNotPrivileged,
+)
+from controller.registration.ssh import UPLOAD_PREFIX, CommandTimeout, Result, SshSession
 
 AGENT_PORT = 7470
 VENV = "/opt/vmbackup-agent/venv"
@@ -47,6 +52,38 @@ def default_config() -> dict[str, object]:
         "max_freeze_timeout_s": 60,
         "hook_timeout_s": 30,
     }
+
+
+def check_privilege(s: SshSession) -> str:
+    """How commands get root in the guest: "root" (the SSH user is uid 0) or "sudo" (passwordless ``sudo -n``).
+
+    Runs before anything is changed, so a user that can do neither is refused with SshUserNotPrivileged instead
+    of failing half-way (a PermissionError writing /etc/vmbackup-agent/tls). Sets ``s.as_root`` accordingly.
+    """
+    if s.as_root:
+        return "root"
+    uid = s.run("id -u", timeout=30, as_user=True)
+    sudo = None if _is_uid0(uid) else s.run("id -u", timeout=30)  # run() puts `sudo -n` in front
+    how = privilege_of(s.endpoint.user, uid, sudo)
+    s.as_root = how == "root"
+    return how
+
+
+def _is_uid0(res: Result) -> bool:
+    return res.rc == 0 and res.out.strip() == "0"
+
+
+def privilege_of(user: str, uid: Result, sudo: Result | None) -> str:
+    """The decision of :func:`check_privilege` from ``id -u`` as the user and ``sudo -n id -u`` (None: not run)."""
+    if _is_uid0(uid):
+        return "root"
+    if sudo is not None and _is_uid0(sudo):
+        return "sudo"
+    why = "not run" if sudo is None else ((sudo.err or sudo.out).strip().splitlines() or [f"exit {sudo.rc}"])[-1]
+    raise SshUserNotPrivileged(
+        f"SSH user {user!r} is not root (uid {uid.out.strip() or '?'}) and has no passwordless sudo ({why})",
+        details={"user": user, "uid": uid.out.strip(), "sudo": why},
+    )
 
 
 def probe_python(s: SshSession) -> str:
@@ -165,8 +202,8 @@ def start(s: SshSession, staged: str, timeout_s: float = 120) -> None:
 
 
 def cleanup_staging(s: SshSession) -> None:
-    """Remove unpacked bundles from /var/tmp."""
-    s.run(f"rm -rf {STAGING_PREFIX}*", timeout=60)
+    """Remove unpacked bundles (and a non-root user's leftover uploads) from /var/tmp."""
+    s.run(f"rm -rf {STAGING_PREFIX}* {UPLOAD_PREFIX}*", timeout=60)
 
 
 def is_installed(s: SshSession) -> bool:

@@ -1,16 +1,20 @@
 """Pre-checks before anything is installed, and where to reach the guest (SSH and agent endpoints).
 
 Order matters: the data-disk limit is read from the persistent domain XML first, so a shut-off VM with too
-many disks reports TOO_MANY_DATA_DISKS; then the state (VM_NOT_RUNNING); SSH and python3 once connected.
+many disks reports TOO_MANY_DATA_DISKS; then devices no backup can copy (UNSUPPORTED_DISK: network disks,
+filesystem shares, passthrough; unless excluded by target); then the state (VM_NOT_RUNNING); SSH and python3 once
+connected.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import libvirt
 
+from controller.backup.disksource import check_xml
 from controller.lab import metadata as lab_metadata
 from controller.registration.exceptions import SshEndpointUnknown, TooManyDataDisks, VmNotRunning
 from controller.registration.guest import AGENT_PORT
@@ -58,6 +62,14 @@ def check_data_disks(dom: libvirt.virDomain, limit: int) -> int:
             details={"data_disks": n, "limit": limit},
         )
     return n
+
+
+def check_devices(dom: libvirt.virDomain, exclude: Iterable[str] = ()) -> None:
+    """Raise UnsupportedDisk naming every device of the persistent definition a backup could not copy.
+
+    Devices whose target is in ``exclude`` (``--exclude-disk``; the policy's ``exclude_disks`` at backup) pass.
+    """
+    check_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.name(), exclude)
 
 
 def check_running(dom: libvirt.virDomain) -> None:

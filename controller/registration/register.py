@@ -38,6 +38,7 @@ from controller.registration.precheck import (
     EndpointOverrides,
     Endpoints,
     check_data_disks,
+    check_devices,
     check_running,
     resolve_endpoints,
 )
@@ -61,6 +62,7 @@ class RegisterOptions:
     ready_timeout_s: float = 180.0
     ssh_wait_s: float = 0.0
     min_agent_version: str = MIN_AGENT_VERSION
+    exclude_disks: tuple[str, ...] = ()  # device targets the backups will not copy (pre-check passes them)
     accept_new_host_key: bool = False  # the operator verified a changed SSH host key (see hostkeys.py)
 
 
@@ -115,6 +117,7 @@ class Registrar:
             with self.jobs.run(job.id) as run:
                 with run.phase("precheck"):
                     check_data_disks(dom, opts.max_data_disks)
+                    check_devices(dom, opts.exclude_disks)
                     check_running(dom)
                     ends = resolve_endpoints(dom, opts.endpoints)
                 return self._install(run, job.id, ref, ends, opts)
@@ -140,6 +143,7 @@ class Registrar:
             try:
                 trust = self.host_keys.check(ref.uuid, ref.name, s.host_key(), opts.accept_new_host_key)
                 run.detail("ssh_host_key", trust)
+                run.detail("guest_privilege", guest.check_privilege(s))
                 py = guest.probe_python(s)
                 upgraded = guest.is_installed(s)
             except BaseException:

@@ -1,8 +1,10 @@
 """A small SSH session over paramiko: run a command with a deadline, push files over SFTP.
 
 Errors are translated at the edge: unreachable -> SshUnreachable, refused key -> SshAuthFailed, a command over
-its deadline -> CommandTimeout (the caller names what timed out). Commands run as root; a non-root user gets
-``sudo -n`` in front.
+its deadline -> CommandTimeout (the caller names what timed out), an SFTP transfer during which the guest sends
+nothing for ``sftp_stall_s`` -> SshTransferTimeout. Commands run as root; a non-root user gets ``sudo -n`` in front
+(:func:`controller.registration.guest.check_privilege` refuses a user without passwordless sudo up front), and its
+files are uploaded to a private temporary name, then moved into place as root.
 
 Host keys: this module accepts any key during the handshake; callers check it against the key recorded for the
 VM (trust on first use, bound to the VM's UUID: ``hostkeys.py``) before sending anything. Trust in the agent
@@ -11,15 +13,27 @@ afterwards rests on mutual TLS.
 
 from __future__ import annotations
 
+import base64
+import io
+import secrets
 import shlex
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import paramiko
 
-from controller.registration.exceptions import GuestCommandFailed, SshAuthFailed, SshUnreachable
+from controller.registration.exceptions import GuestCommandFailed, SshAuthFailed, SshTransferTimeout, SshUnreachable
+
+#: Seconds an SFTP request may go without an answer from the guest before the transfer is abandoned.
+SFTP_STALL_S = 60.0
+#: Where a non-root user's uploads wait (private name, O_EXCL) before ``sudo mv`` puts them in place.
+UPLOAD_PREFIX = "/var/tmp/.vmbackup-upload-"
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,14 @@ class CommandTimeout(Exception):
 class SshSession:
     """An open SSH connection to one guest."""
 
-    def __init__(self, endpoint: SshEndpoint, client: paramiko.SSHClient):
+    def __init__(self, endpoint: SshEndpoint, client: paramiko.SSHClient, sftp_stall_s: float = SFTP_STALL_S):
         self.endpoint = endpoint
         self.client = client
+        self.sftp_stall_s = sftp_stall_s
         self._sftp: paramiko.SFTPClient | None = None
+        #: Whether the SSH user is uid 0 itself (else commands run under ``sudo -n``); guest.check_privilege
+        #: sets it from ``id -u`` for a user not named root.
+        self.as_root = endpoint.user == "root"
 
     def __enter__(self) -> SshSession:
         return self
@@ -82,14 +100,34 @@ class SshSession:
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
-        """The (lazily opened) SFTP channel."""
+        """The (lazily opened) SFTP channel; every read on it waits at most ``sftp_stall_s``."""
         if self._sftp is None:
-            self._sftp = self.client.open_sftp()
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise SshUnreachable(f"SSH connection to {self.endpoint.host}:{self.endpoint.port} was lost")
+            chan = transport.open_session(timeout=self.sftp_stall_s)
+            chan.settimeout(self.sftp_stall_s)
+            chan.invoke_subsystem("sftp")
+            self._sftp = paramiko.SFTPClient(chan)
         return self._sftp
 
-    def run(self, cmd: str, timeout: float = 60.0) -> Result:
-        """Run ``cmd`` under /bin/sh as root; raise CommandTimeout after ``timeout`` seconds."""
-        if self.endpoint.user != "root":
+    @contextmanager
+    def _transfer(self, what: str) -> Iterator[paramiko.SFTPClient]:
+        """The SFTP client for one operation; a stalled guest becomes SshTransferTimeout (the channel is dropped)."""
+        try:
+            yield self.sftp
+        except TimeoutError as exc:  # socket.timeout: the channel timeout of a read or a full send window
+            sftp, self._sftp = self._sftp, None
+            if sftp is not None:
+                sftp.close()
+            raise SshTransferTimeout(
+                f"{what}: the guest did not answer over SFTP for {self.sftp_stall_s:g} s",
+                details={"endpoint": f"{self.endpoint.host}:{self.endpoint.port}", "stall_s": self.sftp_stall_s},
+            ) from exc
+
+    def run(self, cmd: str, timeout: float = 60.0, *, as_user: bool = False) -> Result:
+        """Run ``cmd`` under /bin/sh as root (``as_user``: as the SSH user); CommandTimeout after ``timeout`` s."""
+        if not self.as_root and not as_user:
             cmd = f"sudo -n sh -c {shlex.quote(cmd)}"
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -128,27 +166,48 @@ class SshSession:
         return res
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        """Copy a local file to ``remote`` and set its mode."""
-        self.sftp.put(str(local), remote)
-        self.sftp.chmod(remote, mode)
+        """Copy a local file to ``remote`` with ``mode`` (the mode is set before the data is written)."""
+        with open(local, "rb") as f:
+            self._upload(f, remote, mode)
 
     def write(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         """Write ``data`` to ``remote`` with ``mode`` (the mode is set before the data is written)."""
-        with self.sftp.open(remote, "wb") as f:
+        self._upload(io.BytesIO(data), remote, mode)
+
+    def _upload(self, src: BinaryIO, remote: str, mode: int) -> None:
+        """Stream ``src`` to ``remote`` over SFTP (pipelined).
+
+        As root the file is written in place. Otherwise it is uploaded to a fresh private name under /var/tmp
+        (created exclusively) and moved into place by root (owner root:root): the user cannot write root's
+        directories itself.
+        """
+        target = remote if self.as_root else f"{UPLOAD_PREFIX}{secrets.token_hex(8)}"
+        with self._transfer(f"writing {remote}") as sftp, sftp.open(target, "wb" if self.as_root else "wbx") as f:
             f.chmod(mode)
-            f.write(data)
+            f.set_pipelined(True)
+            shutil.copyfileobj(src, f, 32768)
+        if not self.as_root:
+            t, r = shlex.quote(target), shlex.quote(remote)
+            self.check(f"chown root:root {t} && mv -f {t} {r} || {{ rc=$?; rm -f {t}; exit $rc; }}",
+                       what=f"moving {remote} into place")
 
     def read(self, remote: str) -> bytes:
         """The contents of a remote file."""
-        with self.sftp.open(remote, "rb") as f:
+        if not self.as_root:
+            res = self.check(f"base64 < {shlex.quote(remote)}", what=f"reading {remote}")
+            return base64.b64decode(res.out)
+        with self._transfer(f"reading {remote}") as sftp, sftp.open(remote, "rb") as f:
             return f.read()
 
     def exists(self, remote: str) -> bool:
-        """Whether a remote path exists."""
-        try:
-            self.sftp.stat(remote)
-        except FileNotFoundError:
-            return False
+        """Whether a remote path exists (as root sees it)."""
+        if not self.as_root:
+            return self.run(f"test -e {shlex.quote(remote)}", timeout=60).rc == 0
+        with self._transfer(f"checking {remote}") as sftp:
+            try:
+                sftp.stat(remote)
+            except FileNotFoundError:
+                return False
         return True
 
 

@@ -72,6 +72,7 @@ class Unregistrar:
                     session = connect(endpoint)
                     try:  # never run commands on a guest that presents another host key than the registered one
                         HostKeyStore.of(self.settings).check(ref.uuid, ref.name, session.host_key())
+                        guest.check_privilege(session)
                     except VmBackupError:
                         session.close()
                         raise

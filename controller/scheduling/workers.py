@@ -188,6 +188,7 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
         host_uri=task.host_uri or None,
         policy=pol.name if pol else None,
         min_consistency=pol.min_consistency if pol else None,
+        exclude_disks=pol.exclude_disks if pol else (),
     )
     try:
         r = engine.run(req)

@@ -56,6 +56,8 @@ class Manifest:
     job_id: str | None = None
     boot_check: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None  # the last verify: {"ok", "at", "errors"} (controller.vault.verdicts)
+    #: devices not copied, with why: [{"target": "sdb", "device": "cdrom", "type": ..., "source": ..., "reason": ...}]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def stream(
     read = 0
     with open(src, "rb", buffering=0) as f:
         fd = f.fileno()
-        size = os.fstat(fd).st_size
+        size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device (an LVM volume, a raw disk)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         data = data_extents(fd, size)
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640) if dst is not None else -1

@@ -177,4 +177,5 @@ class PointWriter:
             policy=f.get("policy"),
             job_id=f.get("job_id"),
             boot_check=f.get("boot_check"),
+            skipped=list(f.get("skipped") or []),
         )

@@ -1,0 +1,104 @@
+"""A backup of a domain with a network disk or a filesystem share is refused with UNSUPPORTED_DISK naming them,
+unless the request excludes them; then they are listed in the manifest's "skipped" (real libvirt, a defined and
+never started domain: a shut-off VM is copied directly, no guest needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from controller import db
+from controller.backup.engine import BackupEngine, BackupRequest
+from controller.backup.exceptions import UnsupportedDisk
+from controller.registration import store as regstore
+from controller.vault.vault import Vault
+
+
+def netdisk_xml(name: str, root_disk: Path) -> str:
+    """A small shut-off domain: a file disk, an rbd disk, a 9p share and a cdrom."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='{root_disk}'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='rbd' name='rbdpool/vmb-test-img'><host name='127.0.0.1' port='6789'/></source>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    <filesystem type='mount' accessmode='mapped'><source dir='{root_disk.parent}'/><target dir='hostshare'/>
+    </filesystem>
+  </devices>
+</domain>"""
+
+
+@pytest.fixture
+def netdisk_vm(settings: Any, lab_prefix: str, tmp_path: Path) -> Iterator[libvirt.virDomain]:
+    """A defined (never started), registered domain with a network disk; undefined and unregistered after."""
+    disk = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(disk)], check=True, capture_output=True)
+    lv = libvirt.open(settings.uri)
+    dom = lv.defineXML(netdisk_xml(f"{lab_prefix}netdisk", disk))
+    conn = db.connect(settings.db_path)
+    regstore.save(
+        conn,
+        regstore.Registration(
+            vm_uuid=dom.UUIDString(),
+            vm_name=dom.name(),
+            host_uri=settings.uri,
+            agent_host="127.0.0.1",
+            agent_port=1,
+            ssh_host="127.0.0.1",
+            ssh_port=1,
+            ssh_user="root",
+            ssh_key=None,
+            agent_version="0",
+            cert_serial="0",
+            registered_at=regstore.now_iso(),
+        ),
+    )
+    try:
+        yield dom
+    finally:
+        regstore.delete(conn, dom.UUIDString())
+        conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+        lv.close()
+
+
+def test_backup_refuses_network_disk_and_share(settings: Any, netdisk_vm: libvirt.virDomain) -> None:
+    engine = BackupEngine(settings)
+    try:
+        with pytest.raises(UnsupportedDisk) as ei:
+            engine.run(BackupRequest(vm=netdisk_vm.name()))
+    finally:
+        engine.close()
+    e = ei.value
+    assert e.code == "UNSUPPORTED_DISK"
+    assert "vdb" in e.message and "rbd:rbdpool/vmb-test-img" in e.message and "hostshare" in e.message
+    assert {d["target"] for d in e.details["devices"]} == {"vdb", "hostshare"}
+    assert Vault(settings.vault).list_points(netdisk_vm.UUIDString()) == []
+
+
+def test_backup_with_exclusions_lists_them_in_the_manifest(settings: Any, netdisk_vm: libvirt.virDomain) -> None:
+    engine = BackupEngine(settings)
+    try:
+        r = engine.run(BackupRequest(vm=netdisk_vm.name(), exclude_disks=("vdb", "hostshare")))
+    finally:
+        engine.close()
+    point = Vault(settings.vault).get_point(r.point_id)
+    assert [d.target for d in point.manifest.disks] == ["vda"]
+    skipped = {(s["target"], s["device"], s["reason"]) for s in point.manifest.skipped}
+    assert skipped == {("vdb", "disk", "excluded"), ("hostshare", "filesystem", "excluded"), ("sda", "cdrom", "cdrom")}
