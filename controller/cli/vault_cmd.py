@@ -8,35 +8,38 @@ from controller.cli import output
 from controller.cli.points_cmd import human_size
 from controller.errors import VmBackupError
 from controller.vault import RecoveryPoint, Vault, VerifyResult
+from controller.vault.exceptions import ManifestInvalid
 from controller.vault.verdicts import record_verify
 
 
 def run_verify(args: argparse.Namespace) -> int:
     """Verify one point or all, recording each outcome on the point; exit 1 when any point is corrupt."""
     v = Vault()
-    points = [v.get_point(args.point)] if args.point else v.list_points(include_broken=True)
     results: list[VerifyResult] = []
-    for p in points:
-        if p.error:
-            results.append(VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error))
+    if args.point:
+        try:
+            p = v.get_point(args.point)
+        except ManifestInvalid as e:  # unreadable, or its ids differ from its directories
+            results.append(VerifyResult(args.point, "", "", error=e.message))
         else:
-            res = v.verify(p)
-            results.append(res)
-            _record(v, p, res)
+            results.append(v.verify(p))
+            _record(v, p, results[-1])
+    else:  # each point separately; a bad point or VM directory never stops the others
+        results = v.verify_all(on_point=lambda p, res: _record(v, p, res))
     bad = [r for r in results if not r.ok]
+    warned = [r for r in results if r.ok and r.warnings]
     if args.json:
         output.print_json({"ok": not bad, "points": [r.to_dict() for r in results]})
     else:
         rows = []
         for r in results:
-            what = r.error or "; ".join(
-                f"{d.target}: {d.status} {d.detail}".strip() for d in r.disks if d.status != "ok"
-            )
-            rows.append(
-                [r.point_id, r.vm_name or r.vm_uuid, "ok" if r.ok else "CORRUPT", ",".join(r.bad_disks), what]
-            )
+            what = [r.error] if r.error else []
+            what += r.problems + [f"{d.target}: {d.status} {d.detail}".strip() for d in r.disks if d.status != "ok"]
+            what += [f"warning: {w}" for w in r.warnings]
+            result = "CORRUPT" if not r.ok else "ok (warning)" if r.warnings else "ok"
+            rows.append([r.point_id or "-", r.vm_name or r.vm_uuid, result, ",".join(r.bad_disks), "; ".join(what)])
         output.table("vault verify", ["point", "VM", "result", "bad disks", "detail"], rows)
-        print(f"{len(results)} point(s) checked, {len(bad)} corrupt")
+        print(f"{len(results)} point(s) checked, {len(bad)} corrupt, {len(warned)} with warnings")
     return 1 if bad else 0
 
 

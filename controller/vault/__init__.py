@@ -9,17 +9,22 @@ Layout (``VAULT`` is ``settings.vault``, default ``$VMBACKUP_HOME/vault``)::
           domain.xml                       the domain's inactive XML as it was at backup time
           disks/<target>.qcow2             one self-contained image per disk (no backing file);
           disks/<target>.raw               a raw source without backing chain stays raw (see "file")
+          SHA256SUMS                       sha256 of manifest.json and domain.xml (format 3; see sums.py)
         .tmp-<point-id>/                   a point being written (or left by a crash): never listed
 
 A point is built under ``.tmp-<point-id>``; every file is fsynced, then the directory, then it is renamed to
 ``<point-id>`` and the VM directory is fsynced. A point is therefore either complete or invisible.
 The writer holds a ``flock`` on its ``.tmp-`` directory while it works, so ``Vault.remove_partials()`` clears
 only leftovers of dead writers (crashed or killed processes), never a backup in progress.
-Deleting a point renames it back to ``.tmp-<point-id>`` first, then removes it.
+Deleting a point renames it back to ``.tmp-<point-id>`` first, then removes it; what is deleted is found from the
+directory names (``Vault.delete_by_id``), never from a manifest. A manifest whose ``point_id`` or VM uuid differs
+from its directories is refused on load (MANIFEST_ID_MISMATCH) and reported by ``vault verify``. Nothing below the
+vault root may be a symlink (PATH_ESCAPE); ``Vault.verify_all`` reports such a VM directory as one failing entry and
+still verifies every other point.
 
-manifest.json (format_version 2; format 1 points are still read and verified)::
+manifest.json (format_version 3; format 1 and 2 points, which have no SHA256SUMS, are still read and verified)::
 
-    {"format_version": 2, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
+    {"format_version": 3, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
      "created": "2026-11-25T10:15:00+00:00", "consistency": "APPLICATION|FILE_SYSTEM|CRASH",
      "consistency_reason": "...", "freeze_window_ms": 41.2,
      "disks": [{"target": "vda", "file": "disks/vda.qcow2", "format": "qcow2", "virtual_size": ...,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from controller.errors import VmBackupError
-from controller.vault import layout, qemuimg, sparse
+from controller.vault import layout, qemuimg, sparse, sums
 from controller.vault.exceptions import InvalidVaultId, PointCorrupt, PointNotFound
 from controller.vault.manifest import DiskRecord, RecoveryPoint, fsync_dir, read_manifest
 from controller.vault.vault import Vault
@@ -57,6 +57,7 @@ def copy_out_disk(
 def verify_point_quick(point: RecoveryPoint, vault: Vault | None = None) -> None:
     """Fail before a restore touches anything: manifest, domain.xml and every disk present and plausible.
 
+    manifest.json and domain.xml must match SHA256SUMS (an older point without it passes that part).
     Each disk must have the recorded size, be a readable image of the recorded format and virtual size,
     and have no backing file. It does not hash (copy_out_disk does, while copying).
     """
@@ -64,6 +65,9 @@ def verify_point_quick(point: RecoveryPoint, vault: Vault | None = None) -> None
     pdir = v.point_path(point)
     m = read_manifest(pdir)
     problems: dict[str, str] = {}
+    for err in sums.check(pdir).errors:
+        name, _, what = err.partition(": ")
+        problems[name] = what
     if not (pdir / layout.DOMAIN_XML).is_file():
         problems["domain.xml"] = "missing"
     for rec in m.disks:

@@ -87,3 +87,26 @@ class PointCorrupt(VmBackupError):
     remediation = (
         "Restore from another point (`vmbackup points VM`); run `vmbackup vault verify` for the full report."
     )
+
+
+class ManifestIdMismatch(ManifestInvalid):
+    """A point's manifest names another point id or VM uuid than the directories it sits in."""
+
+    code = "MANIFEST_ID_MISMATCH"
+    operation = "verify"
+    remediation = (
+        "The manifest was edited or the directory copied under another name: vmbackup neither uses nor deletes "
+        "it by its manifest. Run `vmbackup vault verify` to list such points, then move the directory out of "
+        "the vault by hand after checking it."
+    )
+
+
+class MetadataMismatch(VmBackupError):
+    """manifest.json or domain.xml no longer matches the point's SHA256SUMS (corruption or a hand edit)."""
+
+    code = "METADATA_MISMATCH"
+    operation = "verify"
+    remediation = (
+        "Run `vmbackup vault verify POINT` to see which file changed; restore from another point "
+        "(`vmbackup points VM`). vmbackup does not rewrite a point whose metadata does not match."
+    )

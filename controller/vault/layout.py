@@ -17,6 +17,7 @@ TMP_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
 DOMAIN_XML = "domain.xml"
 DISKS_DIR = "disks"
+SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
 
 
 def new_point_id(now: dt.datetime | None = None) -> str:
@@ -48,14 +49,21 @@ def check_target(value: str) -> str:
 
 
 def inside(root: Path, *parts: str) -> Path:
-    """root/parts, resolved, refused with PATH_ESCAPE unless it stays strictly inside root."""
+    """root/parts, resolved, refused with PATH_ESCAPE unless it stays strictly inside root.
+
+    Nothing below root may be a symlink, even one pointing inside the vault: a symlinked VM or point directory
+    would let one id reach another's files (root itself may be a symlink).
+    """
     base = root.resolve()
     for p in parts:
         if not p or Path(p).is_absolute() or "/" in p or "\\" in p or p in (".", ".."):
             raise PathEscape(f"refusing path component {p!r} under {base}")
-    path = base.joinpath(*parts).resolve()
+    lexical = base.joinpath(*parts)
+    path = lexical.resolve()
     if path == base or not path.is_relative_to(base):
-        raise PathEscape(f"{path} is outside the vault {base}")
+        raise PathEscape(f"{lexical} resolves to {path}, outside the vault {base}")
+    if path != lexical:
+        raise PathEscape(f"{lexical} goes through a symlink (to {path}); the vault holds no symlinks")
     return path
 
 

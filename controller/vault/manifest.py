@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.vault.exceptions import ManifestInvalid
+from controller.vault.exceptions import ManifestIdMismatch, ManifestInvalid
 
-FORMAT_VERSION = 2  # 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256"
-READABLE_VERSIONS = (1, 2)
+#: 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256";
+#: 3: the point always has a SHA256SUMS covering manifest.json and domain.xml (see sums.py)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 CONSISTENCY = ("APPLICATION", "FILE_SYSTEM", "CRASH")
 
 
@@ -138,7 +140,7 @@ class RecoveryPoint:
 
 
 def read_manifest(point_path: Path) -> Manifest:
-    """Load <point>/manifest.json."""
+    """Load <point>/manifest.json; MANIFEST_ID_MISMATCH unless its ids are the point's and VM's directory names."""
     p = point_path / "manifest.json"
     try:
         data = json.loads(p.read_text())
@@ -146,7 +148,14 @@ def read_manifest(point_path: Path) -> Manifest:
         raise ManifestInvalid(f"cannot read {p}: {e}") from e
     if not isinstance(data, dict):
         raise ManifestInvalid(f"{p} is not a JSON object")
-    return Manifest.from_dict(data)
+    m = Manifest.from_dict(data)
+    if (m.point_id, m.vm_uuid) != (point_path.name, point_path.parent.name):
+        raise ManifestIdMismatch(
+            f"{p} names point {m.point_id!r} of VM {m.vm_uuid!r}, which does not match its directory "
+            f"{point_path.parent.name}/{point_path.name}",
+            details={"path": str(point_path), "point_id": m.point_id, "vm_uuid": m.vm_uuid},
+        )
+    return m
 
 
 def fsync_dir(path: Path) -> None:
@@ -173,7 +182,11 @@ def write_file_durable(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def manifest_bytes(m: Manifest) -> bytes:
+    """The exact bytes of manifest.json for m."""
+    return (json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_manifest(point_path: Path, m: Manifest) -> None:
-    """Atomically (re)write <point>/manifest.json."""
-    text = json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n"
-    write_file_durable(point_path / "manifest.json", text.encode())
+    """Atomically write <point>/manifest.json (publish; a published point is rewritten by sums.rewrite_manifest)."""
+    write_file_durable(point_path / "manifest.json", manifest_bytes(m))

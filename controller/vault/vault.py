@@ -6,14 +6,22 @@ import contextlib
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
-from controller.vault import digest, layout, qemuimg, sparse
-from controller.vault.exceptions import InvalidVaultId, ManifestInvalid, PointNotFound, VaultFull
+from controller.vault import digest, layout, qemuimg, sparse, sums
+from controller.vault.exceptions import (
+    InvalidVaultId,
+    ManifestIdMismatch,
+    ManifestInvalid,
+    PathEscape,
+    PointNotFound,
+    VaultFull,
+)
 from controller.vault.layout import new_point_id
 from controller.vault.manifest import (
     DiskRecord,
@@ -21,7 +29,6 @@ from controller.vault.manifest import (
     RecoveryPoint,
     fsync_dir,
     read_manifest,
-    write_manifest,
 )
 from controller.vault.writer import PointWriter
 
@@ -33,7 +40,11 @@ SPACE_MARGIN = 64 << 20
 
 @dataclass
 class DiskVerify:
-    """One disk's verification outcome: status ok | missing | checksum-mismatch | check-failed."""
+    """One disk's verification outcome.
+
+    status: ok | invalid-path | missing | checksum-mismatch | check-failed | has-backing, or not-in-manifest for a
+    file in disks/ that the manifest does not list (target is then the file's stem).
+    """
 
     target: str
     file: str
@@ -43,18 +54,24 @@ class DiskVerify:
 
 @dataclass
 class VerifyResult:
-    """A point's verification: ok only if every disk is present, matches its checksum, passes qemu-img check."""
+    """A point's verification: ok only if every disk is present, matches its checksum, passes qemu-img check,
+    disks/ holds nothing else, and manifest.json and domain.xml match SHA256SUMS.
+
+    A VM directory that cannot be entered (a symlink: PATH_ESCAPE) is one result with point_id "" and error set.
+    """
 
     point_id: str
     vm_uuid: str
     vm_name: str
     disks: list[DiskVerify] = field(default_factory=list)
-    error: str = ""  # manifest-level problem
+    error: str = ""  # the point (or VM directory) could not be checked at all
+    problems: list[str] = field(default_factory=list)  # metadata errors, each "<file>: <what>"
+    warnings: list[str] = field(default_factory=list)  # e.g. sums.NO_DIGEST_WARNING; do not make it fail
 
     @property
     def ok(self) -> bool:
-        """True when nothing is wrong."""
-        return not self.error and all(d.status == "ok" for d in self.disks)
+        """True when nothing is wrong (warnings allowed)."""
+        return not self.error and not self.problems and all(d.status == "ok" for d in self.disks)
 
     @property
     def bad_disks(self) -> list[str]:
@@ -69,6 +86,8 @@ class VerifyResult:
             "vm_name": self.vm_name,
             "ok": self.ok,
             "error": self.error,
+            "problems": self.problems,
+            "warnings": self.warnings,
             "bad_disks": self.bad_disks,
             "disks": [vars(d) for d in self.disks],
         }
@@ -100,29 +119,45 @@ class Vault:
         """Start an unpublished point under VAULT/<vm-uuid>/.tmp-<point-id>/."""
         return PointWriter(self, layout.check_uuid(vm_uuid), point_id or new_point_id())
 
-    def _vm_dirs(self, vm_uuid: str | None) -> list[Path]:
-        """The per-VM directories to look at (one, or all that look like uuids)."""
+    def _vm_entries(self, vm_uuid: str | None) -> list[tuple[str, Path | None, str]]:
+        """(uuid, directory, "") per VM directory, or (uuid, None, why) for one that is a symlink (PATH_ESCAPE)."""
         d = layout.vm_dir(self.root, vm_uuid) if vm_uuid is not None else None
         if not self.root.is_dir():
             return []
         if d is not None:
-            return [d] if d.is_dir() else []
-        return sorted(
-            p for p in self.root.resolve().iterdir() if p.is_dir() and layout.UUID_RE.fullmatch(p.name)
-        )
+            return [(d.name, d, "")] if d.is_dir() else []
+        out: list[tuple[str, Path | None, str]] = []
+        for p in sorted(self.root.resolve().iterdir()):
+            if not layout.UUID_RE.fullmatch(p.name) or not p.is_dir():
+                continue
+            try:
+                out.append((p.name, layout.vm_dir(self.root, p.name), ""))
+            except PathEscape as e:
+                out.append((p.name, None, f"{e.code}: {e.message}"))
+        return out
+
+    def _vm_dirs(self, vm_uuid: str | None) -> list[Path]:
+        """The per-VM directories to look at (one, or all that look like uuids and are no symlink)."""
+        return [d for _, d, _ in self._vm_entries(vm_uuid) if d is not None]
+
+    def _points_in(self, vd: Path, include_broken: bool) -> list[RecoveryPoint]:
+        """The published points of one VM directory; broken ones (error set) only if asked."""
+        points: list[RecoveryPoint] = []
+        for pd in sorted(vd.iterdir()):
+            if not layout.POINT_ID_RE.fullmatch(pd.name) or not pd.is_dir():
+                continue
+            try:
+                points.append(RecoveryPoint(pd, read_manifest(layout.point_dir(self.root, vd.name, pd.name))))
+            except (ManifestInvalid, PathEscape) as e:
+                if include_broken:
+                    error = f"{e.code}: {e.message}" if isinstance(e, PathEscape) else e.message
+                    points.append(RecoveryPoint(pd, _placeholder(vd.name, pd.name), error=error))
+        return points
 
     def list_points(self, vm_uuid: str | None = None, include_broken: bool = False) -> list[RecoveryPoint]:
-        """Published points, newest first; skips .tmp-*, foreign entries, and unreadable ones unless asked."""
-        points: list[RecoveryPoint] = []
-        for vd in self._vm_dirs(vm_uuid):
-            for pd in vd.iterdir():
-                if not pd.is_dir() or not layout.POINT_ID_RE.fullmatch(pd.name):
-                    continue
-                try:
-                    points.append(RecoveryPoint(pd, read_manifest(pd)))
-                except ManifestInvalid as e:
-                    if include_broken:
-                        points.append(RecoveryPoint(pd, _placeholder(vd.name, pd.name), error=e.message))
+        """Published points, newest first; skips .tmp-*, foreign entries, symlinked VM directories, and
+        unreadable points or points whose manifest ids differ from their directories (unless include_broken)."""
+        points = [p for vd in self._vm_dirs(vm_uuid) for p in self._points_in(vd, include_broken)]
         points.sort(key=lambda p: p.point_id, reverse=True)
         return points
 
@@ -144,19 +179,55 @@ class Vault:
         return layout.disk_path(self.point_path(point), rec.file)
 
     def verify(self, point: RecoveryPoint) -> VerifyResult:
-        """Recompute each disk's checksum and run qemu-img check; report missing/corrupt disks by name."""
+        """Check SHA256SUMS, recompute each disk's checksum, run qemu-img check, and cross-check disks/.
+
+        Never raises for a damaged point: every problem is in the result, naming its file or disk.
+        """
         res = VerifyResult(point.point_id, point.vm_uuid, point.vm_name)
         try:
             pdir = self.point_path(point)
+            meta = sums.check(pdir)
+            res.problems, res.warnings = meta.errors, meta.warnings
             m = read_manifest(pdir)
-        except (ManifestInvalid, InvalidVaultId) as e:
-            res.error = e.message
+        except (VmBackupError, OSError) as e:
+            res.error = f"{e.code}: {e.message}" if isinstance(e, PathEscape) else getattr(e, "message", str(e))
             return res
         if not (pdir / layout.DOMAIN_XML).is_file():
             res.error = "domain.xml is missing"
         for rec in m.disks:
-            res.disks.append(self._verify_disk(pdir, rec))
+            try:
+                res.disks.append(self._verify_disk(pdir, rec))
+            except (VmBackupError, OSError) as e:
+                res.disks.append(DiskVerify(rec.target, rec.file, "check-failed", str(e)))
+        res.disks += _unlisted_disks(pdir, m)
         return res
+
+    def verify_all(
+        self,
+        vm_uuid: str | None = None,
+        on_point: Callable[[RecoveryPoint, VerifyResult], None] | None = None,
+    ) -> list[VerifyResult]:
+        """Verify every point (or one VM's), each reported separately, newest first.
+
+        A point that cannot be loaded (unreadable manifest, ids that differ from its directories, a symlink) and
+        a VM directory that is a symlink (PATH_ESCAPE, point_id "") are failing results; the others are still
+        verified. on_point(point, result) is called for each point that could be loaded and verified.
+        """
+        results: list[VerifyResult] = []
+        for name, vd, why in self._vm_entries(vm_uuid):
+            if vd is None:
+                results.append(VerifyResult("", name, "", error=why))
+                continue
+            for p in self._points_in(vd, include_broken=True):
+                if p.error:
+                    results.append(VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error))
+                    continue
+                res = self.verify(p)
+                results.append(res)
+                if on_point is not None:
+                    on_point(p, res)
+        results.sort(key=lambda r: (r.point_id, r.vm_uuid), reverse=True)
+        return results
 
     def _verify_disk(self, pdir: Path, rec: DiskRecord) -> DiskVerify:
         """One stored disk: ok, invalid-path, missing, checksum-mismatch, check-failed or has-backing."""
@@ -187,11 +258,26 @@ class Vault:
         return DiskVerify(rec.target, rec.file, "ok", chk.summary)
 
     def delete_point(self, point: RecoveryPoint) -> None:
-        """Remove a published point: renamed to .tmp-<id> first (atomic unpublish), then deleted."""
-        pdir = self.point_path(point)
-        if not pdir.is_dir():
-            raise PointNotFound(f"no recovery point {point.point_id} for VM {point.vm_uuid}")
-        doomed = layout.tmp_point_dir(self.root, point.vm_uuid, point.point_id)
+        """Remove the directory the point was loaded from (delete_by_id of its directory names).
+
+        The manifest's ids are never used to find what to delete: a point whose manifest ids differ from its
+        directories (MANIFEST_ID_MISMATCH) is refused unless it is a broken placeholder from list_points.
+        """
+        vm_uuid, point_id = point.path.parent.name, point.path.name
+        if (point.vm_uuid, point.point_id) != (vm_uuid, point_id):
+            raise ManifestIdMismatch(
+                f"refusing to delete {point.path}: its manifest names point {point.point_id} of VM "
+                f"{point.vm_uuid}, not its directory {vm_uuid}/{point_id}"
+            )
+        self.delete_by_id(vm_uuid, point_id)
+
+    def delete_by_id(self, vm_uuid: str, point_id: str) -> None:
+        """Remove VAULT/<vm_uuid>/<point_id>, built by layout from the arguments (a real directory, no symlink):
+        renamed to .tmp-<id> first (atomic unpublish), then deleted. Its manifest is not read."""
+        pdir = layout.point_dir(self.root, vm_uuid, point_id)
+        if not pdir.is_dir() or pdir.is_symlink():
+            raise PointNotFound(f"no recovery point {point_id} for VM {vm_uuid}")
+        doomed = layout.tmp_point_dir(self.root, vm_uuid, point_id)
         os.rename(pdir, doomed)
         fsync_dir(pdir.parent)
         shutil.rmtree(doomed)
@@ -225,6 +311,8 @@ class Vault:
         for vd in self._vm_dirs(None):
             entry: dict[str, Any] = {"points": 0, "bytes": 0, "partial_bytes": 0, "vm_name": ""}
             for pd in vd.iterdir():
+                if pd.is_symlink():
+                    continue  # never counted through (verify reports it)
                 n = _du(pd)
                 if pd.name.startswith(layout.TMP_PREFIX):
                     entry["partial_bytes"] += n
@@ -239,7 +327,11 @@ class Vault:
         return {"vault": str(self.root), "vms": vms, "total_bytes": total, "free_bytes": free}
 
     def update_manifest(self, point: RecoveryPoint, **changes: Any) -> RecoveryPoint:
-        """Atomically rewrite a point's manifest with some top-level fields changed (e.g. boot_check=...)."""
+        """Atomically rewrite a point's manifest with some top-level fields changed (e.g. boot_check=...).
+
+        SHA256SUMS is rewritten with it (sums.rewrite_manifest); METADATA_MISMATCH if the point's manifest.json
+        or domain.xml no longer matches it (a tampered point is never re-sealed).
+        """
         allowed = {"boot_check", "verify", "policy", "consistency_reason"}
         bad = set(changes) - allowed
         if bad:
@@ -248,7 +340,7 @@ class Vault:
         m = read_manifest(pdir)
         for k, v in changes.items():
             setattr(m, k, v)
-        write_manifest(pdir, m)
+        sums.rewrite_manifest(pdir, m)
         return RecoveryPoint(pdir, m)
 
 
@@ -260,6 +352,20 @@ def _du(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+def _unlisted_disks(pdir: Path, m: Manifest) -> list[DiskVerify]:
+    """Entries of disks/ the manifest does not list (a listed one that is absent is reported as missing)."""
+    listed = {rec.file for rec in m.disks}
+    try:
+        names = sorted(os.listdir(pdir / layout.DISKS_DIR))
+    except OSError:
+        return []
+    return [
+        DiskVerify(name.partition(".")[0], rel, "not-in-manifest", f"{rel} is not listed in the manifest")
+        for name in names
+        if (rel := f"{layout.DISKS_DIR}/{name}") not in listed
+    ]
 
 
 def _name_of(pdir: Path) -> str:

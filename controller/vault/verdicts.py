@@ -20,7 +20,7 @@ from controller.vault.vault import Vault, VerifyResult
 
 def verify_record(res: VerifyResult, at: datetime | None = None) -> dict[str, Any]:
     """The manifest form of one verify outcome."""
-    errors = [res.error] if res.error else []
+    errors = ([res.error] if res.error else []) + res.problems
     errors += [f"{d.target}: {d.status} {d.detail}".strip() for d in res.disks if d.status != "ok"]
     when = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
     return {"ok": res.ok, "at": when, "errors": errors}

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.vault import layout, qemuimg, sparse
+from controller.vault import layout, qemuimg, sparse, sums
 from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError
 from controller.vault.manifest import (
     CONSISTENCY,
@@ -117,7 +117,7 @@ class PointWriter:
         write_file_durable(self.tmp / layout.DOMAIN_XML, xml.encode())
 
     def publish(self, fields: dict[str, Any]) -> RecoveryPoint:
-        """Write the manifest, fsync everything, and rename .tmp-<id> to <id>: the point becomes visible."""
+        """Write the manifest and SHA256SUMS, fsync everything, rename .tmp-<id> to <id>: the point becomes visible."""
         self._check_open()
         if not self.disks:
             raise VaultError(f"point {self.point_id} has no disks; nothing to publish")
@@ -125,6 +125,7 @@ class PointWriter:
             raise VaultError(f"point {self.point_id} has no domain.xml; call write_domain_xml first")
         m = self._manifest(fields)
         write_manifest(self.tmp, m)
+        sums.seal(self.tmp)  # SHA256SUMS: manifest.json + domain.xml
         fsync_dir(self.tmp / layout.DISKS_DIR)
         fsync_dir(self.tmp)
         os.rename(self.tmp, self.final)

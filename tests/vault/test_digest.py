@@ -91,12 +91,14 @@ def test_format_1_point_still_verifies_and_copies_out(
     m["disks"][0]["sha256"] = plain
     del m["disks"][0]["digest"]
     mpath.write_text(json.dumps(m))
+    (p.path / "SHA256SUMS").unlink()  # format 1 points were written without it
     old = vault.get_point(p.point_id)
     assert old.manifest.disks[0].digest == f"sha256:{plain}"
     assert vault.verify(old).ok
     rec = copy_out_disk(old, "vda", tmp_path / "vda.qcow2", vault=vault)
     assert rec.digest == f"sha256:{plain}"
-    vault.update_manifest(old, boot_check={"ok": True})  # a rewrite stays consistent: format 2 with its digest
+    vault.update_manifest(old, boot_check={"ok": True})  # a rewrite stays consistent: format 3 with its digest
     again = json.loads(mpath.read_text())
-    assert again["format_version"] == 2 and again["disks"][0]["digest"] == f"sha256:{plain}"
-    assert vault.verify(vault.get_point(p.point_id)).ok
+    assert again["format_version"] == 3 and again["disks"][0]["digest"] == f"sha256:{plain}"
+    r = vault.verify(vault.get_point(p.point_id))
+    assert r.ok and r.warnings == []  # the rewrite wrote SHA256SUMS

@@ -81,10 +81,10 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
         controller_version="0.1.0",
     )
     assert p.path.name == p.point_id and layout.POINT_ID_RE.fullmatch(p.point_id)
-    assert {x.name for x in p.path.iterdir()} == {"manifest.json", "domain.xml", "disks"}
+    assert {x.name for x in p.path.iterdir()} == {"manifest.json", "domain.xml", "disks", "SHA256SUMS"}
     assert sorted(os.listdir(p.path / "disks")) == ["vda.qcow2", "vdb.qcow2"]
     m = json.loads((p.path / "manifest.json").read_text())
-    assert m["format_version"] == 2 and m["point_id"] == p.point_id
+    assert m["format_version"] == 3 and m["point_id"] == p.point_id
     assert m["vm"] == {"uuid": VM, "name": "web1", "host": "qemu:///system"}
     assert m["consistency"] == "FILE_SYSTEM" and m["freeze_window_ms"] == 42.5
     assert m["job_id"] == "job-1" and m["policy"] == "gold" and m["boot_check"] is None
@@ -194,7 +194,7 @@ def test_update_manifest_is_atomic_rewrite(vault: Vault, make_point: PointMaker,
     assert q.manifest.boot_check == {"result": "PASSED", "seconds": 27.1}
     assert vault.get_point(p.point_id).manifest.boot_check == {"result": "PASSED", "seconds": 27.1}
     assert (p.path / "manifest.json").stat().st_ino != before  # replaced by rename, not rewritten in place
-    assert sorted(os.listdir(p.path)) == ["disks", "domain.xml", "manifest.json"]
+    assert sorted(os.listdir(p.path)) == ["SHA256SUMS", "disks", "domain.xml", "manifest.json"]
     assert vault.get_point(p.point_id).manifest.disks == p.manifest.disks
     with pytest.raises(InvalidArgument):
         vault.update_manifest(p, disks=[])
