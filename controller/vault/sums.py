@@ -26,9 +26,13 @@ without SHA256SUMS is an error (deleting the file does not downgrade the check).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,10 +127,22 @@ def seal(pdir: Path) -> None:
     write_file_durable(pdir / layout.SUMS, render(xml, [sha256_of((pdir / layout.MANIFEST).read_bytes())]))
 
 
+@contextlib.contextmanager
+def point_lock(pdir: Path) -> Iterator[None]:
+    """flock on the point directory: one manifest rewrite at a time per point, across processes."""
+    fd = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def rewrite_manifest(pdir: Path, m: Manifest) -> None:
     """Replace a published point's manifest.json and its SHA256SUMS line in three crash-safe steps (see above).
 
     Raises METADATA_MISMATCH, changing nothing, when the current manifest.json or domain.xml does not match.
+    The caller holds point_lock(pdir) from reading the manifest it changes until this returns.
     """
     now = check(pdir)
     if now.errors:

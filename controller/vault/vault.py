@@ -337,10 +337,11 @@ class Vault:
         if bad:
             raise InvalidVaultId(f"manifest fields {sorted(bad)} cannot be changed (only {sorted(allowed)})")
         pdir = self.point_path(point)
-        m = read_manifest(pdir)
-        for k, v in changes.items():
-            setattr(m, k, v)
-        sums.rewrite_manifest(pdir, m)
+        with sums.point_lock(pdir):  # read-modify-write: concurrent updates (verify, boot-check) do not mix
+            m = read_manifest(pdir)
+            for k, v in changes.items():
+                setattr(m, k, v)
+            sums.rewrite_manifest(pdir, m)
         return RecoveryPoint(pdir, m)
 
 

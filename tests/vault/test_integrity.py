@@ -237,3 +237,29 @@ def test_update_manifest_crash_leaves_a_verifiable_point(
     r = vault.verify(q)
     assert r.ok and r.warnings == [] and q.manifest.boot_check == {"result": "passed"}
     assert (p.path / layout.SUMS).read_text().count(layout.MANIFEST) == 1
+
+
+def test_concurrent_manifest_updates_stay_sealed(vault: Vault, make_point: PointMaker, qcow2_plain: Path) -> None:
+    """A verify record and a boot-check result written at the same time: both land, SHA256SUMS still matches."""
+    import threading
+
+    p = make_point({"vda": qcow2_plain}, vm_uuid=VM)
+    errors: list[BaseException] = []
+
+    def writer(field: str) -> None:
+        try:
+            for i in range(60):
+                vault.update_manifest(p, **{field: {"n": i}})
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(f,)) for f in ("verify", "boot_check")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    r = vault.verify(vault.get_point(p.point_id))
+    assert r.ok and r.warnings == [], r.to_dict()
+    m = vault.get_point(p.point_id).manifest
+    assert m.verify == {"n": 59} and m.boot_check == {"n": 59}
