@@ -17,27 +17,30 @@ Any failure (or a cancel) takes the same undo path: thaw, merge the overlays bac
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import libvirt
 
 import controller
 from controller import db
-from controller.backup import faults, quiesce
+from controller.backup import faults, imagelock, quiesce
 from controller.backup.disksource import allocated, backup_plan, overlay_dir
-from controller.backup.exceptions import ConsistencyNotMet, NotRegistered
+from controller.backup.exceptions import ConsistencyNotMet, ImageLockFailed, NotRegistered, RemoteDataPathUnsupported
 from controller.backup.intent import IntentStore
-from controller.backup.snapshot import commit_back, remove_overlay, take_snapshot
+from controller.backup.snapshot import take_snapshot
+from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import get_registration
 from controller.settings import Settings
 from controller.vault.vault import PointWriter, Vault, new_point_id
-from controller.virt.connection import connection, lookup
-from controller.virt.domain import Disk, disks, state_name
+from controller.virt.connection import connection, is_this_host, lookup
+from controller.virt.domain import Disk, state_name
 
 RANK = {"CRASH": 0, "FILE_SYSTEM": 1, "APPLICATION": 2}
 #: progress(target, bytes_done, bytes_total)
@@ -112,6 +115,7 @@ class BackupEngine:
         """The flow inside the job."""
         t0 = time.monotonic()
         with run.phase("precheck"):
+            _check_local(dom, ref)
             reg = get_registration(self.conn, ref.uuid)
             if reg is None:
                 raise NotRegistered(f"VM {ref.name!r} is not registered")
@@ -127,7 +131,10 @@ class BackupEngine:
             else:
                 q = quiesce.Quiesce("CRASH", f"the VM was {state_name(dom)}: copied directly, nothing to quiesce")
                 self.intents.begin(run.job_id, ref.uuid, ref.name, ref.host_uri, {d.target: d.path for d in ds})
-            copied = self._copy(run, writer, ds, dom)
+            with contextlib.nullcontext() if running else imagelock.held(ds):
+                if not running and dom.isActive():
+                    raise ImageLockFailed(f"VM {ref.name!r} was started before its disks could be locked for the copy")
+                copied = self._copy(run, writer, ds, dom)
             q.created = q.created or _utcnow()
             run.detail("consistency", q.consistency)
             run.detail("consistency_reason", q.reason)
@@ -216,22 +223,27 @@ class BackupEngine:
         return cb
 
     def _commit_all(self, run: JobRun, dom: libvirt.virDomain, ds: list[Disk]) -> None:
-        """Merge every overlay back and delete it; the VM ends on its original files."""
+        """Merge this job's overlays back (live, or offline if the guest shut off meanwhile) and delete them."""
+        from controller.backup.recovery import put_back  # local: recovery imports this module's helpers
+
         with run.phase("commit"):
             self.intents.step(run.job_id, "committing")
-            for d in ds:
-                top = _active(dom, d.target)
-                commit_back(dom, d.target, d.path)
-                if top and top != d.path:
-                    remove_overlay(top)
+            put_back(dom, {d.target: d.path for d in ds}, run.job_id, block_dir=self._block_dir(dom))
             self.intents.step(run.job_id, "committed")
+
+    def _block_dir(self, dom: libvirt.virDomain) -> Path:
+        """Where this VM's block-device overlays go (disksource.overlay_dir)."""
+        return overlay_dir(self.settings.home, dom.UUIDString())
 
     def _undo(self, dom: libvirt.virDomain, job_id: str, ds: list[Disk], writer: PointWriter) -> None:
         """Best-effort cleanup after a failure or cancel: VM back on its disks, no partial point."""
         from controller.backup.recovery import put_back  # local: recovery imports this module's helpers
 
         writer.abort()
-        put_back(dom, {d.target: d.path for d in ds})
+        try:  # live, or offline if the guest shut off mid-backup
+            put_back(dom, {d.target: d.path for d in ds}, job_id, block_dir=self._block_dir(dom))
+        except (VmBackupError, libvirt.libvirtError):
+            return  # the intent stays: `vmbackup recover` retries the put-back (the job reports the first error)
         self.intents.done(job_id)
 
     def _manifest(
@@ -256,7 +268,12 @@ def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _active(dom: libvirt.virDomain, target: str) -> str | None:
-    """The file the domain currently writes for a target."""
-    return next((d.path for d in disks(dom) if d.target == target), None)
+def _check_local(dom: libvirt.virDomain, ref: VmRef) -> None:
+    """Refuse a VM whose libvirt host is another machine: the copy reads its disk paths on this filesystem."""
+    if not is_this_host(dom.connect()):
+        raise RemoteDataPathUnsupported(
+            f"VM {ref.name!r} runs on the libvirt host at {ref.host_uri}, not on this machine; its disks cannot be "
+            "read here",
+            details={"host_uri": ref.host_uri},
+        )
 

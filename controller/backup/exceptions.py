@@ -50,3 +50,42 @@ class UnsupportedDisk(VmBackupError):
         "(`virsh detach-disk VM vdc --persistent`)."
     )
 
+
+
+class OverlayInUse(VmBackupError):
+    code = "OVERLAY_IN_USE"
+    operation = "backup"
+    remediation = (
+        "A vmbackup overlay is still named by a domain definition (live or inactive), so it was kept: deleting it "
+        "would lose the guest's writes. Run `vmbackup recover` to merge it back, or check `virsh dumpxml DOM` and "
+        "`virsh dumpxml --inactive DOM` for the named file."
+    )
+
+
+class OfflineMergeFailed(VmBackupError):
+    code = "OFFLINE_MERGE_FAILED"
+    operation = "backup"
+    remediation = (
+        "The overlay of a shut-off VM could not be merged into its original disk; both files were kept and the VM "
+        "definition still names the overlay, so no data is lost. Keep the VM shut off and run `vmbackup recover` "
+        "again; `vmbackup job show ID` has qemu-img's message."
+    )
+
+
+class RemoteDataPathUnsupported(VmBackupError):
+    code = "REMOTE_DATA_PATH_UNSUPPORTED"
+    operation = "backup"
+    remediation = (
+        "The VM's libvirt host is another machine and its disk files are not readable here. Install vmbackup on "
+        "that host and run `vmbackup backup VM` there (or `vmbackup host add` it on a controller running there)."
+    )
+
+
+class ImageLockFailed(VmBackupError):
+    code = "IMAGE_LOCK_FAILED"
+    operation = "backup"
+    remediation = (
+        "The disks of a VM that is not running could not be locked for the copy: the VM (or another QEMU process) "
+        "opened them. Nothing was published; run `vmbackup backup VM` again (a running VM is backed up through a "
+        "snapshot)."
+    )

@@ -1,7 +1,8 @@
 """Putting VMs back after a failed, cancelled or interrupted backup.
 
 ``put_back`` is the undo used both by the engine (failure, cancel) and by ``recover`` at controller start: whatever
-step was reached, the VM ends on its original disk files with no overlay left, the guest is thawed, and no partial
+step was reached and whether the VM still runs or was shut off since, the VM (live and saved definition) ends on its
+original disk files with every guest write merged in and no overlay left, the guest is thawed, and no partial
 recovery point remains. Usage at start-up::
 
     report = recover(settings)      # idempotent; safe to run while no backup is running
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import libvirt
 
 from controller import db
+from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
-from controller.backup.snapshot import commit_back, is_overlay, remove_overlay
+from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
+from controller.backup.snapshot import commit_back, overlay_path
 from controller.errors import VmBackupError
 from controller.settings import Settings
 from controller.virt.connection import connection
-from controller.virt.domain import disks, state_name
+from controller.virt.domain import Disk, disks
 
 
 @dataclass
@@ -35,35 +39,81 @@ class RecoveryReport:
     errors: list[str] = field(default_factory=list)
 
 
-def put_back(dom: libvirt.virDomain, originals: dict[str, str], report: RecoveryReport | None = None) -> None:
-    """Merge any overlay of ours back into the original disk files and delete it."""
+def put_back(
+    dom: libvirt.virDomain,
+    originals: dict[str, str],
+    job_id: str,
+    report: RecoveryReport | None = None,
+    block_dir: Path | None = None,
+) -> None:
+    """Merge this job's overlays back into the original disk files and delete them; others' overlays are left alone.
+
+    A running (or paused) VM is merged by an active commit + pivot; a VM that is not running (shut off mid-backup,
+    destroyed, powered off) by ``qemu-img commit`` and a redefinition of its inactive XML on the original files.
+    Only ``<stem>.vmb-<job_id>.qcow2`` files of `job_id` are touched, and a file is deleted only once no domain
+    definition of the host (live or inactive) names it. block_dir is where block-device overlays live
+    (disksource.overlay_dir). Raises the first error after trying every disk.
+    """
     report = report or RecoveryReport()
-    if state_name(dom) not in ("running", "paused", "blocked"):
-        return  # a shut-off domain never got an overlay (the external snapshot needs a live domain)
-    for d in disks(dom):
-        base = originals.get(d.target)
-        if base is None or d.path == base or not is_overlay(d.path):
-            continue
-        commit_back(dom, d.target, base)
-        remove_overlay(d.path)
-        report.committed.append(f"{dom.name()}:{d.target}")
-        report.removed_overlays.append(d.path)
+    active = bool(dom.isActive())
+    first_error: VmBackupError | None = None
+    for target, base in originals.items():
+        ovl = overlay_path(base, job_id, block_dir)
+        try:
+            if active:
+                _put_back_live(dom, target, ovl, base, report)
+            else:
+                _put_back_offline(dom, target, ovl, base, report)
+        except VmBackupError as e:
+            report.errors.append(f"{dom.name()}:{target}: {e}")
+            first_error = first_error or e
+    if first_error is not None:
+        raise first_error
 
 
-def _leftover_overlays(intent: Intent) -> list[str]:
-    """Overlay files of this job still on disk (e.g. created by a snapshot whose intent step was never written)."""
-    out = []
-    for base in intent.originals.values():
-        stem, _ = os.path.splitext(base)
-        cand = f"{stem}.vmb-{intent.job_id}.qcow2"
-        if os.path.exists(cand):
-            out.append(cand)
-    return out
+def _put_back_live(dom: libvirt.virDomain, target: str, ovl: str, base: str, report: RecoveryReport) -> None:
+    """Active commit + pivot when the running VM writes to this job's overlay; then delete it if nothing names it."""
+    now_on = next((d.path for d in disks(dom) if d.target == target), None)
+    if now_on is not None and os.path.realpath(now_on) == os.path.realpath(ovl):
+        commit_back(dom, target, base)
+        report.committed.append(f"{dom.name()}:{target}")
+    # libvirt normally moves the persistent definition back on the pivot; make sure it does not name the overlay
+    repoint_inactive(dom, target, ovl, base, _format_in(disks(dom), target))
+    _remove_if_present(dom.connect(), ovl, report)
+
+
+def _put_back_offline(dom: libvirt.virDomain, target: str, ovl: str, base: str, report: RecoveryReport) -> None:
+    """qemu-img commit + inactive redefinition when the saved definition names this job's overlay; then delete it."""
+    named = any(
+        d.target == target and os.path.realpath(d.path) == os.path.realpath(ovl)
+        for d in (disks(dom, inactive=True) if dom.isPersistent() else [])
+    )
+    if named:
+        merge_offline(dom, target, ovl, base)
+        report.committed.append(f"{dom.name()}:{target}")
+    _remove_if_present(dom.connect(), ovl, report)
+
+
+def _remove_if_present(conn: libvirt.virConnect, ovl: str, report: RecoveryReport) -> None:
+    """Delete an overlay file that exists and that no domain definition names (OverlayInUse otherwise)."""
+    if os.path.exists(ovl):
+        remove_overlay_guarded(conn, ovl)
+        report.removed_overlays.append(ovl)
+
+
+def _format_in(ds: list[Disk], target: str) -> str | None:
+    """The format the live definition gives a target (the base's own format once the VM runs on it again)."""
+    return next((d.format for d in ds if d.target == target), None)
 
 
 def recover(settings: Settings) -> RecoveryReport:
-    """Finish or undo every backup whose controller died; mark their jobs failed (CONTROLLER_RESTARTED)."""
-    from controller.jobs.store import JobStore
+    """Finish or undo every backup whose controller died; mark their jobs failed (CONTROLLER_RESTARTED).
+
+    Each VM is put back inside a ``recover`` job holding the VM's operation lock, so no other job (a new backup, a
+    restore) touches the VM meanwhile; a VM whose lock a live job holds is skipped and reported. An intent whose
+    put-back fails is kept, so the next ``vmbackup recover`` retries it.
+    """
+    from controller.jobs.store import JobStore, VmRef
     from controller.vault.vault import Vault
 
     report = RecoveryReport()
@@ -73,8 +123,11 @@ def recover(settings: Settings) -> RecoveryReport:
         if jobs.is_owner_alive(intent.job_id):
             continue  # a live controller is running this backup right now
         try:
-            _recover_one(settings, intent, report)
-            vault.remove_partials(intent.vm_uuid)
+            job = jobs.create("recover", vm=VmRef(uuid=intent.vm_uuid, name=intent.vm_name, host_uri=intent.host_uri))
+            with jobs.run(job.id) as run:
+                run.detail("recovers_job", intent.job_id)
+                _recover_one(settings, intent, report)
+                vault.remove_partials(intent.vm_uuid)
             report.removed_partials.append(intent.vm_uuid)
             intents.done(intent.job_id)
         except VmBackupError as e:
@@ -84,19 +137,15 @@ def recover(settings: Settings) -> RecoveryReport:
 
 
 def _recover_one(settings: Settings, intent: Intent, report: RecoveryReport) -> None:
-    """Thaw the guest if it may still be frozen, then merge overlays back."""
+    """Thaw the guest if it may still be frozen, then merge this job's overlays back (live or offline)."""
     with connection(intent.host_uri) as lv:
         try:
             dom = lv.lookupByUUIDString(intent.vm_uuid)
         except libvirt.libvirtError:
-            return  # the VM is gone; nothing to put back
+            return  # the VM is gone; nothing to put back (its overlays stay on disk, unmerged)
         if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, intent):
             report.thawed.append(intent.vm_name)
-        put_back(dom, intent.originals, report)
-        if state_name(dom) not in ("running", "paused", "blocked"):
-            for ovl in _leftover_overlays(intent):
-                remove_overlay(ovl)
-                report.removed_overlays.append(ovl)
+        put_back(dom, intent.originals, intent.job_id, report, overlay_dir(settings.home, intent.vm_uuid))
 
 
 def _thaw(settings: Settings, intent: Intent) -> bool:

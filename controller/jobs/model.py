@@ -22,6 +22,7 @@ JOB_TYPES = (
     "stop-protection",
     "prune",
     "verify",
+    "recover",
 )
 JOB_STATES = ("queued", "in-progress", "completed", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "in-progress")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import libvirt
 
@@ -62,3 +65,45 @@ def lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
         return conn.lookupByName(name_or_uuid)
     except libvirt.libvirtError as e:
         raise translate(e, f"VM {name_or_uuid!r}") from e
+
+
+LOCAL_URI = "qemu:///system"
+_DMI_UUID = Path("/sys/class/dmi/id/product_uuid")
+
+
+def host_uuid(conn: libvirt.virConnect) -> str:
+    """The host UUID a libvirt connection's capabilities report (``/capabilities/host/uuid``), lower case."""
+    try:
+        node = ET.fromstring(conn.getCapabilities()).find("./host/uuid")
+    except libvirt.libvirtError as e:
+        raise translate(e, "reading the host capabilities") from e
+    return (node.text or "").strip().lower() if node is not None else ""
+
+
+@functools.cache
+def local_host_uuid() -> str:
+    """This machine's libvirt host UUID ("" when it cannot be found).
+
+    Asked from the local libvirtd itself (a read-only ``qemu:///system`` connection): libvirt picks the UUID from
+    ``host_uuid`` in libvirtd.conf, else SMBIOS, so asking it compares like with like even where the SMBIOS UUID is
+    missing or libvirtd.conf overrides it. Without a local libvirtd, the SMBIOS UUID
+    (/sys/class/dmi/id/product_uuid), which libvirt would have used. /etc/machine-id is never used: libvirt does not
+    report it, so it could not match.
+    """
+    with suppress(libvirt.libvirtError):
+        conn = libvirt.openReadOnly(LOCAL_URI)
+        if conn is not None:
+            try:
+                return host_uuid(conn)
+            finally:
+                with suppress(libvirt.libvirtError):
+                    conn.close()
+    with suppress(OSError):
+        return _DMI_UUID.read_text().strip().lower()
+    return ""
+
+
+def is_this_host(conn: libvirt.virConnect) -> bool:
+    """True when the libvirt host behind `conn` is this machine (its disk paths are paths on our filesystem)."""
+    remote = host_uuid(conn)
+    return bool(remote) and remote == local_host_uuid()

@@ -1,0 +1,74 @@
+"""Starting a shut-off VM while its disks are copied is refused by QEMU's image lock: the point is never torn.
+
+A defined, never-started OS-less domain with a 16 MiB qcow2 disk (12 MiB of data) is backed up with the copy
+throttled (VMBACKUP_FAULT_COPY_DELAY_S); mid-copy the test starts the domain, which must fail with QEMU's
+"Failed to get "write" lock"; the published point must hold exactly the disk as it was; afterwards the VM starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from controller import db
+from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
+from controller.registration.store import Registration, now_iso, save
+from controller.vault import sparse
+from controller.vault.vault import Vault
+from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.vm
+
+
+def _fake_registration(settings: Any, uuid: str, name: str) -> None:
+    """The precheck wants a registration; a shut-off VM's backup never talks to the agent."""
+    reg = Registration(
+        vm_uuid=uuid, vm_name=name, host_uri=settings.uri, agent_host="127.0.0.1", agent_port=1,
+        ssh_host="127.0.0.1", ssh_port=1, ssh_user="root", ssh_key=None, agent_version="0", cert_serial="0",
+        registered_at=now_iso(),
+    )
+    save(db.connect(settings.db_path), reg)
+
+
+def test_starting_a_shut_off_vm_mid_copy_is_refused(
+    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The start fails on the image lock; the point equals the disk; the VM starts once the backup is done."""
+    t = tiny()
+    w = _qemu_io(t.base, "write -P 0x5a 0 12M")
+    assert w.returncode == 0, w.stderr
+    before = sparse.stream(Path(t.base)).digest
+    _fake_registration(settings, t.uuid, t.name)
+    monkeypatch.setenv("VMBACKUP_FAULT_COPY_DELAY_S", "1.5")
+
+    copying = threading.Event()
+    eng = BackupEngine(settings, progress=lambda _t, done, _total: copying.set() if done else None)
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = eng.run(BackupRequest(vm=t.name))
+        except BaseException as e:
+            out["error"] = e
+
+    th = threading.Thread(target=run)
+    th.start()
+    assert copying.wait(60), "the copy never started"
+    with pytest.raises(libvirt.libvirtError) as ei:
+        t.dom.create()
+    assert "lock" in str(ei.value), str(ei.value)
+    th.join(120)
+    assert "error" not in out, out.get("error")
+    res: BackupResult = out["result"]
+    assert res.consistency == "CRASH"
+
+    point = next(p for p in Vault(settings.vault).list_points(t.uuid) if p.point_id == res.point_id)
+    disk = point.manifest.disks[0]
+    assert disk.digest == before == sparse.stream(Path(t.base)).digest
+    t.dom.create()  # the locks are gone with the backup
+    assert t.dom.isActive()
+    eng.close()
