@@ -142,3 +142,26 @@ def test_every_remediation_names_real_commands_and_flags(capsys: pytest.CaptureF
     commands = _subcommands()
     bad = {r["code"]: p for r in _table(capsys) if (p := check_remediation(r["remediation"], commands))}
     assert bad == {}
+
+
+def _literal_remediations(package: str) -> dict[str, str]:
+    """"path:line" -> text of every ``remediation=...`` keyword given as a literal (per-raise overrides)."""
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and node.arg == "remediation":
+                parts = [node.value] if isinstance(node.value, ast.Constant) else (
+                    node.value.values if isinstance(node.value, ast.JoinedStr) else [])
+                text = "".join(str(p.value) if isinstance(p, ast.Constant) else "X" for p in parts)
+                if text:
+                    out[f"{path.relative_to(ROOT)}:{node.value.lineno}"] = text
+    return out
+
+
+def test_per_raise_remediations_name_real_commands_and_flags() -> None:
+    """Remediations passed when raising (overriding the class text) obey the same rule."""
+    commands = _subcommands()
+    found = _literal_remediations("controller")
+    assert len(found) >= 3  # the walk sees them (e.g. registration's AGENT_TOO_OLD override)
+    bad = {where: p for where, text in found.items() if (p := check_remediation(text, commands))}
+    assert bad == {}

@@ -26,6 +26,7 @@ class ControllerKeyExposed(PkiError):
     """controller.key (the controller's TLS client key) is readable by group or others."""
 
     code = "PKI_CONTROLLER_KEY_EXPOSED"
+    operation = "any"
     remediation = (
         "chmod 600 $VMBACKUP_HOME/pki/controller.key (owner root), then run the command again; whoever could "
         "read it can call the agents as this controller until its certificate expires."
