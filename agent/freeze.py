@@ -2,6 +2,8 @@
 
 Every state change happens under ``_op`` (one freeze/thaw operation at a time); readers (GetInfo,
 FreezeStatus) take only the short ``_state`` lock, so they answer while a freeze is held or in progress.
+The watchdog here is a thread: it dies with the process. The quiescer gets the timeout too, so the thaw guard
+(agent/thawguard.py, a separate process) thaws if this process is killed or stuck.
 """
 
 from __future__ import annotations
