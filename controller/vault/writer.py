@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.vault import layout, qemuimg, sparse, sums
-from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError
+from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError, VaultFull
 from controller.vault.manifest import (
     CONSISTENCY,
     DiskRecord,
@@ -23,6 +24,9 @@ from controller.vault.manifest import (
 
 if TYPE_CHECKING:
     from controller.vault.vault import Vault
+
+#: how qemu-img (strerror(ENOSPC)) says the destination filesystem is full
+_NO_SPACE = "No space left on device"
 
 
 class PointWriter:
@@ -93,7 +97,14 @@ class PointWriter:
                 method = "sparse-copy"
         except OSError as e:
             dst.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise self._full(target, src) from e
             raise DiskCopyFailed(f"copying disk {target} from {src} failed: {e}") from e
+        except DiskCopyFailed as e:
+            dst.unlink(missing_ok=True)
+            if _NO_SPACE in str(e.details.get("stderr", "")):
+                raise self._full(target, src) from e
+            raise
         except BaseException:
             dst.unlink(missing_ok=True)
             raise
@@ -110,6 +121,14 @@ class PointWriter:
         )
         self.disks.append(rec)
         return rec
+
+    def _full(self, target: str, src: Path) -> VaultFull:
+        """VAULT_FULL for a copy that ran out of space (another writer filled the vault after the space check)."""
+        st = os.statvfs(self.tmp)
+        return VaultFull(
+            f"the vault filled up while copying disk {target} from {src}; the unfinished point was dropped",
+            details={"target": target, "free_bytes": st.f_bavail * st.f_frsize},
+        )
 
     def write_domain_xml(self, xml: str) -> None:
         """Store the domain XML as it was at backup time."""
