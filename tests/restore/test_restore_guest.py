@@ -42,7 +42,7 @@ from controller.restore.bootcheck import PREFIX, BootChecker
 from controller.restore.domainxml import hostfwds
 from controller.restore.restore import Restorer
 from controller.settings import Settings
-from controller.vault import Vault, new_point_id
+from controller.vault import Vault, new_point_id, sums
 from controller.vault.sparse import stream
 
 pytestmark = pytest.mark.vm
@@ -198,6 +198,7 @@ def damaged_copy(settings: Settings, point_id: str) -> str:
     rec["stored_bytes"] = disk.stat().st_blocks * 512
     m["point_id"], m["boot_check"] = new_id, None
     (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    sums.seal(dst)  # re-sealed like a published point: only the guest's data is damaged
     assert vault.verify(vault.get_point(new_id)).ok  # the damage is inside the guest, not in the vault
     return new_id
 
