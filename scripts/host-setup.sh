@@ -10,6 +10,7 @@ PKGS=(
   debootstrap parted e2fsprogs xfsprogs util-linux kmod grub-pc-bin grub2-common
   pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables
   vagrant vagrant-libvirt   # the Vagrant end-to-end test (make e2e)
+  lvm2                      # LVM volumes as block-device disks (tests/backup/test_block_volume_disks.py)
   virtnbdbackup             # a contender in make bench
 )
 

@@ -36,12 +36,19 @@ class StreamResult:
 
 
 def extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
-    """(start, end, is_data) ranges covering [0, size), found with SEEK_DATA/SEEK_HOLE."""
+    """(start, end, is_data) ranges covering [0, size), found with SEEK_DATA/SEEK_HOLE.
+
+    Where SEEK_DATA is not supported (a block device: EINVAL) all of [0, size) is data; zero chunks still stay holes
+    in the destination (``_write_nonzero``).
+    """
     pos = 0
     while pos < size:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as e:
+            if e.errno == errno.EINVAL and pos == 0:
+                yield 0, size, True
+                return
             if e.errno != errno.ENXIO:
                 raise
             data = size  # only a hole remains
