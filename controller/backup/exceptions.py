@@ -46,7 +46,7 @@ class UnsupportedDisk(VmBackupError):
     remediation = (
         "Only qcow2/raw disks on files, block devices or storage-pool volumes can be backed up. Exclude the named "
         "devices by target in the VM's policy (`exclude_disks: [vdc]`, then `vmbackup policy create --file FILE "
-        "--replace`; for `vmbackup register` pass `--exclude-disk vdc`), or detach them "
+        "--replace`; `vmbackup register` and `vmbackup backup` take `--exclude-disk vdc`), or detach them "
         "(`virsh detach-disk VM vdc --persistent`)."
     )
 

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         engine = BackupEngine(s, progress=progress)
         for vm in args.vms:
             tasks.clear()
-            req = BackupRequest(vm=vm, host_uri=args.host, min_consistency=args.require)
+            req = BackupRequest(
+                vm=vm, host_uri=args.host, min_consistency=args.require, exclude_disks=tuple(args.exclude_disk)
+            )
             try:
                 r = engine.run(req)
             except VmBackupError as e:
@@ -69,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--host", help="libvirt URI of the VM's host (default: VMBACKUP_URI or qemu:///system)")
     p.add_argument(
         "--require", choices=["CRASH", "FILE_SYSTEM", "APPLICATION"], help="fail the job below this consistency"
+    )
+    p.add_argument(
+        "--exclude-disk",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a device not to copy (disk target, filesystem tag, hostdev alias); listed in the manifest; repeatable",
     )
     output.add_json_flag(p)
     p.set_defaults(func=run)

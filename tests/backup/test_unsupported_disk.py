@@ -5,6 +5,7 @@ never started domain: a shut-off VM is copied directly, no guest needed)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from controller import db
 from controller.backup.engine import BackupEngine, BackupRequest
 from controller.backup.exceptions import UnsupportedDisk
+from controller.cli.main import main
 from controller.registration import store as regstore
 from controller.vault.vault import Vault
 
@@ -102,3 +104,17 @@ def test_backup_with_exclusions_lists_them_in_the_manifest(settings: Any, netdis
     assert [d.target for d in point.manifest.disks] == ["vda"]
     skipped = {(s["target"], s["device"], s["reason"]) for s in point.manifest.skipped}
     assert skipped == {("vdb", "disk", "excluded"), ("hostshare", "filesystem", "excluded"), ("sda", "cdrom", "cdrom")}
+
+
+def test_backup_cli_refuses_then_excludes(
+    settings: Any, netdisk_vm: libvirt.virDomain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vmbackup backup VM --json`: UNSUPPORTED_DISK (exit 2); with --exclude-disk for each device it succeeds."""
+    name = netdisk_vm.name()
+    assert main(["backup", name, "--json"]) == 2
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["error"]["code"] == "UNSUPPORTED_DISK" and "vdb" in row["error"]["message"]
+    assert main(["backup", name, "--exclude-disk", "vdb", "--exclude-disk", "hostshare", "--json"]) == 0
+    (ok,) = json.loads(capsys.readouterr().out)
+    point = Vault(settings.vault).get_point(ok["point_id"])
+    assert {s["target"] for s in point.manifest.skipped} == {"vdb", "hostshare", "sda"}
