@@ -11,6 +11,7 @@ result's ``kept_old``) unless ``discard_old``. The VM's definition is not change
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,14 @@ def _match_disks(point: RecoveryPoint, dom: libvirt.virDomain) -> dict[str, Path
                 f"VM {dom.name()!r} has no file disk {rec.target}; the point has {rec.target}",
                 remediation="Restore as a new VM instead (`vmbackup restore POINT --as NAME`).",
             )
+        if d.kind == "block" or stat.S_ISBLK(_mode(d.path)):  # renaming files aside would clobber /dev entries
+            raise RestoreTargetInvalid(
+                f"disk {rec.target} of {dom.name()!r} is the block device {d.path}; --replace only swaps files",
+                remediation=(
+                    "Restore the disks only (`vmbackup restore POINT --disks-only --to DIR`) and, with the VM shut "
+                    "off, write the image onto the device yourself; or restore as a new VM (`--as NAME`)."
+                ),
+            )
         if d.format != rec.format:
             raise RestoreTargetInvalid(
                 f"disk {rec.target} of {dom.name()!r} is {d.format}, the point holds {rec.format}",
@@ -166,6 +175,14 @@ def _match_disks(point: RecoveryPoint, dom: libvirt.virDomain) -> dict[str, Path
             )
         out[rec.target] = Path(d.path)
     return out
+
+
+def _mode(path: str) -> int:
+    """st_mode of path (0 when it cannot be stat'ed)."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def swap(targets: dict[str, Path], incoming: dict[str, Path], job_id: str) -> None:
