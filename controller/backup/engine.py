@@ -43,6 +43,8 @@ from controller.virt.connection import connection, is_this_host, lookup
 from controller.virt.domain import Disk, state_name
 
 RANK = {"CRASH": 0, "FILE_SYSTEM": 1, "APPLICATION": 2}
+#: states in which QEMU runs and holds the disks open: backed up by the external snapshot, never copied directly
+LIVE_STATES = ("running", "blocked", "paused")
 #: progress(target, bytes_done, bytes_total)
 Progress = Callable[[str, int, int], None]
 
@@ -122,7 +124,8 @@ class BackupEngine:
             dplan = backup_plan(dom, req.exclude_disks)  # UNSUPPORTED_DISK for network disks, passthrough, ...
             ds = dplan.disks
             self.vault.check_space(sum(allocated(d) for d in ds))
-            running = state_name(dom) == "running"
+            state = state_name(dom)
+            running = state in LIVE_STATES  # paused too: QEMU holds the images open, so the snapshot path
         point_id = new_point_id()
         writer = self.vault.new_point(ref.uuid, point_id)
         try:
@@ -177,7 +180,10 @@ class BackupEngine:
         faults.checkpoint("before-freeze")
         agent = quiesce.AgentQuiescer(self.settings, reg, job_id=run.job_id, timeout_s=req.freeze_timeout_s)
         with run.phase("freeze"):
-            agent.freeze()
+            if state_name(dom) == "paused":  # its vCPUs are stopped: the agent cannot answer, nothing is written
+                agent.skip("the VM was paused: snapshot taken without quiescing")
+            else:
+                agent.freeze()
             if agent.token:
                 self.intents.step(run.job_id, "frozen", freeze_token=agent.token)
         try:

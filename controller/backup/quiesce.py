@@ -65,6 +65,10 @@ class AgentQuiescer:
         except VmBackupError as e:
             self._failure = f"freeze failed: {e.code}: {e.message}"
 
+    def skip(self, reason: str) -> None:
+        """Do not ask the agent at all (e.g. a paused guest cannot answer): the round ends CRASH with this reason."""
+        self._failure = reason
+
     def thaw(self) -> Quiesce:
         """Thaw (if frozen) and return the consistency reached."""
         version = self.agent_version
