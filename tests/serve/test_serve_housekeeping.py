@@ -80,3 +80,23 @@ def test_serve_process_sigterm_exits_zero_and_refuses_second(home: Any, conn: An
     assert proc.returncode == 0, err
     assert "start: recovery" in err and "completed verify" in err and "stop: done" in err
     assert JobStore(conn).list(type="verify")[0].state == "completed"
+
+
+def test_verify_job_reports_unloadable_points_and_checks_the_rest(home: Any, conn: Any, tmp_path: Path) -> None:
+    """A tampered manifest and a symlinked VM directory fail the job by name; the good point is still verified."""
+    vm, other = "6c1e1d0e-8a43-4a4b-9b1f-0b9a3f1c2d12", "6c1e1d0e-8a43-4a4b-9b1f-0b9a3f1c2d13"
+    now = datetime.now(UTC)
+    good = make_point(home, tmp_path, vm, now - timedelta(hours=2))
+    crafted = make_point(home, tmp_path, vm, now - timedelta(hours=1))
+    mf = Vault(home.vault).get_point(crafted).path / "manifest.json"
+    mf.write_text(mf.read_text().replace(crafted, good))  # a manifest claiming its neighbour's id
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (Path(home.vault) / other).symlink_to(elsewhere)  # a VM directory that escapes the vault
+    with pytest.raises(PointCorrupt) as e:
+        verify_vault(home)
+    bad = e.value.details["bad"]
+    assert crafted in e.value.message, bad
+    assert any(b.get("vm_uuid") == other for b in bad), bad
+    assert good not in [b.get("point_id") for b in bad]
+    assert Vault(home.vault).get_point(good).manifest.verify["ok"] is True  # still checked and recorded
