@@ -18,7 +18,6 @@ from typing import Any
 
 from bench.common import ratio, summary
 from controller import db
-from controller.jobs import store as _jobs  # noqa: F401  (registers the jobs tables)
 from controller.policies.model import Schedule
 from controller.scheduling.schedule import Bound, plan
 

@@ -1,48 +1,77 @@
 """The controller's embedded SQLite state database (WAL), shared by every layer.
 
-Each layer owns its tables and declares them with :func:`register_schema` at import time; :func:`connect`
-creates whatever is missing. Usage::
+The schema of every layer lives in one place, :mod:`controller.schema`, as numbered migrations; :func:`connect`
+brings the database to :data:`controller.schema.LATEST` (``PRAGMA user_version``) before returning. Usage::
 
     from controller import db
-    db.register_schema("jobs", JOBS_DDL)          # in controller/jobs/store.py, at module level
-    conn = db.connect(settings.db_path)           # WAL, foreign keys, 30 s busy timeout
+    conn = db.connect(settings.db_path)           # WAL, foreign keys, 30 s busy timeout, schema up to date
+    with db.transaction(conn):                    # BEGIN IMMEDIATE ... COMMIT
+        ...
 
-Several processes (the CLI and ``vmbackup serve``) open the same file; anything that must be exclusive across
-processes is enforced with a table constraint inside a ``BEGIN IMMEDIATE`` transaction, never in memory.
+Commands do not call :func:`connect` themselves: they open :func:`controller.state.open_state`, which holds one
+connection for the command and closes it. Several processes (the CLI and ``vmbackup serve``) open the same file;
+anything that must be exclusive across processes is enforced with a table constraint inside a ``BEGIN IMMEDIATE``
+transaction, never in memory.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-_SCHEMAS: dict[str, str] = {}
-_lock = threading.Lock()
-
-
-def register_schema(owner: str, ddl: str) -> None:
-    """Declare a layer's tables (idempotent DDL: CREATE TABLE IF NOT EXISTS ...)."""
-    with _lock:
-        _SCHEMAS[owner] = ddl
+from controller import schema
+from controller.exceptions import StateSchemaTooNew
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the state database, creating it and every registered schema if needed."""
+    """Open the state database, creating it if needed and applying the schema migrations it lacks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    with _lock:
-        schemas = list(_SCHEMAS.values())
-    for ddl in schemas:
-        conn.executescript(ddl)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the database (0: new, or made by 0.1.0 which never set it)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(
+    conn: sqlite3.Connection, path: Path | str = "", migrations: Sequence[schema.Migration] = schema.MIGRATIONS
+) -> int:
+    """Apply the migrations after the database's version, in one BEGIN IMMEDIATE transaction; returns the version.
+
+    Under the write lock the version is read again, so of two processes opening a fresh database at once the
+    second finds the work done. A database newer than `migrations` raises :class:`StateSchemaTooNew`.
+    """
+    latest = migrations[-1].version if migrations else 0
+    if user_version(conn) == latest:
+        return latest
+    with transaction(conn):
+        version = user_version(conn)
+        if version > latest:
+            raise StateSchemaTooNew(
+                f"state database {path} has schema version {version}; this vmbackup knows up to {latest}",
+                details={"path": str(path), "version": version, "latest": latest},
+            )
+        for m in migrations:
+            if m.version > version:
+                for stmt in m.statements():
+                    conn.execute(stmt)
+                version = m.version
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+    return version
 
 
 @contextmanager

@@ -23,24 +23,6 @@ STEPS = (
     "started", "freezing", "frozen", "snapshotted", "thawed", "copying", "copied", "committing", "committed", "done",
 )
 
-db.register_schema(
-    "backup_intents",
-    """
-    CREATE TABLE IF NOT EXISTS backup_intents (
-        job_id      TEXT PRIMARY KEY,
-        vm_uuid     TEXT NOT NULL,
-        vm_name     TEXT NOT NULL,
-        host_uri    TEXT NOT NULL,
-        step        TEXT NOT NULL,
-        originals   TEXT NOT NULL,          -- JSON {target: original disk path}
-        overlays    TEXT NOT NULL DEFAULT '{}',
-        point_id    TEXT,
-        freeze_token TEXT,
-        updated_at  TEXT NOT NULL
-    );
-    """,
-)
-
 
 @dataclass
 class Intent:

@@ -17,15 +17,6 @@ from controller import db
 from controller.inventory.exceptions import HostNotFound, InvalidHostUri
 from controller.jobs.model import utcnow
 
-HOSTS_DDL = """
-CREATE TABLE IF NOT EXISTS hosts (
-    uri TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    added_at TEXT NOT NULL
-);
-"""
-db.register_schema("hosts", HOSTS_DDL)
-
 # driver[+transport]://[user@][host][:port]/[path][?query], e.g. qemu:///system, qemu+ssh://root@hv/system
 _URI = re.compile(r"^[a-z][a-z0-9]*(\+[a-z0-9]+)?://[^\s/]*/[^\s]*$")
 
@@ -51,14 +42,8 @@ def validate_uri(uri: str) -> str:
     return uri
 
 
-def _ensure(conn: sqlite3.Connection) -> None:
-    """Create the table if this connection was opened before the schema was registered."""
-    conn.executescript(HOSTS_DDL)
-
-
 def add_host(conn: sqlite3.Connection, uri: str, name: str | None = None) -> Host:
     """Add (or rename) a host; the name defaults to the URI's host part or 'local'."""
-    _ensure(conn)
     validate_uri(uri)
     name = name or _default_name(uri)
     now = utcnow()
@@ -73,7 +58,6 @@ def add_host(conn: sqlite3.Connection, uri: str, name: str | None = None) -> Hos
 
 def remove_host(conn: sqlite3.Connection, uri: str) -> None:
     """Forget a host (its VMs and their recovery points stay); HostNotFound if it was never added."""
-    _ensure(conn)
     with db.transaction(conn):
         if conn.execute("DELETE FROM hosts WHERE uri = ?", (uri,)).rowcount == 0:
             raise HostNotFound(f"no host {uri!r}")
@@ -81,7 +65,6 @@ def remove_host(conn: sqlite3.Connection, uri: str) -> None:
 
 def list_hosts(conn: sqlite3.Connection, default_uri: str) -> list[Host]:
     """The configured hosts, or the default URI as the one implicit host when none was added."""
-    _ensure(conn)
     rows = conn.execute("SELECT * FROM hosts ORDER BY name, uri").fetchall()
     if not rows:
         return [Host(default_uri, _default_name(default_uri), None, implicit=True)]

@@ -7,7 +7,7 @@ Usage::
     vm = find_vm(conn, "web1")                   # by name or UUID, or None
 
 Gone VMs are never deleted: their recovery points stay listed under their UUID. ``registered`` and
-``protected`` come from the `registrations` and `protections` tables when those exist (owned by other layers).
+``protected`` come from the `registrations` and `protections` tables (owned by other layers).
 """
 
 from __future__ import annotations
@@ -19,22 +19,6 @@ from typing import Any
 
 from controller import db
 from controller.jobs.model import utcnow
-
-VMS_DDL = """
-CREATE TABLE IF NOT EXISTS vms (
-    uuid TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    host_uri TEXT NOT NULL,
-    state TEXT NOT NULL,
-    disks_json TEXT NOT NULL DEFAULT '[]',
-    first_seen TEXT NOT NULL,
-    last_seen TEXT NOT NULL,
-    gone INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS vms_host ON vms(host_uri);
-CREATE INDEX IF NOT EXISTS vms_name ON vms(name);
-"""
-db.register_schema("inventory", VMS_DDL)
 
 
 @dataclass
@@ -76,23 +60,12 @@ class VmInfo:
         return out
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    """Names of the tables that exist in the database."""
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _select(conn: sqlite3.Connection) -> str:
-    """SELECT over vms with registered/protected/policy, joining other layers' tables only if they exist."""
-    tables = _tables(conn)
-    reg = "r.vm_uuid IS NOT NULL" if "registrations" in tables else "0"
-    prot = "COALESCE(p.state = 'protected', 0)" if "protections" in tables else "0"
-    pol = "p.policy" if "protections" in tables else "NULL"
-    sql = f"SELECT v.*, {reg} AS registered, {prot} AS protected, {pol} AS policy FROM vms v"
-    if "registrations" in tables:
-        sql += " LEFT JOIN registrations r ON r.vm_uuid = v.uuid"
-    if "protections" in tables:
-        sql += " LEFT JOIN protections p ON p.vm_uuid = v.uuid"
-    return sql
+#: vms with registered/protected/policy from the `registrations` and `protections` tables (controller/schema.py).
+_SELECT = (
+    "SELECT v.*, r.vm_uuid IS NOT NULL AS registered, COALESCE(p.state = 'protected', 0) AS protected,"
+    " p.policy AS policy FROM vms v"
+    " LEFT JOIN registrations r ON r.vm_uuid = v.uuid LEFT JOIN protections p ON p.vm_uuid = v.uuid"
+)
 
 
 def _from_row(row: sqlite3.Row) -> VmInfo:
@@ -116,7 +89,6 @@ def list_vms(
     conn: sqlite3.Connection, state: str | None = None, host_uri: str | None = None, include_gone: bool = True
 ) -> list[VmInfo]:
     """The inventory ordered by host and name; state 'gone' selects the gone VMs."""
-    conn.executescript(VMS_DDL)
     where, params = ["1 = 1"], []
     if state is not None:
         where.append("v.state = ?")
@@ -126,21 +98,19 @@ def list_vms(
         params.append(host_uri)
     if not include_gone:
         where.append("v.gone = 0")
-    sql = f"{_select(conn)} WHERE {' AND '.join(where)} ORDER BY v.host_uri, v.name, v.uuid"
+    sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY v.host_uri, v.name, v.uuid"
     return [_from_row(r) for r in conn.execute(sql, params)]
 
 
 def find_vm(conn: sqlite3.Connection, name_or_uuid: str) -> VmInfo | None:
     """One VM by UUID, else by name (a present VM wins over a gone one of the same name)."""
-    conn.executescript(VMS_DDL)
-    sql = f"{_select(conn)} WHERE v.uuid = ? OR v.name = ? ORDER BY v.uuid = ? DESC, v.gone, v.last_seen DESC"
+    sql = f"{_SELECT} WHERE v.uuid = ? OR v.name = ? ORDER BY v.uuid = ? DESC, v.gone, v.last_seen DESC"
     row = conn.execute(sql, (name_or_uuid, name_or_uuid, name_or_uuid)).fetchone()
     return _from_row(row) if row else None
 
 
 def record_host(conn: sqlite3.Connection, host_uri: str, seen: list[VmInfo]) -> tuple[list[str], list[str]]:
     """Upsert the VMs seen on a host, mark its other VMs gone (atomically); returns (new, gone) uuids."""
-    conn.executescript(VMS_DDL)
     now = utcnow()
     with db.transaction(conn):
         known = {r["uuid"] for r in conn.execute("SELECT uuid FROM vms")}

@@ -54,50 +54,6 @@ from controller.jobs.run import JobRun
 
 __all__ = ["Job", "JobRun", "JobStore", "VmRef"]
 
-JOBS_DDL = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    vm_uuid TEXT,
-    vm_name TEXT,
-    host_uri TEXT,
-    state TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    ended_at TEXT,
-    bytes_total INTEGER NOT NULL DEFAULT 0,
-    details_json TEXT NOT NULL DEFAULT '{}',
-    error_code TEXT,
-    error_message TEXT,
-    error_remediation TEXT,
-    owner_pid INTEGER,
-    owner_start TEXT,
-    lock_key TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
-CREATE INDEX IF NOT EXISTS jobs_vm ON jobs(vm_uuid);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS job_phases (
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    ended_at TEXT,
-    duration_s REAL,
-    bytes INTEGER,
-    PRIMARY KEY (job_id, seq)
-);
--- one operation per VM: the key is the VM uuid, or e.g. 'discover:<uri>' for host-level exclusive jobs
-CREATE TABLE IF NOT EXISTS vm_locks (
-    vm_uuid TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    acquired_at TEXT NOT NULL
-);
-"""
-db.register_schema("jobs", JOBS_DDL)
-
 _Rows = list[sqlite3.Row]
 _Jobs = list[Job]
 
@@ -113,7 +69,6 @@ class JobStore:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
         self._mutex = threading.RLock()
-        conn.executescript(JOBS_DDL)  # harmless if db.connect already created them
 
     @classmethod
     def open(cls, path: Path) -> JobStore:

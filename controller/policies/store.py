@@ -21,26 +21,6 @@ from controller import db
 from controller.policies.exceptions import NotProtected, PolicyExists, PolicyInUse, PolicyNotFound
 from controller.policies.model import Policy
 
-DDL = """
-CREATE TABLE IF NOT EXISTS policies (
-    name        TEXT PRIMARY KEY,
-    yaml        TEXT NOT NULL,
-    parsed_json TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS protections (
-    vm_uuid TEXT PRIMARY KEY,
-    policy  TEXT NOT NULL,
-    state   TEXT NOT NULL CHECK (state IN ('protected', 'unprotected-retain')),
-    since   TEXT NOT NULL,
-    vm_name TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS protections_policy ON protections(policy);
-"""
-
-db.register_schema("policies", DDL)
-
 PROTECTED = "protected"
 RETAINED = "unprotected-retain"
 

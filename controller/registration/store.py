@@ -16,25 +16,6 @@ from typing import Any
 
 from controller import db
 
-DDL = """
-CREATE TABLE IF NOT EXISTS registrations (
-    vm_uuid       TEXT PRIMARY KEY,
-    vm_name       TEXT NOT NULL,
-    host_uri      TEXT NOT NULL,
-    agent_host    TEXT NOT NULL,
-    agent_port    INTEGER NOT NULL,
-    ssh_host      TEXT NOT NULL,
-    ssh_port      INTEGER NOT NULL,
-    ssh_user      TEXT NOT NULL,
-    ssh_key       TEXT,
-    agent_version TEXT NOT NULL,
-    cert_serial   TEXT NOT NULL,
-    registered_at TEXT NOT NULL
-);
-"""
-
-db.register_schema("registrations", DDL)
-
 _COLUMNS = (
     "vm_uuid",
     "vm_name",

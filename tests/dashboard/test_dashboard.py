@@ -27,8 +27,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> settings.Settings:
     """A private VMBACKUP_HOME and vault."""
     monkeypatch.setenv("VMBACKUP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VMBACKUP_VAULT", str(tmp_path / "home" / "vault"))
-    import controller.policies.store  # noqa: F401  (registers its schema)
-
     return settings.load()
 
 

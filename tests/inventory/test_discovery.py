@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from inv_domains import URI, InvDomains, MiB
 
-import controller.policies.store
-import controller.registration.store  # noqa: F401  (registers `registrations`)
 from controller import db
 from controller.cli import output
 from controller.cli.main import main
 from controller.inventory.discovery import discover_host, lock_key
-from controller.inventory.store import VMS_DDL, VmInfo, find_vm, list_vms
+from controller.inventory.store import VmInfo, find_vm, list_vms
 from controller.jobs.exceptions import DiscoveryInProgress
 from controller.jobs.store import JobStore
 from controller.settings import Settings
@@ -95,10 +94,8 @@ def test_second_discovery_of_same_host_is_refused(conn: sqlite3.Connection, cfg:
     assert discover_host(conn, URI).job_id != holder_ids[0]  # free again once the first ended
 
 
-def test_missing_other_tables_mean_no() -> None:
-    c = sqlite3.connect(":memory:")
-    c.row_factory = sqlite3.Row
-    c.executescript(VMS_DDL)
+def test_no_registration_or_protection_rows_mean_no(tmp_path: Path) -> None:
+    c = db.connect(tmp_path / "state.db")
     c.execute("INSERT INTO vms VALUES ('u1', 'x', ?, 'running', '[]', 'now', 'now', 0)", (URI,))
     (vm,) = list_vms(c)
     assert vm.name == "x" and not vm.registered and not vm.protected and vm.policy is None
