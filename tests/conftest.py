@@ -20,6 +20,10 @@ Fixtures:
     name gets the session prefix; every VM it made is destroyed at session end, pass or fail (or earlier
     with ``handle.destroy()``). kwargs: data_disks, memory_mib, vcpus, disk_size_gib, data_disk_gib, wait.
   * ``lab_prefix`` (session): the unique name prefix of this session's VMs (``t<pid>-``).
+  * ``registered_vm`` (session): ``lab_vm`` registered with the controller (tests/fixtures_registration.py).
+  * ``private_home`` (per test, opt-in): a fresh VMBACKUP_HOME (its vault at ``home/vault``) under /var/tmp,
+    mode 0755 so QEMU can read disk images in it; removed afterwards. ``private_settings``: its settings.
+    Never combine with the lab-VM fixtures: they live in the session home.
 
 VM-booting tests are marked ``@pytest.mark.vm`` and should run under ``flock /tmp/vmbackup-vm.lock``.
 """
@@ -31,7 +35,6 @@ import fcntl
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,25 +50,18 @@ os.environ.pop("VMBACKUP_VAULT", None)  # follow the private home
 os.environ.setdefault("VMBACKUP_IMAGE_CACHE", "/var/tmp/vmbackup-images")
 
 LAB_PREFIX = f"t{os.getpid()}-"
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:  # so `tests.fixtures_*` modules import however pytest was started
-    sys.path.insert(0, _ROOT)
 
 from controller import settings as settings_mod  # noqa: E402  (after the environment is set)
 from controller.lab import host, image, sshkey, vms  # noqa: E402
 from controller.lab.exceptions import LabError, LabSshTimeout  # noqa: E402
-from controller.lab.metadata import LabMetadata  # noqa: E402
+from controller.virt.metadata import LabMetadata  # noqa: E402
 from controller.lab.sshexec import run as ssh_run  # noqa: E402
+from tests.fixtures_registration import registered_vm  # noqa: E402, F401  (session fixture built on lab_vm)
 from tests.timing_plugin import (  # noqa: E402, F401  (hooks: per-module times, VM fixtures imply the vm mark)
     pytest_collection_modifyitems,
     pytest_runtest_logreport,
     pytest_terminal_summary,
 )
-
-try:  # the registration layer's session fixture `registered_vm` (built on lab_vm), when that layer exists
-    from tests.fixtures_registration import registered_vm  # noqa: F401
-except ImportError as _e:  # pragma: no cover - printed, not hidden
-    print(f"conftest: registered_vm fixture unavailable: {_e}", file=sys.stderr)
 
 
 @dataclass
@@ -197,6 +193,23 @@ def make_lab_vm(
 def lab_vm(make_lab_vm: Callable[..., LabVmHandle]) -> LabVmHandle:
     """ONE shared running lab VM with 2 data disks (/data1, /data2), SSH answering."""
     return make_lab_vm("shared", data_disks=2)
+
+
+@pytest.fixture
+def private_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private VMBACKUP_HOME for one test, its vault at ``home/vault``; QEMU's user can reach files in it."""
+    home = Path(tempfile.mkdtemp(prefix="vmb-test-home-", dir="/var/tmp"))
+    home.chmod(0o755)
+    monkeypatch.setenv("VMBACKUP_HOME", str(home))
+    monkeypatch.setenv("VMBACKUP_VAULT", str(home / "vault"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def private_settings(private_home: Path) -> settings_mod.Settings:
+    """The settings of the test's ``private_home``."""
+    return settings_mod.load()
 
 
 @pytest.hookimpl(trylast=True)

@@ -33,10 +33,11 @@ from controller.backup import faults, imagelock, quiesce
 from controller.backup.disksource import allocated, backup_plan, overlay_dir
 from controller.backup.exceptions import ConsistencyNotMet, ImageLockFailed, NotRegistered, RemoteDataPathUnsupported
 from controller.backup.intent import IntentStore
+from controller.backup.recovery import put_back, recover
 from controller.backup.snapshot import take_snapshot
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
-from controller.registration.store import get_registration
+from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
 from controller.vault.vault import PointWriter, Vault, new_point_id
 from controller.virt.connection import connection, is_this_host, lookup
@@ -102,8 +103,6 @@ class BackupEngine:
         """Back up one VM as a job; raises the job's error if it fails."""
         uri = req.host_uri or self.settings.uri
         if not self._recovered:  # a controller that died mid-backup left intents: put those VMs back first
-            from controller.backup.recovery import recover
-
             recover(self.settings)
             self._recovered = True
         with connection(uri) as lv:
@@ -173,7 +172,7 @@ class BackupEngine:
         )
 
     def _snapshot_running(
-        self, run: JobRun, dom: libvirt.virDomain, ref: VmRef, ds: list[Disk], req: BackupRequest, reg: Any
+        self, run: JobRun, dom: libvirt.virDomain, ref: VmRef, ds: list[Disk], req: BackupRequest, reg: Registration
     ) -> quiesce.Quiesce:
         """Freeze, snapshot, thaw; returns the consistency reached and the freeze window."""
         self.intents.begin(run.job_id, ref.uuid, ref.name, ref.host_uri, {d.target: d.path for d in ds})
@@ -230,8 +229,6 @@ class BackupEngine:
 
     def _commit_all(self, run: JobRun, dom: libvirt.virDomain, ds: list[Disk]) -> None:
         """Merge this job's overlays back (live, or offline if the guest shut off meanwhile) and delete them."""
-        from controller.backup.recovery import put_back  # local: recovery imports this module's helpers
-
         with run.phase("commit"):
             self.intents.step(run.job_id, "committing")
             put_back(dom, {d.target: d.path for d in ds}, run.job_id, block_dir=self._block_dir(dom))
@@ -243,8 +240,6 @@ class BackupEngine:
 
     def _undo(self, dom: libvirt.virDomain, job_id: str, ds: list[Disk], writer: PointWriter) -> None:
         """Best-effort cleanup after a failure or cancel: VM back on its disks, no partial point."""
-        from controller.backup.recovery import put_back  # local: recovery imports this module's helpers
-
         writer.abort()
         try:  # live, or offline if the guest shut off mid-backup
             put_back(dom, {d.target: d.path for d in ds}, job_id, block_dir=self._block_dir(dom))

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 from controller import db
 from controller.agentclient import (
-    AgentClient,
+    AgentAddress,
     AgentInfo,
     AgentRefused,
     AgentTooOld,
     AgentUnreachable,
     ClientTLS,
+    open_agent,
 )
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
@@ -204,10 +205,9 @@ class Registrar:
         last: VmBackupError | None = None
         while time.monotonic() < deadline:
             try:
-                with AgentClient(
-                    ends.agent_host,
-                    ends.agent_port,
-                    vm_uuid=vm_uuid,
+                with open_agent(
+                    self.settings,
+                    AgentAddress(ends.agent_host, ends.agent_port, vm_uuid),
                     tls=tls,
                     call_timeout_s=10.0,
                     check_revocation=False,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.agentclient import AgentAddress, controller_tls, open_agent
 from controller.errors import VmBackupError
 from controller.restore.exceptions import CheckCommandTimeout
 from controller.settings import Settings
@@ -74,19 +75,20 @@ def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
 
 
 def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -> Probe:
-    """GetInfo over mTLS on 127.0.0.1:port as the ORIGINAL VM (its cert SAN), retried until timeout."""
-    from controller.agentclient.client import AgentClient
-    from controller.agentclient.tls import ClientTLS
-    from controller.pki.ca import CertificateAuthority
+    """GetInfo over mTLS on 127.0.0.1:port as the ORIGINAL VM (its cert SAN), retried until timeout.
 
+    Each attempt opens its own client and closes it, answered or not.
+    """
     t0 = time.monotonic()
-    tls = ClientTLS.from_pki(CertificateAuthority.load_or_create(settings.pki_dir))
+    tls = controller_tls(settings)
+    endpoint = AgentAddress("127.0.0.1", port, vm_uuid)
     last = ""
     while time.monotonic() - t0 < timeout_s:
         try:
-            info = AgentClient("127.0.0.1", port, vm_uuid=vm_uuid, tls=tls).get_info()
-            version = getattr(info, "agent_version", None) or getattr(info, "version", "")
-            return Probe("agent", True, f"GetInfo answered over mTLS (agent {version})", time.monotonic() - t0)
+            with open_agent(settings, endpoint, tls=tls) as client:
+                info = client.get_info()
+            return Probe("agent", True, f"GetInfo answered over mTLS (agent {info.agent_version})",
+                         time.monotonic() - t0)
         except VmBackupError as e:
             last = f"{e.code}: {e.message}"
         time.sleep(2.0)

@@ -11,7 +11,7 @@ from agent.exceptions import AlreadyFrozen, InvalidRequest, InvalidToken, NotFro
 from agent.freeze import FreezeManager
 from agent.quiesce.base import Consistency
 from agent.quiesce.linux import LinuxQuiescer
-from tests.agent.conftest import LoopFs, blocks, guard, is_frozen, writer
+from tests.agent.helpers import LoopFs, blocks, guard, is_frozen, writer
 
 pytestmark = pytest.mark.root
 

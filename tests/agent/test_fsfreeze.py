@@ -12,7 +12,7 @@ from agent.exceptions import FreezeFailed, InvalidRequest, MountNotAllowed
 from agent.quiesce.base import Consistency
 from agent.quiesce.fsfreeze import FIFREEZE
 from agent.quiesce.linux import LinuxQuiescer
-from tests.agent.conftest import LoopFs, blocks, guard, is_frozen, writer
+from tests.agent.helpers import LoopFs, blocks, guard, is_frozen, writer
 
 pytestmark = pytest.mark.root
 

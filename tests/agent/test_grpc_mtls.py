@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ from vmbackup.agent.v1 import agent_pb2, agent_pb2_grpc
 
 from controller.agentclient import AgentCallError, AgentClient, AgentRefused, AgentUnreachable, ClientTLS
 from controller.pki import CertificateAuthority
-from tests.agent.conftest import LoopFs, blocks, guard, is_frozen, writer
+from tests.agent.helpers import LoopFs, blocks, guard, is_frozen, writer
 
 pytestmark = pytest.mark.root
 
@@ -204,3 +205,34 @@ def test_unreachable(tmp_path: Path) -> None:
     with pytest.raises(AgentUnreachable):
         AgentClient("127.0.0.1", port, vm_uuid=str(uuid.uuid4()), tls=ClientTLS.from_pki(ca),
                     call_timeout_s=2).get_info()
+
+
+def test_boot_check_agent_probe_closes_its_clients(
+    agent: RunningAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore/probes.check_agent closes every client it opens: the answered one and each refused attempt."""
+    from controller.restore import probes
+    from controller.settings import Settings
+
+    opened: list[int] = []
+    closed: list[int] = []
+    real_init, real_close = AgentClient.__init__, AgentClient.close
+
+    def init(self: AgentClient, *args: Any, **kw: Any) -> None:
+        real_init(self, *args, **kw)
+        opened.append(id(self))
+
+    def close(self: AgentClient) -> None:
+        closed.append(id(self))
+        real_close(self)
+
+    monkeypatch.setattr(AgentClient, "__init__", init)
+    monkeypatch.setattr(AgentClient, "close", close)
+    settings = Settings(home=tmp_path, vault=tmp_path / "vault", uri="test:///default", virt_type="auto",
+                        image_cache=tmp_path / "images")  # pki_dir is the agent fixture's CA (tmp_path / "pki")
+    ok = probes.check_agent(settings, agent.port, agent.vm_uuid, timeout_s=20)
+    assert ok.ok and "GetInfo answered" in ok.detail, ok.detail
+    assert len(opened) == 1 and closed == opened
+    refused = probes.check_agent(settings, agent.port, str(uuid.uuid4()), timeout_s=3)  # another VM's name
+    assert not refused.ok and "AGENT_TLS_REFUSED" in refused.detail, refused.detail
+    assert len(opened) >= 2 and sorted(closed) == sorted(opened)

@@ -22,7 +22,7 @@ from agent.exceptions import FreezeFailed
 from agent.quiesce.fsfreeze import FIFREEZE, FITHAW, FsFreezer
 from agent.quiesce.mounts import Mount
 from agent.thawguard import GuardLoop, ThawGuard, thaw_all_eligible
-from tests.agent.conftest import LoopFs, blocks, guard, is_frozen, thaw_quietly, writer
+from tests.agent.helpers import LoopFs, blocks, guard, is_frozen, thaw_quietly, writer
 
 
 class FakeFs:

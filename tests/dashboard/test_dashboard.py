@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid as uuid_mod
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,22 @@ from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.policies.parse import parse_text, to_yaml
 from controller.policies.store import bind, save_policy, set_retain
-from controller.registration.store import Registration, save
+from controller.registration.store import save
 from controller.vault import Vault, new_point_id
+from tests.helpers import made_up_registration
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> settings.Settings:
-    """A private VMBACKUP_HOME and vault."""
-    monkeypatch.setenv("VMBACKUP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VMBACKUP_VAULT", str(tmp_path / "home" / "vault"))
-    return settings.load()
+def home(private_settings: settings.Settings) -> settings.Settings:
+    """The shared private home's settings."""
+    return private_settings
 
 
 def register(conn: Any, name: str) -> str:
     """A registrations row for a made-up VM; returns its uuid."""
-    u = str(uuid_mod.uuid4())
-    save(conn, Registration(u, name, "qemu:///system", "127.0.0.1", 1, "127.0.0.1", 2, "root", None, "0.1.0", "01",
-                            datetime.now(UTC).isoformat()))
-    return u
+    reg = made_up_registration(name, agent_port=1, ssh_port=2)
+    save(conn, reg)
+    return reg.vm_uuid
 
 
 def point(home: settings.Settings, tmp: Path, vm_uuid: str, name: str, created: datetime, cons: str) -> str:

@@ -15,23 +15,16 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from inv_domains import DISK_XML, DOMAIN_XML, URI, InvDomains
 
 from controller import db, settings
 from controller.settings import Settings
+from tests.inventory.helpers import DISK_XML, DOMAIN_XML, URI, InvDomains
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private VMBACKUP_HOME for this test (its own state.db)."""
-    monkeypatch.setenv("VMBACKUP_HOME", str(tmp_path / "home"))
+def cfg(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the test's private home (its own state.db), on the local libvirt."""
     monkeypatch.setenv("VMBACKUP_URI", URI)
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def cfg(home: Path) -> Settings:
-    """Settings for the private home."""
     return settings.load()
 
 

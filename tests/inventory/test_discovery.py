@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from inv_domains import URI, InvDomains, MiB
 
 from controller import db
 from controller.cli import output
@@ -19,6 +18,7 @@ from controller.jobs.exceptions import DiscoveryInProgress
 from controller.jobs.store import JobStore
 from controller.settings import Settings
 from controller.virt.exceptions import HypervisorUnreachable
+from tests.inventory.helpers import URI, InvDomains, MiB
 
 
 def _mine(vms: list[VmInfo], prefix: str) -> dict[str, VmInfo]:

@@ -1,11 +1,12 @@
-"""Fixtures of the restore tests: a private VMBACKUP_HOME that QEMU can read, and libvirt cleanup."""
+"""Fixtures of the restore tests: libvirt cleanup of the domains a test defined in its ``private_home``.
+
+The tests take the shared ``private_home``/``private_settings`` fixtures (tests/conftest.py: under /var/tmp, mode
+0755, so QEMU's user can reach disk images in it); the lab-VM tests keep the session home.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,19 +15,7 @@ import pytest
 
 
 @pytest.fixture
-def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private VMBACKUP_HOME under /var/tmp (0755, so QEMU's user can reach disk images in it)."""
-    d = Path(tempfile.mkdtemp(prefix="vmb-restore-test-", dir="/var/tmp"))
-    d.chmod(0o755)
-    monkeypatch.setenv("VMBACKUP_HOME", str(d))
-    monkeypatch.delenv("VMBACKUP_VAULT", raising=False)
-    monkeypatch.setenv("VMBACKUP_IMAGE_CACHE", os.environ.get("VMBACKUP_IMAGE_CACHE", "/var/tmp/vmbackup-images"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def lv(home: Path) -> Iterator[libvirt.virConnect]:
+def lv(private_home: Path) -> Iterator[libvirt.virConnect]:
     """A libvirt connection; every domain whose disks live under the test's home is removed afterwards."""
     conn = libvirt.open("qemu:///system")
     before = {d.name() for d in conn.listAllDomains(0)}
@@ -35,7 +24,7 @@ def lv(home: Path) -> Iterator[libvirt.virConnect]:
         if dom.name() in before:
             continue
         xml = dom.XMLDesc(0)
-        if str(home) in xml:
+        if str(private_home) in xml:
             with contextlib.suppress(libvirt.libvirtError):
                 if dom.isActive():
                     dom.destroy()

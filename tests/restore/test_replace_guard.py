@@ -14,21 +14,14 @@ from pathlib import Path
 
 import libvirt
 import pytest
-import restore_synth as synth
 
-from controller import settings as settings_mod
 from controller.cli.main import main
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore
 from controller.restore.restore import Restorer
 from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault
-
-
-@pytest.fixture
-def settings(home: Path) -> Settings:
-    """Settings for the test's private home."""
-    return settings_mod.load()
+from tests.restore import restore_synth as synth
 
 
 def _sha(path: Path) -> str:
@@ -36,19 +29,21 @@ def _sha(path: Path) -> str:
 
 
 def _two_vms(
-    settings: Settings, lv: libvirt.virConnect, home: Path
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
 ) -> tuple[synth.SynthVm, synth.SynthVm, RecoveryPoint]:
     """VMs A and B (shut off) and a recovery point of A."""
-    a = synth.define_vm(lv, home, "rg-a", "disk-of-a")
-    b = synth.define_vm(lv, home, "rg-b", "disk-of-b")
-    return a, b, synth.make_point(Vault(settings.vault), a)
+    a = synth.define_vm(lv, private_home, "rg-a", "disk-of-a")
+    b = synth.define_vm(lv, private_home, "rg-b", "disk-of-b")
+    return a, b, synth.make_point(Vault(private_settings.vault), a)
 
 
-def test_replace_refuses_another_vms_point(settings: Settings, lv: libvirt.virConnect, home: Path) -> None:
+def test_replace_refuses_another_vms_point(
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
+) -> None:
     """A's point into B: POINT_FROM_OTHER_VM naming --from-other-vm; B's disk byte for byte untouched, no job."""
-    a, b, point = _two_vms(settings, lv, home)
+    a, b, point = _two_vms(private_settings, lv, private_home)
     before = _sha(b.disk)
-    r = Restorer(settings)
+    r = Restorer(private_settings)
     with pytest.raises(VmBackupError) as ei:
         r.restore_replace(point.point_id, b.name, confirm=lambda _s: True)
     e = ei.value
@@ -58,9 +53,11 @@ def test_replace_refuses_another_vms_point(settings: Settings, lv: libvirt.virCo
     assert JobStore(r.conn).list(type="restore") == []
 
 
-def test_replace_from_other_vm_keeps_the_old_disk(settings: Settings, lv: libvirt.virConnect, home: Path) -> None:
+def test_replace_from_other_vm_keeps_the_old_disk(
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
+) -> None:
     """--from-other-vm goes ahead after the question; B's previous disk is kept aside and listed."""
-    _a, b, point = _two_vms(settings, lv, home)
+    _a, b, point = _two_vms(private_settings, lv, private_home)
     before = _sha(b.disk)
     asked: list[str] = []
 
@@ -68,7 +65,7 @@ def test_replace_from_other_vm_keeps_the_old_disk(settings: Settings, lv: libvir
         asked.append(summary)
         return True
 
-    res = Restorer(settings).restore_replace(point.point_id, b.name, from_other_vm=True, confirm=confirm)
+    res = Restorer(private_settings).restore_replace(point.point_id, b.name, from_other_vm=True, confirm=confirm)
     assert len(asked) == 1 and "ANOTHER VM" in asked[0] and str(b.disk) in asked[0]
     assert "disk-of-a" in synth.read_marker(b.disk)
     old = b.disk.with_name(f"vda.qcow2.vmb-replaced-{res.job_id}")
@@ -77,10 +74,10 @@ def test_replace_from_other_vm_keeps_the_old_disk(settings: Settings, lv: libvir
 
 
 def test_cli_without_tty_needs_yes(
-    settings: Settings, lv: libvirt.virConnect, home: Path, capsys: pytest.CaptureFixture[str]
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No terminal and no --yes: CONFIRMATION_REQUIRED naming --yes, before anything (even a same-VM point)."""
-    a, _b, point = _two_vms(settings, lv, home)
+    a, _b, point = _two_vms(private_settings, lv, private_home)
     before = _sha(a.disk)
     assert main(["restore", point.point_id, "--replace", a.name, "--json"]) == 2
     cap = capsys.readouterr()
@@ -94,15 +91,15 @@ def test_cli_without_tty_needs_yes(
 
 @pytest.mark.parametrize("answer", ["n", "yes"])
 def test_cli_asks_on_a_tty(
-    settings: Settings,
+    private_settings: Settings,
     lv: libvirt.virConnect,
-    home: Path,
+    private_home: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     answer: str,
 ) -> None:
     """On a terminal the summary goes to stderr; 'n' changes nothing (RESTORE_DECLINED), 'yes' replaces."""
-    a, _b, point = _two_vms(settings, lv, home)
+    a, _b, point = _two_vms(private_settings, lv, private_home)
     synth.make_disk(a.disk.with_name("now.qcow2"), "current-a")
     a.disk.with_name("now.qcow2").rename(a.disk)  # the current disk differs from the point's
     before = _sha(a.disk)

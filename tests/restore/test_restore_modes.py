@@ -14,18 +14,11 @@ from pathlib import Path
 
 import libvirt
 import pytest
-import restore_synth as synth
 
-from controller import settings as settings_mod
 from controller.restore.restore import Restorer
 from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault
-
-
-@pytest.fixture
-def settings(home: Path) -> Settings:
-    """Settings for the test's private home."""
-    return settings_mod.load()
+from tests.restore import restore_synth as synth
 
 
 @pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
@@ -42,34 +35,34 @@ def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
-def _point(settings: Settings, home: Path, name: str) -> RecoveryPoint:
+def _point(private_settings: Settings, private_home: Path, name: str) -> RecoveryPoint:
     """A real point of a synthetic (undefined) VM."""
-    d = home / "src" / name
+    d = private_home / "src" / name
     d.mkdir(parents=True)
     disk = d / "vda.qcow2"
     synth.make_disk(disk, "mode-marker")
     xml = synth.domain_xml(name, disk, d / "console.log", synth.free_port(), synth.free_port())
     vm = synth.SynthVm(name, str(uuid.uuid4()), disk, xml)
-    return synth.make_point(Vault(settings.vault), vm)
+    return synth.make_point(Vault(private_settings.vault), vm)
 
 
-def test_disks_only_is_private(settings: Settings, home: Path, umask: int) -> None:
+def test_disks_only_is_private(private_settings: Settings, private_home: Path, umask: int) -> None:
     """--disks-only --to a new nested DIR: every created directory 0700, the image 0600."""
-    point = _point(settings, home, f"md-{umask:o}")
-    to = home / "out" / "deeper"
-    res = Restorer(settings).restore_disks(point.point_id, to)
+    point = _point(private_settings, private_home, f"md-{umask:o}")
+    to = private_home / "out" / "deeper"
+    res = Restorer(private_settings).restore_disks(point.point_id, to)
     image = Path(res.disks["vda"])
     assert (_mode(image), _mode(to), _mode(to.parent)) == (0o600, 0o700, 0o700)
     assert "mode-marker" in synth.read_marker(image)
 
 
 def test_new_vm_dirs_let_qemu_through(
-    settings: Settings, lv: libvirt.virConnect, home: Path, umask: int
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path, umask: int
 ) -> None:
     """--as NAME: the image 0600, the VM dir and restored/ 0711 (traversable by QEMU, listable by no one)."""
-    point = _point(settings, home, f"mn-{umask:o}")
-    res = Restorer(settings).restore_as_new(point.point_id, f"mn-copy-{umask:o}")
+    point = _point(private_settings, private_home, f"mn-{umask:o}")
+    res = Restorer(private_settings).restore_as_new(point.point_id, f"mn-copy-{umask:o}")
     image = Path(res.disks["vda"])
     assert _mode(image) == 0o600
     assert (_mode(image.parent), _mode(image.parent.parent)) == (0o711, 0o711)
-    assert image.parent.parent == home / "restored"
+    assert image.parent.parent == private_home / "restored"

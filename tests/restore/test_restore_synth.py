@@ -14,23 +14,16 @@ from pathlib import Path
 
 import libvirt
 import pytest
-import restore_synth as synth
 
-from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.restore.bootcheck import PREFIX, BootChecker
 from controller.restore.domainxml import hostfwds
 from controller.restore.restore import Restorer
 from controller.settings import Settings
 from controller.vault import Vault
+from tests.restore import restore_synth as synth
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture
-def settings(home: Path) -> Settings:
-    """Settings for the test's private home (overrides the session fixture in this module only)."""
-    return settings_mod.load()
 
 
 def _listening(port: int) -> bool:
@@ -45,11 +38,13 @@ def _macs(xml: str) -> set[str]:
     return {p.split("=", 1)[1] for p in xml.replace("'", " ").replace(",", " ").split() if p.startswith("mac=")}
 
 
-def test_restore_as_new_runs_side_by_side(settings: Settings, lv: libvirt.virConnect, home: Path) -> None:
-    vm = synth.define_vm(lv, home, "rt-orig", "marker-from-original")
-    point = synth.make_point(Vault(settings.vault), vm)
+def test_restore_as_new_runs_side_by_side(
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
+) -> None:
+    vm = synth.define_vm(lv, private_home, "rt-orig", "marker-from-original")
+    point = synth.make_point(Vault(private_settings.vault), vm)
     lv.lookupByName(vm.name).create()  # the original runs while its copy is restored and started
-    res = Restorer(settings).restore_as_new(point.point_id, "rt-copy", start=True)
+    res = Restorer(private_settings).restore_as_new(point.point_id, "rt-copy", start=True)
     orig, copy = lv.lookupByName("rt-orig"), lv.lookupByName("rt-copy")
     assert orig.isActive() and copy.isActive() and res.started
     assert copy.UUIDString() == res.vm_uuid != orig.UUIDString()
@@ -59,7 +54,7 @@ def test_restore_as_new_runs_side_by_side(settings: Settings, lv: libvirt.virCon
     assert hostfwds(c_xml) == res.ports and all(_listening(p) for p in res.ports.values())
     assert _macs(c_xml) and not _macs(c_xml) & _macs(o_xml)
     restored = Path(res.disks["vda"])
-    assert restored.parent == home / "restored" / "rt-copy"
+    assert restored.parent == private_home / "restored" / "rt-copy"
     assert str(restored) in c_xml and str(vm.disk) not in c_xml
     assert "marker-from-original" in synth.read_marker(restored)
     assert res.console_log in c_xml and Path(res.console_log).exists()
@@ -67,11 +62,11 @@ def test_restore_as_new_runs_side_by_side(settings: Settings, lv: libvirt.virCon
 
 
 def test_restore_refuses_existing_name_and_cleans_up_a_bad_point(
-    settings: Settings, lv: libvirt.virConnect, home: Path
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
 ) -> None:
-    vm = synth.define_vm(lv, home, "rt-orig2", "m")
-    point = synth.make_point(Vault(settings.vault), vm)
-    r = Restorer(settings)
+    vm = synth.define_vm(lv, private_home, "rt-orig2", "m")
+    point = synth.make_point(Vault(private_settings.vault), vm)
+    r = Restorer(private_settings)
     with pytest.raises(VmBackupError) as ei:
         r.restore_as_new(point.point_id, "rt-orig2")
     assert ei.value.code == "VM_NAME_EXISTS"
@@ -83,7 +78,7 @@ def test_restore_refuses_existing_name_and_cleans_up_a_bad_point(
     with pytest.raises(VmBackupError) as ei:
         r.restore_as_new(point.point_id, "rt-bad")
     assert ei.value.code == "CHECKSUM_MISMATCH" and "vda" in ei.value.message
-    assert not (home / "restored" / "rt-bad").exists()
+    assert not (private_home / "restored" / "rt-bad").exists()
     with pytest.raises(libvirt.libvirtError):
         lv.lookupByName("rt-bad")
     stored.unlink()  # a missing disk is caught before anything is touched, naming it
@@ -92,27 +87,27 @@ def test_restore_refuses_existing_name_and_cleans_up_a_bad_point(
     assert ei.value.code == "POINT_CORRUPT" and "vda" in ei.value.message
 
 
-def test_disks_only(settings: Settings, lv: libvirt.virConnect, home: Path) -> None:
-    vm = synth.define_vm(lv, home, "rt-disks", "disks-only-marker")
-    point = synth.make_point(Vault(settings.vault), vm)
-    res = Restorer(settings).restore_disks(point.point_id, home / "out")
-    assert list(res.disks) == ["vda"] and Path(res.disks["vda"]) == home / "out" / "vda.qcow2"
-    assert "disks-only-marker" in synth.read_marker(home / "out" / "vda.qcow2")
-    assert sorted(p.name for p in (home / "out").iterdir()) == ["vda.qcow2"]
+def test_disks_only(private_settings: Settings, lv: libvirt.virConnect, private_home: Path) -> None:
+    vm = synth.define_vm(lv, private_home, "rt-disks", "disks-only-marker")
+    point = synth.make_point(Vault(private_settings.vault), vm)
+    res = Restorer(private_settings).restore_disks(point.point_id, private_home / "out")
+    assert list(res.disks) == ["vda"] and Path(res.disks["vda"]) == private_home / "out" / "vda.qcow2"
+    assert "disks-only-marker" in synth.read_marker(private_home / "out" / "vda.qcow2")
+    assert sorted(p.name for p in (private_home / "out").iterdir()) == ["vda.qcow2"]
 
 
 @pytest.mark.parametrize("discard_old", [False, True])
 def test_replace_refuses_running_then_replaces(
-    settings: Settings, lv: libvirt.virConnect, home: Path, discard_old: bool
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path, discard_old: bool
 ) -> None:
-    vm = synth.define_vm(lv, home, f"rt-repl-{int(discard_old)}", "good-state")
-    point = synth.make_point(Vault(settings.vault), vm)
+    vm = synth.define_vm(lv, private_home, f"rt-repl-{int(discard_old)}", "good-state")
+    point = synth.make_point(Vault(private_settings.vault), vm)
     synth.make_disk(vm.disk.with_name("later.qcow2"), "changed-after-backup")
     vm.disk.unlink()
     vm.disk.with_name("later.qcow2").rename(vm.disk)
     dom = lv.lookupByName(vm.name)
     dom.create()
-    r = Restorer(settings)
+    r = Restorer(private_settings)
     with pytest.raises(VmBackupError) as ei:
         r.restore_replace(point.point_id, vm.name)
     assert ei.value.code == "VM_RUNNING" and "shut" in ei.value.remediation
@@ -133,13 +128,13 @@ def test_replace_refuses_running_then_replaces(
 
 
 def test_boot_check_fails_on_unbootable_point_and_leaves_nothing(
-    settings: Settings, lv: libvirt.virConnect, home: Path
+    private_settings: Settings, lv: libvirt.virConnect, private_home: Path
 ) -> None:
-    vm = synth.define_vm(lv, home, "rt-noboot", "m")
-    point = synth.make_point(Vault(settings.vault), vm)
+    vm = synth.define_vm(lv, private_home, "rt-noboot", "m")
+    point = synth.make_point(Vault(private_settings.vault), vm)
     t0 = time.monotonic()
     with pytest.raises(VmBackupError) as ei:
-        BootChecker(settings).run(point.point_id, timeout_s=20)
+        BootChecker(private_settings).run(point.point_id, timeout_s=20)
     assert time.monotonic() - t0 < 120
     e = ei.value
     assert e.code == "BOOT_CHECK_FAILED" and "no login prompt" in e.message
@@ -149,7 +144,7 @@ def test_boot_check_fails_on_unbootable_point_and_leaves_nothing(
     assert "console_tail" in e.details
     # nothing left: no domain, no files, the forwarded ports closed
     assert not [d.name() for d in lv.listAllDomains(0) if d.name().startswith(PREFIX)]
-    assert not any((home / "bootcheck").iterdir())
+    assert not any((private_home / "bootcheck").iterdir())
     stored = json.loads((point.path / "manifest.json").read_text())["boot_check"]
     assert stored["result"] == "failed" and stored["job_id"] == e.details["job_id"]
     assert stored["reason"] == e.details["reason"]

@@ -20,11 +20,11 @@ from controller.vault.exceptions import PointCorrupt
 CLI = [sys.executable, "-m", "controller.cli.main"]
 
 
-def make_point(home: Any, tmp: Path, vm_uuid: str, created: datetime) -> str:
+def make_point(cfg: Any, tmp: Path, vm_uuid: str, created: datetime) -> str:
     """A real published point with a small raw disk."""
     src = tmp / "d.raw"
     src.write_bytes(b"\x05" * 65536)
-    with Vault(home.vault).new_point(vm_uuid, new_point_id(created)) as w:
+    with Vault(cfg.vault).new_point(vm_uuid, new_point_id(created)) as w:
         w.copy_disk("vda", src, fmt="raw")
         w.write_domain_xml(f"<domain><uuid>{vm_uuid}</uuid></domain>")
         p = w.publish({"vm": {"uuid": vm_uuid, "name": "web1", "host": "qemu:///system"}, "consistency": "CRASH",
@@ -32,37 +32,37 @@ def make_point(home: Any, tmp: Path, vm_uuid: str, created: datetime) -> str:
     return p.point_id
 
 
-def test_verify_job_finds_a_corrupt_point(home: Any, conn: Any, tmp_path: Path) -> None:
+def test_verify_job_finds_a_corrupt_point(private_settings: Any, conn: Any, tmp_path: Path) -> None:
     """A clean vault verifies as a completed job; one flipped byte makes the job fail POINT_CORRUPT naming it."""
     vm = "6c1e1d0e-8a43-4a4b-9b1f-0b9a3f1c2d11"
     now = datetime.now(UTC)
-    good = make_point(home, tmp_path, vm, now - timedelta(hours=2))
-    bad = make_point(home, tmp_path, vm, now - timedelta(hours=1))
-    job_id, _, text = verify_vault(home)
+    good = make_point(private_settings, tmp_path, vm, now - timedelta(hours=2))
+    bad = make_point(private_settings, tmp_path, vm, now - timedelta(hours=1))
+    job_id, _, text = verify_vault(private_settings)
     assert JobStore(conn).get(str(job_id)).state == "completed" and text.startswith("2 point")
-    disk = Vault(home.vault).get_point(bad).path / "disks" / "vda.raw"
+    disk = Vault(private_settings.vault).get_point(bad).path / "disks" / "vda.raw"
     data = bytearray(disk.read_bytes())
     data[100] ^= 0xFF
     disk.write_bytes(bytes(data))
     with pytest.raises(PointCorrupt) as e:
-        verify_vault(home)
+        verify_vault(private_settings)
     assert bad in e.value.message and good not in e.value.message
     last = JobStore(conn).list(type="verify")[0]
     assert last.state == "failed" and last.error and last.error["code"] == "POINT_CORRUPT"
 
 
-def test_prune_pass_applies_retention(home: Any, policy: Any, protect: Any, tmp_path: Path) -> None:
+def test_prune_pass_applies_retention(private_settings: Any, policy: Any, protect: Any, tmp_path: Path) -> None:
     """keep_last 1: the prune pass deletes the older points of a protected VM, keeps the newest."""
     policy("name: keep1\nschedule: {every_minutes: 1}\nretention: {keep_last: 1}\n")
     reg = protect("web1", "keep1")
     now = datetime.now(UTC)
-    ids = [make_point(home, tmp_path, reg.vm_uuid, now - timedelta(hours=h)) for h in (3, 2, 1)]
-    _, _, text = prune_pass(home, [reg.vm_uuid])
+    ids = [make_point(private_settings, tmp_path, reg.vm_uuid, now - timedelta(hours=h)) for h in (3, 2, 1)]
+    _, _, text = prune_pass(private_settings, [reg.vm_uuid])
     assert text.startswith("deleted 2 point")
-    assert [p.point_id for p in Vault(home.vault).list_points(reg.vm_uuid)] == [ids[-1]]
+    assert [p.point_id for p in Vault(private_settings.vault).list_points(reg.vm_uuid)] == [ids[-1]]
 
 
-def test_serve_process_sigterm_exits_zero_and_refuses_second(home: Any, conn: Any) -> None:
+def test_serve_process_sigterm_exits_zero_and_refuses_second(private_settings: Any, conn: Any) -> None:
     """`vmbackup serve` starts (recovery, verify of an empty vault), a second one is refused, SIGTERM -> exit 0."""
     proc = subprocess.Popen([*CLI, "serve", "--tick", "0.5", "--prune-every", "0s"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -82,21 +82,23 @@ def test_serve_process_sigterm_exits_zero_and_refuses_second(home: Any, conn: An
     assert JobStore(conn).list(type="verify")[0].state == "completed"
 
 
-def test_verify_job_reports_unloadable_points_and_checks_the_rest(home: Any, conn: Any, tmp_path: Path) -> None:
+def test_verify_job_reports_unloadable_points_and_checks_the_rest(
+    private_settings: Any, conn: Any, tmp_path: Path
+) -> None:
     """A tampered manifest and a symlinked VM directory fail the job by name; the good point is still verified."""
     vm, other = "6c1e1d0e-8a43-4a4b-9b1f-0b9a3f1c2d12", "6c1e1d0e-8a43-4a4b-9b1f-0b9a3f1c2d13"
     now = datetime.now(UTC)
-    good = make_point(home, tmp_path, vm, now - timedelta(hours=2))
-    crafted = make_point(home, tmp_path, vm, now - timedelta(hours=1))
-    mf = Vault(home.vault).get_point(crafted).path / "manifest.json"
+    good = make_point(private_settings, tmp_path, vm, now - timedelta(hours=2))
+    crafted = make_point(private_settings, tmp_path, vm, now - timedelta(hours=1))
+    mf = Vault(private_settings.vault).get_point(crafted).path / "manifest.json"
     mf.write_text(mf.read_text().replace(crafted, good))  # a manifest claiming its neighbour's id
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (Path(home.vault) / other).symlink_to(elsewhere)  # a VM directory that escapes the vault
+    (Path(private_settings.vault) / other).symlink_to(elsewhere)  # a VM directory that escapes the vault
     with pytest.raises(PointCorrupt) as e:
-        verify_vault(home)
+        verify_vault(private_settings)
     bad = e.value.details["bad"]
     assert crafted in e.value.message, bad
     assert any(b.get("vm_uuid") == other for b in bad), bad
     assert good not in [b.get("point_id") for b in bad]
-    assert Vault(home.vault).get_point(good).manifest.verify["ok"] is True  # still checked and recorded
+    assert Vault(private_settings.vault).get_point(good).manifest.verify["ok"] is True  # still checked and recorded

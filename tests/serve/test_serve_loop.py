@@ -63,18 +63,18 @@ def settle(server: Server) -> None:
     server.tick(plan_new=False)
 
 
-def make_server(home: settings_mod.Settings, runner: Any, clock: Callable[[], datetime], **opts: Any) -> Server:
+def make_server(cfg: settings_mod.Settings, runner: Any, clock: Callable[[], datetime], **opts: Any) -> Server:
     """A server with fake backups and housekeeping switched off."""
     o = ServeOptions(prune_every=timedelta(0), verify_every=timedelta(0), **opts)
-    return Server(home, o, Runners(backup=runner), clock=clock)
+    return Server(cfg, o, Runners(backup=runner), clock=clock)
 
 
-def test_missed_slots_run_once_then_follow_schedule(home: Any, policy: Any, protect: Any) -> None:
+def test_missed_slots_run_once_then_follow_schedule(private_settings: Any, policy: Any, protect: Any) -> None:
     """Protected 10 h ago, serve was down: one run at start (600 slots coalesced), then one per slot."""
     policy(EVERY_MIN)
     reg = protect("web1", "every1", since=T0 - timedelta(hours=10))
     clock, rec = Clock(T0), Recorder()
-    server = make_server(home, rec, clock)
+    server = make_server(private_settings, rec, clock)
     due = server.due_tasks(T0)
     assert [(t.key, t.missed) for t in due] == [(reg.vm_uuid, 599)]
     server.tick()
@@ -91,12 +91,12 @@ def test_missed_slots_run_once_then_follow_schedule(home: Any, policy: Any, prot
     assert server.stats.outcomes[-1].state == "completed"
 
 
-def test_last_backup_job_in_db_anchors_schedule(home: Any, conn: Any, policy: Any, protect: Any) -> None:
+def test_last_backup_job_in_db_anchors_schedule(private_settings: Any, conn: Any, policy: Any, protect: Any) -> None:
     """A backup job recorded by another process (e.g. the CLI) counts as the VM's last run."""
     policy("name: hourly\nschedule: {hourly: 1}\n")
     now = datetime.now(UTC)
     reg = protect("db1", "hourly", since=now - timedelta(hours=5))
-    server = make_server(home, Recorder(), Clock(now))
+    server = make_server(private_settings, Recorder(), Clock(now))
     assert len(server.due_tasks(now)) == 1
     jobs = JobStore(conn)
     job = jobs.create("backup", vm=VmRef(reg.vm_uuid, "db1", "qemu:///system"))
@@ -105,7 +105,7 @@ def test_last_backup_job_in_db_anchors_schedule(home: Any, conn: Any, policy: An
     assert server.due_tasks(datetime.now(UTC)) == []
 
 
-def test_bounds_overall_per_host_per_policy(home: Any, policy: Any, protect: Any) -> None:
+def test_bounds_overall_per_host_per_policy(private_settings: Any, policy: Any, protect: Any) -> None:
     """Six due VMs on two hosts: never more than max_jobs overall, max_per_host per host, or the policy limit."""
     policy(EVERY_MIN)
     policy("name: capped\nschedule: {every_minutes: 1}\nlimits: {max_concurrent_jobs: 1}\n")
@@ -115,7 +115,7 @@ def test_bounds_overall_per_host_per_policy(home: Any, policy: Any, protect: Any
     protect("c1", "capped", since, host="test:///c")
     protect("c2", "capped", since, host="test:///d")
     rec = Recorder(hold=True)
-    server = make_server(home, rec, Clock(T0), max_jobs=3, max_per_host=1)
+    server = make_server(private_settings, rec, Clock(T0), max_jobs=3, max_per_host=1)
     server.tick()
     time.sleep(0.3)
     hosts = [t.host_uri for t in rec.active]
@@ -136,14 +136,16 @@ def test_bounds_overall_per_host_per_policy(home: Any, policy: Any, protect: Any
     assert rec.peak <= 3
 
 
-def test_vm_locked_by_cli_job_is_skipped_then_retried(home: Any, conn: Any, policy: Any, protect: Any) -> None:
+def test_vm_locked_by_cli_job_is_skipped_then_retried(
+    private_settings: Any, conn: Any, policy: Any, protect: Any
+) -> None:
     """A live job of another process holds the VM lock: skipped (no failure, no job), run on a later tick."""
     policy(EVERY_MIN)
     reg = protect("web1", "every1", since=T0 - timedelta(hours=1))
     other = JobStore(conn)  # stands for the CLI: same state DB, lock held by a live owner
     held = other.create("restore", vm=VmRef(reg.vm_uuid, "web1", "qemu:///system"))
     rec = Recorder()
-    server = make_server(home, rec, Clock(T0))
+    server = make_server(private_settings, rec, Clock(T0))
     server.tick()
     settle(server)
     assert rec.calls == [] and server.stats.skipped_busy == 1
@@ -154,7 +156,7 @@ def test_vm_locked_by_cli_job_is_skipped_then_retried(home: Any, conn: Any, poli
     assert len(rec.calls) == 1
 
 
-def test_stop_cancels_running_job_after_grace(home: Any, policy: Any, protect: Any) -> None:
+def test_stop_cancels_running_job_after_grace(private_settings: Any, policy: Any, protect: Any) -> None:
     """SIGTERM semantics: stop scheduling, grace period, then the running job is cancelled and ends cancelled."""
     policy(EVERY_MIN)
     reg = protect("web1", "every1", since=T0 - timedelta(hours=1))
@@ -170,7 +172,7 @@ def test_stop_cancels_running_job_after_grace(home: Any, policy: Any, protect: A
                 time.sleep(0.05)
         return job.id, None, "not cancelled"
 
-    server = make_server(home, slow_backup, Clock(T0), grace_s=0.5, tick_s=0.2)
+    server = make_server(private_settings, slow_backup, Clock(T0), grace_s=0.5, tick_s=0.2)
     th = threading.Thread(target=server.serve)
     th.start()
     assert started.wait(10)
@@ -181,21 +183,21 @@ def test_stop_cancels_running_job_after_grace(home: Any, policy: Any, protect: A
     assert time.monotonic() - t0 < 5, "stop took too long: the cancel was not honoured"
     out = server.stats.outcomes[-1]
     assert out.state == "cancelled"
-    job = JobStore.open(home.db_path).list(vm=reg.vm_uuid)[0]
+    job = JobStore.open(private_settings.db_path).list(vm=reg.vm_uuid)[0]
     assert job.state == "cancelled" and job.error and job.error["code"] == "JOB_CANCELLED"
     assert job.phases[0].state == "cancelled"
 
 
-def test_one_serve_per_home(home: Any) -> None:
+def test_one_serve_per_home(private_settings: Any) -> None:
     """A second serve against the same VMBACKUP_HOME refuses to start."""
-    a = make_server(home, Recorder(), Clock(T0))
+    a = make_server(private_settings, Recorder(), Clock(T0))
     a.start()
     try:
         with pytest.raises(ServeAlreadyRunning):
-            make_server(home, Recorder(), Clock(T0)).start()
+            make_server(private_settings, Recorder(), Clock(T0)).start()
     finally:
         a.shutdown()
-    b = make_server(home, Recorder(), Clock(T0))  # released on shutdown
+    b = make_server(private_settings, Recorder(), Clock(T0))  # released on shutdown
     b.start()
     b.shutdown()
 

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from controller.vault import RecoveryPoint, Vault
-from controller.vault.digest import CHUNK
-
-MiB = 1 << 20
-
-
-def run(*cmd: str) -> str:
-    """Run a command, fail the test with its stderr if it fails."""
-    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert p.returncode == 0, f"{' '.join(cmd)}: {p.stderr}"
-    return p.stdout
-
-
-def reference_digest(path: Path) -> str:
-    """The stored-disk checksum computed the naive way: every byte read in order, holes included."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(hashlib.sha256(chunk).digest())
-    return f"sha256-4m:{h.hexdigest()}"
-
-
-def qemu_io_write(path: Path, fmt: str, pattern: int, offset: int, length: int) -> None:
-    """Write a byte pattern into an image through qemu-io."""
-    run("qemu-io", "-f", fmt, "-c", f"write -P {pattern:#x} {offset} {length}", str(path))
+from tests.vault.helpers import MiB, PointMaker, qemu_io_write, run
 
 
 @pytest.fixture(autouse=True)
-def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own VMBACKUP_HOME and vault."""
-    monkeypatch.setenv("VMBACKUP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VMBACKUP_VAULT", str(tmp_path / "home" / "vault"))
+def _home(private_home: Path) -> None:
+    """Every test gets its own VMBACKUP_HOME and vault (the shared ``private_home`` fixture)."""
 
 
 @pytest.fixture
-def vault(tmp_path: Path) -> Vault:
+def vault(private_home: Path) -> Vault:
     """The test's vault."""
-    return Vault(tmp_path / "home" / "vault")
+    return Vault(private_home / "vault")
 
 
 @pytest.fixture
@@ -89,9 +61,6 @@ def raw_sparse(images: Path) -> Path:
     qemu_io_write(p, "raw", 0xAB, 1 * MiB, 2 * MiB)
     qemu_io_write(p, "raw", 0x5A, 768 * MiB, 2 * MiB)
     return p
-
-
-PointMaker = Callable[..., RecoveryPoint]
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from conftest import MiB, PointMaker, reference_digest, run
-
 from controller.vault import Vault
 from controller.vault.sparse import stream
+from tests.vault.helpers import MiB, PointMaker, reference_digest, run
 
 
 def test_sparse_raw_copy_keeps_holes_and_hash(vault: Vault, raw_sparse: Path, make_point: PointMaker) -> None:

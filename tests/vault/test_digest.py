@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import MiB, PointMaker, reference_digest
 
 from controller.vault import Vault, copy_out_disk
 from controller.vault import digest as dg
 from controller.vault.exceptions import ManifestInvalid
 from controller.vault.sparse import stream
+from tests.vault.helpers import MiB, PointMaker, reference_digest
 
 
 def _write(path: Path, parts: list[tuple[int, bytes]], size: int) -> Path:

@@ -9,12 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PointMaker
 
 from controller.cli.main import main
 from controller.vault import RecoveryPoint, Vault, layout, sums, verify_point_quick
 from controller.vault.exceptions import ManifestIdMismatch, MetadataMismatch, PathEscape, PointCorrupt
 from controller.vault.manifest import Manifest, write_file_durable
+from tests.vault.helpers import PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
 VM2 = "9a8b7c6d-1111-4222-8333-444455556666"

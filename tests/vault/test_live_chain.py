@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MiB, qemu_io_write, run
 
 from controller.vault import Vault
 from controller.vault.exceptions import DiskCopyFailed
+from tests.vault.helpers import MiB, qemu_io_write, run
 
 VM = "0b6e4d1a-1111-4222-8333-777777777777"
 

@@ -10,11 +10,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import MiB, PointMaker
 
 from controller.errors import InvalidArgument
 from controller.vault import Vault, layout
 from controller.vault.exceptions import PathEscape, PointNotFound, VaultError, VaultFull
+from tests.vault.helpers import MiB, PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PointMaker
 
 from controller.cli.main import main
 from controller.vault import Vault
+from tests.vault.helpers import PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
 VM2 = "9a8b7c6d-1111-4222-8333-444455556666"

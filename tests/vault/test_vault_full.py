@@ -16,7 +16,7 @@ import pytest
 
 from controller.vault import Vault
 from controller.vault.exceptions import VaultFull
-from tests.vault.conftest import MiB, qemu_io_write, run
+from tests.vault.helpers import MiB, qemu_io_write, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as the vault")
 

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import MiB, PointMaker, reference_digest, run
 
 from controller.vault import Vault, copy_out_disk, verify_point_quick
 from controller.vault.exceptions import ChecksumMismatch, PointCorrupt, PointNotFound
+from tests.vault.helpers import MiB, PointMaker, reference_digest, run
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
 
