@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from bench.common import MiB, run
 from bench.exceptions import BenchSetupFailed, GuestCommandFailed
 from controller import db
-from controller.backup.quiesce import agent_client
+from controller.agentclient import open_agent
 from controller.errors import VmBackupError
 from controller.lab import image, vms
 from controller.lab.metadata import LabMetadata
@@ -151,7 +151,7 @@ def _agent_ready(vm: BenchVm, settings: Settings, reg: Registration) -> bool:
     if ssh_run(vm.meta, "systemctl is-active --quiet vmbackup-agent.service", timeout=30)[0] != 0:
         return False
     try:
-        with agent_client(settings, reg) as client:
+        with open_agent(settings, reg) as client:
             client.get_info()
         return True
     except VmBackupError:

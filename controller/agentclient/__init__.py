@@ -8,6 +8,7 @@ from controller.agentclient.exceptions import (
     AgentTooOld,
     AgentUnreachable,
 )
+from controller.agentclient.factory import AgentAddress, AgentEndpoint, controller_tls, open_agent
 from controller.agentclient.models import (
     AgentInfo,
     FilesystemInfo,
@@ -19,7 +20,7 @@ from controller.agentclient.models import (
 from controller.agentclient.tls import ClientTLS
 
 __all__ = [
-    "MIN_API_VERSION", "AgentCallError", "AgentClient", "AgentClientError", "AgentInfo", "AgentRefused",
-    "AgentTooOld", "AgentUnreachable", "ClientTLS", "FilesystemInfo", "FreezeResult", "FreezeStatus",
-    "HookResult", "ThawResult",
+    "MIN_API_VERSION", "AgentAddress", "AgentCallError", "AgentClient", "AgentClientError", "AgentEndpoint",
+    "AgentInfo", "AgentRefused", "AgentTooOld", "AgentUnreachable", "ClientTLS", "FilesystemInfo", "FreezeResult",
+    "FreezeStatus", "HookResult", "ThawResult", "controller_tls", "open_agent",
 ]

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from controller.agentclient import AgentClient, FreezeResult, open_agent
 from controller.errors import VmBackupError
+from controller.registration.store import Registration
 from controller.settings import Settings
-
-
-def agent_client(settings: Settings, reg: Any) -> Any:
-    """An mTLS client for a registered VM's agent (endpoint from its registration, certificates from the PKI)."""
-    from controller.agentclient import AgentClient, ClientTLS
-    from controller.pki.ca import CertificateAuthority
-
-    ca = CertificateAuthority.load_or_create(settings.pki_dir)
-    return AgentClient(reg.agent_host, int(reg.agent_port), vm_uuid=reg.vm_uuid, tls=ClientTLS.from_pki(ca))
 
 
 @dataclass
@@ -42,22 +34,22 @@ class Quiesce:
 class AgentQuiescer:
     """One freeze/thaw round through a registered VM's agent; never raises for agent trouble (falls back to CRASH)."""
 
-    def __init__(self, settings: Settings, registration: Any, *, job_id: str, timeout_s: float):
+    def __init__(self, settings: Settings, registration: Registration, *, job_id: str, timeout_s: float):
         self.settings = settings
         self.reg = registration
         self.job_id = job_id
         self.timeout_s = timeout_s
         self.token: str | None = None
-        self._freeze: Any = None
+        self._freeze: FreezeResult | None = None
         self._failure: str | None = None
         self._t_frozen = 0.0
-        self._client: Any = None
+        self._client: AgentClient | None = None
         self.agent_version: str | None = None
 
     def freeze(self) -> None:
         """Ask the agent to freeze; on any agent error remember why and carry on crash-consistent."""
         try:
-            self._client = agent_client(self.settings, self.reg)
+            self._client = open_agent(self.settings, self.reg)
             self.agent_version = self._client.get_info().agent_version
             self._freeze = self._client.freeze(None, self.timeout_s, self.job_id)
             self.token = self._freeze.token
@@ -72,31 +64,32 @@ class AgentQuiescer:
     def thaw(self) -> Quiesce:
         """Thaw (if frozen) and return the consistency reached."""
         version = self.agent_version
+        client, frozen = self._client, self._freeze
         try:
-            if self.token is None or self._freeze is None:
+            if self.token is None or frozen is None or client is None:
                 reason = self._failure or "agent did not freeze"
                 return Quiesce("CRASH", reason, None, version, [f"crash-consistent: {reason}"])
             try:
-                th = self._client.thaw(self.token)
+                th = client.thaw(self.token)
             except VmBackupError as e:
                 window = (time.monotonic() - self._t_frozen) * 1000
                 reason = f"thaw not confirmed ({e.code}: {e.message}); snapshot result inconsistent"
                 return Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
         finally:
-            if self._client is not None:
-                self._client.close()
+            if client is not None:
+                client.close()
         window = float(th.frozen_ms)
         if not th.held:
             reason = "the freeze did not hold for the whole window (auto-thawed early): snapshot result inconsistent"
             return Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
-        hooks = [*self._freeze.hooks, *th.hooks]
+        hooks = [*frozen.hooks, *th.hooks]
         failed = [f"hook {h.name} ({h.action}) failed: exit {h.exit_code}{' (timed out)' if h.timed_out else ''}"
                   for h in hooks if not h.ok]
-        consistency = str(th.consistency or self._freeze.consistency)
+        consistency = th.consistency or frozen.consistency
         if consistency == "APPLICATION":
-            reason = f"file systems frozen and {len(self._freeze.hooks)} application hook(s) succeeded"
+            reason = f"file systems frozen and {len(frozen.hooks)} application hook(s) succeeded"
         elif failed:
             reason = "file systems frozen; an application hook failed, so not application-consistent"
         else:
-            reason = f"{len(self._freeze.frozen)} file system(s) frozen; no application hooks installed"
+            reason = f"{len(frozen.frozen)} file system(s) frozen; no application hooks installed"
         return Quiesce(consistency, reason, window, version, failed + [f"agent: {e}" for e in th.errors])

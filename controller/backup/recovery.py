@@ -17,11 +17,13 @@ from pathlib import Path
 import libvirt
 
 from controller import db
+from controller.agentclient import open_agent
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
 from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
 from controller.backup.snapshot import commit_back, overlay_path
 from controller.errors import VmBackupError
+from controller.registration.store import get_registration
 from controller.settings import Settings
 from controller.virt.connection import connection
 from controller.virt.domain import Disk, disks
@@ -150,16 +152,16 @@ def _recover_one(settings: Settings, intent: Intent, report: RecoveryReport) -> 
 
 def _thaw(settings: Settings, intent: Intent) -> bool:
     """Ask the agent to thaw with the recorded token; the agent's watchdog has usually done it already."""
-    from controller.backup.quiesce import agent_client
-    from controller.registration.store import get_registration
-
+    token = intent.freeze_token
+    if token is None:
+        return False
     conn = db.connect(settings.db_path)
     reg = get_registration(conn, intent.vm_uuid)
     if reg is None:
         return False
     try:
-        with agent_client(settings, reg) as client:
-            client.thaw(intent.freeze_token)
+        with open_agent(settings, reg) as client:
+            client.thaw(token)
         return True
     except VmBackupError:
         return False

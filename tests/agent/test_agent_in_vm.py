@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from controller import db
-from controller.backup.quiesce import agent_client
+from controller.agentclient import open_agent
 from controller.registration.store import get_registration
 
 pytestmark = pytest.mark.vm
@@ -35,7 +35,7 @@ def test_write_blocks_until_thaw_and_getinfo_answers(registered_vm: Any, lab_vm:
         "echo x >> /data1/frozen-write; date +%s.%N > /run/w.end' >/dev/null 2>&1 &"
     )
     assert rc == 0, err
-    with agent_client(settings, reg) as client:
+    with open_agent(settings, reg) as client:
         fr = client.freeze(["/", "/data1"], timeout_s=30, job_id="in-vm-test")
         try:
             assert sorted(fr.frozen) == ["/", "/data1"], fr
@@ -87,7 +87,7 @@ def _kill_while_frozen(lab_vm: Any, settings: Any, kill_cmd: str, job_id: str) -
     )
     assert rc == 0, err
     t_started = time.monotonic()
-    with agent_client(settings, reg) as client:
+    with open_agent(settings, reg) as client:
         fr = client.freeze(["/", "/data1"], timeout_s=FREEZE_TIMEOUT_S, job_id=job_id)
     assert sorted(fr.frozen) == ["/", "/data1"], fr
     assert time.monotonic() - t_started < KILL_AFTER_S - 1, "Freeze returned too late: the kill may precede it"
@@ -98,7 +98,7 @@ def _kill_while_frozen(lab_vm: Any, settings: Any, kill_cmd: str, job_id: str) -
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # systemd restarted the agent; wait until it serves again
         try:
-            with agent_client(settings, reg) as client:
+            with open_agent(settings, reg) as client:
                 client.get_info()
             break
         except Exception:
@@ -143,7 +143,7 @@ def test_sigkill_of_the_agent_while_frozen_thaws(registered_vm: Any, lab_vm: Any
     assert rc == 0 and "thaw guard:" in out, out[-2000:]
     reg = get_registration(db.connect(settings.db_path), lab_vm.uuid)
     assert reg is not None
-    with agent_client(settings, reg) as client:  # the restarted agent (and its new guard) work
+    with open_agent(settings, reg) as client:  # the restarted agent (and its new guard) work
         fr = client.freeze(["/data1"], timeout_s=FREEZE_TIMEOUT_S, job_id="in-vm-after-kill")
         th = client.thaw(fr.token)
     assert th.held and th.thawed == ["/data1"], th
