@@ -4,10 +4,13 @@ It is written before the VM is touched and updated (synchronously, in its own tr
 controller that dies anywhere leaves enough behind for ``recovery.recover`` to put the VM back without guessing::
 
     intents = IntentStore(conn)
-    intents.begin(job_id, vm_uuid, host_uri, originals={"vda": "/x/root.qcow2"}, point_tmp=None)
+    intents.begin(job_id, vm_uuid, vm_name, host_uri, {"vda": "/x/root.qcow2"})      # step "started"
     intents.step(job_id, "frozen", freeze_token="...")
     intents.step(job_id, "snapshotted", overlays={"vda": "/x/root.vmb-J.qcow2"})
-    intents.done(job_id)
+    intents.done(job_id)                                                              # the record is deleted
+
+The engine writes the steps of :data:`STEPS` in that order; a running VM goes through all of them ("frozen" only
+when the agent froze), a shut-off VM through "started", "copying" and "copied".
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from datetime import UTC, datetime
 
 from controller import db
 
-STEPS = (
-    "started", "freezing", "frozen", "snapshotted", "thawed", "copying", "copied", "committing", "committed", "done",
-)
+#: every step an intent can be at; ``begin`` writes "started", a finished backup's record is deleted (``done``)
+STEPS = ("started", "frozen", "snapshotted", "thawed", "copying", "copied", "committing", "committed")
 
 
 @dataclass
