@@ -26,3 +26,11 @@ class PruneFailed(VmBackupError):
     code = "PRUNE_FAILED"
     operation = "prune"
     remediation = "Check the vault directory's permissions and free space, then run `vmbackup prune` again."
+
+
+class ServeAlreadyRunning(VmBackupError):
+    """Another `vmbackup serve` already runs against this VMBACKUP_HOME."""
+
+    code = "SERVE_ALREADY_RUNNING"
+    operation = "serve"
+    remediation = "Only one `vmbackup serve` may run per VMBACKUP_HOME: stop the other one (its pid is in serve.lock)."

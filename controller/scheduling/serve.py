@@ -56,8 +56,8 @@ from controller.policies.model import Policy
 from controller.policies.store import PROTECTED, get_policy, list_protections
 from controller.registration.store import get_registration
 from controller.scheduling import housekeeping, workers
+from controller.scheduling.exceptions import ServeAlreadyRunning
 from controller.scheduling.schedule import Bound, next_run, plan
-from controller.scheduling.serve_exceptions import ServeAlreadyRunning
 from controller.scheduling.workers import Outcome, RunResult, Task, WorkerPool
 from controller.settings import Settings
 

@@ -199,11 +199,9 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
 
 
 def run_boot_check(settings: Settings, task: Task) -> RunResult:
-    """Boot-check a fresh point with controller.restore.bootcheck, if that layer is installed."""
-    try:
-        from controller.restore.bootcheck import BootChecker
-    except ImportError as e:  # the restore layer is optional for serve; say so instead of failing
-        return None, task.point_id, f"boot-check skipped: controller.restore.bootcheck unavailable ({e})"
+    """Boot-check a fresh point with controller.restore.bootcheck."""
+    from controller.restore.bootcheck import BootChecker  # lazy: needs libvirt
+
     assert task.point_id is not None
     res = BootChecker(settings).run(task.point_id, host_uri=task.host_uri or None)
     return res.job_id, res.point_id, f"passed in {res.duration_s:.0f} s"

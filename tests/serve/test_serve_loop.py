@@ -16,8 +16,8 @@ import pytest
 
 from controller import settings as settings_mod
 from controller.jobs.store import JobStore, VmRef
+from controller.scheduling.exceptions import ServeAlreadyRunning
 from controller.scheduling.serve import Runners, ServeOptions, Server
-from controller.scheduling.serve_exceptions import ServeAlreadyRunning
 from controller.scheduling.workers import Pacer, RunResult, Task
 
 EVERY_MIN = "name: every1\nschedule: {every_minutes: 1}\n"
