@@ -108,7 +108,9 @@ class BundleBuildFailed(RegistrationError):
     )
 
 
-class NotRegistered(RegistrationError):
+class RegistrationNotFound(RegistrationError):
+    """unregister: the VM is not registered (a backup of an unregistered VM is backup.exceptions.NotRegistered)."""
+
     code = "REGISTRATION_NOT_FOUND"
     operation = "unregister"
     remediation = "Nothing to do: the VM is not registered (see `vmbackup register --list`)."

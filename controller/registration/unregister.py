@@ -14,7 +14,7 @@ from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.pki import CertificateAuthority
 from controller.registration import guest
-from controller.registration.exceptions import NotRegistered
+from controller.registration.exceptions import RegistrationNotFound
 from controller.registration.hostkeys import HostKeyStore
 from controller.registration.ssh import SshEndpoint, connect
 from controller.registration.store import delete, get_registration, list_registrations
@@ -52,10 +52,10 @@ class Unregistrar:
         except DomainNotFound:
             match = [r for r in list_registrations(self.conn) if vm in (r.vm_uuid, r.vm_name)]
             if not match:
-                raise NotRegistered(f"VM {vm!r} is neither defined in libvirt nor registered") from None
+                raise RegistrationNotFound(f"VM {vm!r} is neither defined in libvirt nor registered") from None
             uuid, name = match[0].vm_uuid, match[0].vm_name
         if get_registration(self.conn, uuid) is None:
-            raise NotRegistered(f"VM {name!r} ({uuid}) is not registered")
+            raise RegistrationNotFound(f"VM {name!r} ({uuid}) is not registered")
         return VmRef(uuid=uuid, name=name, host_uri=uri)
 
     def unregister(self, vm: str, uri: str | None = None, force: bool = False) -> UnregisterResult:
