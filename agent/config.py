@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
+from agent.contract import AGENT_PORT
 from agent.exceptions import ConfigInvalid
 
 DEFAULT_CONFIG_PATH = Path("/etc/vmbackup-agent/config.yaml")
-DEFAULT_PORT = 7470
+DEFAULT_PORT = AGENT_PORT
 #: The watchdog default when neither config nor request sets one.
 DEFAULT_FREEZE_TIMEOUT_S = 10.0
 #: Hard ceiling for any freeze: a guest is never frozen longer than this.

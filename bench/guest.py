@@ -21,13 +21,13 @@ from controller import db
 from controller.agentclient import open_agent
 from controller.errors import VmBackupError
 from controller.lab import image, vms
-from controller.lab.metadata import LabMetadata
 from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.registration.register import RegisterOptions, Registrar
 from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
 from controller.virt.connection import connection
+from controller.virt.metadata import LabMetadata
 
 CHUNK = 64 * MiB
 WRITER_LOG = "/data1/bench-writer.log"

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
-class Consistency(enum.Enum):
-    """How consistent a snapshot taken inside the freeze window is."""
-
-    APPLICATION = "APPLICATION"
-    FILE_SYSTEM = "FILE_SYSTEM"
-    CRASH = "CRASH"
+from agent.contract import Consistency as Consistency  # re-exported: the quiescers and service import it from here
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 import libvirt
 
 import controller
+from agent.contract import consistency_rank
 from controller import db
 from controller.backup import faults, imagelock, quiesce
 from controller.backup.disksource import allocated, backup_plan, overlay_dir
@@ -43,7 +44,6 @@ from controller.vault.vault import PointWriter, Vault, new_point_id
 from controller.virt.connection import connection, is_this_host, lookup
 from controller.virt.domain import Disk, state_name
 
-RANK = {"CRASH": 0, "FILE_SYSTEM": 1, "APPLICATION": 2}
 #: states in which QEMU runs and holds the disks open: backed up by the external snapshot, never copied directly
 LIVE_STATES = ("running", "blocked", "paused")
 #: progress(target, bytes_done, bytes_total)
@@ -153,7 +153,7 @@ class BackupEngine:
         self.intents.done(run.job_id)
         for w in q.warnings:
             run.warn(w)
-        if req.min_consistency and RANK[q.consistency] < RANK[req.min_consistency]:
+        if req.min_consistency and consistency_rank(q.consistency) < consistency_rank(req.min_consistency):
             raise ConsistencyNotMet(
                 f"reached {q.consistency} ({q.reason}); the policy requires {req.min_consistency}",
                 details={"point_id": point_id},

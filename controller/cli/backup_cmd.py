@@ -8,6 +8,7 @@ import sys
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+from agent.contract import CONSISTENCY_LEVELS
 from controller import settings as settings_mod
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
 from controller.cli import output
@@ -70,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("vms", nargs="+", metavar="VM", help="VM name or UUID")
     p.add_argument("--host", help="libvirt URI of the VM's host (default: VMBACKUP_URI or qemu:///system)")
     p.add_argument(
-        "--require", choices=["CRASH", "FILE_SYSTEM", "APPLICATION"], help="fail the job below this consistency"
+        "--require", choices=CONSISTENCY_LEVELS, help="fail the job below this consistency"
     )
     p.add_argument(
         "--exclude-disk",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from controller.lab import metadata
+from agent.contract import AGENT_PORT
+from controller.ssh.client import GUEST_SSH_PORT
+from controller.virt import metadata
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
-AGENT_GUEST_PORT = 7470  # fixed in docs/design.md
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class DomainSpec:
 
 def netdev_args(ssh_port: int, agent_port: int) -> list[str]:
     """The QEMU arguments of the restricted user-mode NIC forwarding SSH and the agent on 127.0.0.1."""
-    fwd = f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{agent_port}-:{AGENT_GUEST_PORT}"
+    fwd = f"hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT},hostfwd=tcp:127.0.0.1:{agent_port}-:{AGENT_PORT}"
     return [
         "-netdev",
         f"user,id=net0,restrict=on,{fwd}",

@@ -61,11 +61,6 @@ class InsufficientSpace(LabError):
     remediation = "Free disk space where VMBACKUP_HOME lives, or ask for smaller disks."
 
 
-class NoFreePort(LabError):
-    code = "LAB_NO_FREE_PORT"
-    remediation = "Too many forwarded ports are in use on 127.0.0.1; destroy unused lab VMs and retry."
-
-
 class LabPathNotAccessible(LabError):
     code = "LAB_PATH_NOT_ACCESSIBLE"
     remediation = (

@@ -25,6 +25,7 @@ from controller.lab.exceptions import ImageBuildFailed, ImageMissing
 from controller.lab.proc import run
 from controller.lab.recipe import Recipe, recipe_hash
 from controller.settings import Settings
+from controller.ssh.client import fingerprint
 
 Progress = Callable[[str], None]
 GiB = 1 << 30
@@ -45,7 +46,7 @@ class ImageInfo:
 def image_path(settings: Settings, recipe: Recipe | None = None) -> Path:
     """Where the image for this recipe and this VMBACKUP_HOME's lab key is (or will be) cached."""
     pub = sshkey.ensure_key(sshkey.key_path(settings.lab_dir))
-    digest = recipe_hash(recipe or Recipe(), sshkey.fingerprint(pub))
+    digest = recipe_hash(recipe or Recipe(), fingerprint(pub))
     return settings.image_cache / f"debian12-lab-{digest}.qcow2"
 
 

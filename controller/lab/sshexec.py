@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-from collections.abc import Iterator
 
 import paramiko
 
 from controller.lab.exceptions import LabSshTimeout
-from controller.lab.metadata import LabMetadata
+from controller.ssh.client import open_client, quiet_transport
+from controller.virt.metadata import LabMetadata
 
 
 def connect(meta: LabMetadata, timeout: float = 10.0) -> paramiko.SSHClient:
     """An SSH connection to the VM's forwarded port with its lab key (host key not checked: lab VMs)."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        meta.ssh_host,
-        port=meta.ssh_port,
-        username=meta.ssh_user,
-        key_filename=meta.ssh_key,
-        timeout=timeout,
-        banner_timeout=timeout,
-        auth_timeout=timeout,
-        allow_agent=False,
-        look_for_keys=False,
-    )
-    return client
+    return open_client(meta.ssh_host, meta.ssh_port, meta.ssh_user, meta.ssh_key, timeout)
 
 
 def run(meta: LabMetadata, cmd: str, timeout: float = 60.0) -> tuple[int, str, str]:
@@ -43,21 +28,9 @@ def run(meta: LabMetadata, cmd: str, timeout: float = 60.0) -> tuple[int, str, s
         client.close()
 
 
-@contextlib.contextmanager
-def _quiet_paramiko() -> Iterator[None]:
-    """Silence paramiko's transport errors (banner timeouts are expected while the guest boots)."""
-    log = logging.getLogger("paramiko.transport")
-    old = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
-
-
 def wait_for_ssh(meta: LabMetadata, timeout: float = 180.0) -> float:
     """Block until `true` runs over SSH; return the seconds waited, or raise LabSshTimeout."""
-    with _quiet_paramiko():
+    with quiet_transport():
         return _wait(meta, timeout)
 
 

@@ -1,9 +1,10 @@
-"""The lab SSH key: an ed25519 key pair generated with cryptography, in OpenSSH format (paramiko loads it)."""
+"""The lab SSH key: an ed25519 key pair generated with cryptography, in OpenSSH format (paramiko loads it).
+
+Its fingerprint: :func:`controller.ssh.client.fingerprint`.
+"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 from pathlib import Path
 
@@ -42,9 +43,3 @@ def ensure_key(path: Path) -> str:
         )
         pub.write_text(line.decode() + " vmbackup-lab\n")
     return pub.read_text().strip()
-
-
-def fingerprint(pubkey_line: str) -> str:
-    """The OpenSSH SHA256 fingerprint of a public key line (`ssh-ed25519 AAAA... comment`)."""
-    blob = base64.b64decode(pubkey_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

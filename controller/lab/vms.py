@@ -1,7 +1,7 @@
 """Lab VMs: create (overlay + ext4 data disks + domain with forwarded ports), list, destroy, wait for SSH.
 
-Everything a later command needs is in the domain's lab metadata (see metadata.py), so libvirt alone is the
-record: no state file. ``destroy_lab_vm`` removes only the files that metadata lists.
+Everything a later command needs is in the domain's lab metadata (see controller/virt/metadata.py), so libvirt
+alone is the record: no state file. ``destroy_lab_vm`` removes only the files that metadata lists.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import libvirt
 
-from controller.lab import diskutil, domain, host, image, metadata, ports, sshkey
+from controller.lab import diskutil, domain, host, image, sshkey
 from controller.lab.exceptions import (
     LabError,
     LabNameInvalid,
@@ -25,12 +25,13 @@ from controller.lab.exceptions import (
     LabVmNotFound,
     NotALabVm,
 )
-from controller.lab.metadata import LabMetadata
 from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.settings import Settings
+from controller.virt import metadata, ports
 from controller.virt.connection import connection, translate
 from controller.virt.domain import state_name
+from controller.virt.metadata import LabMetadata
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 GiB = 1 << 30

@@ -10,15 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-#: Consistency levels, weakest first.
-CONSISTENCY_LEVELS = ("CRASH", "FILE_SYSTEM", "APPLICATION")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SCHEDULE_KINDS = ("daily", "weekly", "hourly", "every_minutes")
-
-
-def consistency_rank(level: str) -> int:
-    """0 for CRASH, 1 for FILE_SYSTEM, 2 for APPLICATION."""
-    return CONSISTENCY_LEVELS.index(level)
 
 
 @dataclass(frozen=True)

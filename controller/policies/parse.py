@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 
+from agent.contract import CONSISTENCY_LEVELS
 from controller.policies.exceptions import PolicyInvalid
 from controller.policies.model import (
-    CONSISTENCY_LEVELS,
     WEEKDAYS,
     Policy,
     Retention,

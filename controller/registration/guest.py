@@ -12,6 +12,7 @@ import shlex
 
 import yaml
 
+from agent.contract import AGENT_PORT
 from controller.pki import IssuedCert
 from controller.registration.bundle import Bundle
 from controller.registration.exceptions import (
@@ -22,7 +23,6 @@ from controller.registration.exceptions import (
 )
 from controller.registration.ssh import UPLOAD_PREFIX, CommandTimeout, Result, SshSession
 
-AGENT_PORT = 7470
 VENV = "/opt/vmbackup-agent/venv"
 AGENT_ROOT = "/opt/vmbackup-agent"
 CONF_DIR = "/etc/vmbackup-agent"

@@ -24,16 +24,16 @@ from typing import Any
 
 import paramiko
 
-from controller.lab import sshkey
 from controller.registration.exceptions import SshHostKeyChanged
 from controller.settings import Settings
+from controller.ssh.client import fingerprint as key_line_fingerprint
 
 _thread_lock = threading.Lock()
 
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style fingerprint: SHA256:<base64, unpadded> (what `ssh-keygen -lf` prints)."""
-    return sshkey.fingerprint(f"{key.get_name()} {key.get_base64()}")
+    return key_line_fingerprint(f"{key.get_name()} {key.get_base64()}")
 
 
 class HostKeyStore:

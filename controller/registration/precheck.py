@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import libvirt
 
+from agent.contract import AGENT_PORT
 from controller.backup.disksource import check_xml
-from controller.lab import metadata as lab_metadata
 from controller.registration.exceptions import SshEndpointUnknown, TooManyDataDisks, VmNotRunning
-from controller.registration.guest import AGENT_PORT
 from controller.registration.ssh import SshEndpoint
+from controller.ssh.client import GUEST_SSH_PORT
+from controller.virt import metadata as lab_metadata
 from controller.virt.addresses import guest_ipv4
 from controller.virt.domain import state_name
 
@@ -101,7 +102,7 @@ def resolve_endpoints(dom: libvirt.virDomain, o: EndpointOverrides) -> Endpoints
     ssh_key = o.ssh_key or (lab.ssh_key if lab else None)
     ssh = SshEndpoint(
         host=ssh_host,
-        port=o.ssh_port or (lab.ssh_port if lab else 22),
+        port=o.ssh_port or (lab.ssh_port if lab else GUEST_SSH_PORT),
         user=o.ssh_user or (lab.ssh_user if lab else "root"),
         key=ssh_key or None,
     )

@@ -6,8 +6,9 @@ nothing for ``sftp_stall_s`` -> SshTransferTimeout. Commands run as root; a non-
 (:func:`controller.registration.guest.check_privilege` refuses a user without passwordless sudo up front), and its
 files are uploaded to a private temporary name, then moved into place as root.
 
-Host keys: this module accepts any key during the handshake; callers check it against the key recorded for the
-VM (trust on first use, bound to the VM's UUID: ``hostkeys.py``) before sending anything. Trust in the agent
+Host keys: the client (:func:`controller.ssh.client.open_client`) accepts any key during the handshake; callers
+check it against the key recorded for the VM (trust on first use, bound to the VM's UUID: ``hostkeys.py``) before
+sending anything. Trust in the agent
 afterwards rests on mutual TLS.
 """
 
@@ -29,6 +30,7 @@ from typing import BinaryIO
 import paramiko
 
 from controller.registration.exceptions import GuestCommandFailed, SshAuthFailed, SshTransferTimeout, SshUnreachable
+from controller.ssh.client import GUEST_SSH_PORT, open_client
 
 #: Seconds an SFTP request may go without an answer from the guest before the transfer is abandoned.
 SFTP_STALL_S = 60.0
@@ -41,7 +43,7 @@ class SshEndpoint:
     """Where and as whom to SSH into a guest."""
 
     host: str
-    port: int = 22
+    port: int = GUEST_SSH_PORT
     user: str = "root"
     key: str | None = None
 
@@ -216,25 +218,11 @@ def connect(endpoint: SshEndpoint, timeout: float = 20.0) -> SshSession:
     where = f"{endpoint.user}@{endpoint.host}:{endpoint.port}"
     if endpoint.key is not None and not Path(endpoint.key).is_file():
         raise SshAuthFailed(f"SSH key {endpoint.key} does not exist", details={"endpoint": where})
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
-        client.connect(
-            endpoint.host,
-            port=endpoint.port,
-            username=endpoint.user,
-            key_filename=endpoint.key,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            look_for_keys=endpoint.key is None,
-            allow_agent=endpoint.key is None,
-        )
+        client = open_client(endpoint.host, endpoint.port, endpoint.user, endpoint.key, timeout)
     except paramiko.AuthenticationException as exc:
-        client.close()
         raise SshAuthFailed(f"SSH to {where} refused the key: {exc}", details={"endpoint": where}) from exc
     except (OSError, paramiko.SSHException, EOFError) as exc:
-        client.close()
         msg = str(exc) or type(exc).__name__
         raise SshUnreachable(f"cannot SSH to {where}: {msg}", details={"endpoint": where}) from exc
     return SshSession(endpoint, client)

@@ -27,6 +27,7 @@ from typing import Any
 
 import libvirt
 
+from agent.contract import AGENT_PORT
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, VmRef
 from controller.restore import fsck, probes, sweep
@@ -35,11 +36,10 @@ from controller.restore.probes import Probe
 from controller.restore.restore import NewVmSpec, Restorer, RestoreResult
 from controller.restore.undo import Created
 from controller.settings import Settings
+from controller.ssh.client import GUEST_SSH_PORT
 from controller.vault import RecoveryPoint
 from controller.virt.connection import connection
 
-AGENT_PORT = 7470
-SSH_PORT = 22
 PREFIX = "vmb-bootcheck-"
 
 
@@ -198,7 +198,7 @@ class BootChecker:
         if command:
             user, key = self._ssh_identity(point)
             with run.phase("command"):
-                res.checks.append(probes.run_command(restored.ports[SSH_PORT], user, key, command, remaining))
+                res.checks.append(probes.run_command(restored.ports[GUEST_SSH_PORT], user, key, command, remaining))
 
     def _agent_expected(self, point: RecoveryPoint) -> bool:
         """True when the point's VM had the agent: registered now, or the backup talked to an agent."""

@@ -3,7 +3,7 @@
 What changes: name, UUID (fresh), MAC addresses (fresh, also on a ``-device ...`` NIC of our
 ``<qemu:commandline>``), disk sources (the restored files; backing stores dropped), serial/console log files,
 user-mode ``hostfwd`` ports (fresh 127.0.0.1 ports, same guest ports), explicit guest-agent socket paths
-and the NVRAM path (libvirt assigns new ones). Lab metadata (``controller.lab.metadata``) is rebuilt for the new
+and the NVRAM path (libvirt assigns new ones). Lab metadata (``controller.virt.metadata``) is rebuilt for the new
 VM: its SSH/agent ports, console, directory, and ``files`` listing only the restored VM's OWN files, so
 ``vmbackup lab destroy NEW`` removes those and never the original's.
 Nothing of the original's storage or host hardware stays attached: every disk the point does not hold (file, block
@@ -20,15 +20,15 @@ import uuid as uuid_mod
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from controller.lab import metadata as labmeta
-from controller.lab.exceptions import LabError
-from controller.lab.metadata import LabMetadata
+from agent.contract import AGENT_PORT
+from controller.ssh.client import GUEST_SSH_PORT
+from controller.virt import metadata as labmeta
 from controller.virt.domain import source_text
+from controller.virt.exceptions import LabMetadataInvalid
+from controller.virt.metadata import LabMetadata
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = labmeta.NS
-SSH_GUEST_PORT = 22
-AGENT_GUEST_PORT = 7470
 ET.register_namespace("qemu", QEMU_NS)
 
 #: hostfwd=tcp:127.0.0.1:HOSTPORT-:GUESTPORT (the guest address may be given or empty)
@@ -280,7 +280,7 @@ def _rewrite_lab_metadata(root: ET.Element, plan: RewritePlan, warnings: list[st
     meta.remove(old_el)
     try:
         old = labmeta.from_xml(ET.tostring(old_el, encoding="unicode"))
-    except LabError as e:  # dropping it is safe; keeping it would name the original's files and ports
+    except LabMetadataInvalid as e:  # dropping it is safe; keeping it would name the original's files and ports
         warnings.append(f"the point's lab metadata was unreadable and was dropped: {e.message}")
         return None
     files = [path for path, _fmt in plan.disks.values()]
@@ -288,11 +288,11 @@ def _rewrite_lab_metadata(root: ET.Element, plan: RewritePlan, warnings: list[st
         files.append(plan.console_log)
     new = LabMetadata(
         ssh_host="127.0.0.1",
-        ssh_port=plan.ports.get(SSH_GUEST_PORT, 0),
+        ssh_port=plan.ports.get(GUEST_SSH_PORT, 0),
         ssh_user=old.ssh_user,
         ssh_key=old.ssh_key,
         agent_host="127.0.0.1",
-        agent_port=plan.ports.get(AGENT_GUEST_PORT, 0),
+        agent_port=plan.ports.get(AGENT_PORT, 0),
         console_path=plan.console_log or "",
         files=tuple(files),
         vm_dir=plan.vm_dir,
@@ -303,7 +303,7 @@ def _rewrite_lab_metadata(root: ET.Element, plan: RewritePlan, warnings: list[st
     return new
 
 
-def isolate(xml: str, guest_ports: tuple[int, ...] = (SSH_GUEST_PORT, AGENT_GUEST_PORT)) -> str:
+def isolate(xml: str, guest_ports: tuple[int, ...] = (GUEST_SSH_PORT, AGENT_PORT)) -> str:
     """No network but user-mode hostfwd of guest_ports on 127.0.0.1 with restrict=on (ports filled in later).
 
     Drops every libvirt <interface> and any -netdev / -device ...netdev= pair of the qemu:commandline, then

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import paramiko
+
 from controller.agentclient import AgentAddress, controller_tls, open_agent
 from controller.errors import VmBackupError
 from controller.restore.exceptions import CheckCommandTimeout
 from controller.settings import Settings
+from controller.ssh.client import open_client
 
 #: a getty prompt ("debian login: ") or systemd reaching the multi-user / graphical target
 BOOTED_RE = re.compile(
@@ -112,24 +115,14 @@ def wait_for_ssh_port(port: int, timeout_s: float) -> bool:
 
 def run_command(port: int, user: str, key: Path, command: str, timeout_s: float) -> Probe:
     """Run the user's check command in the guest over SSH; ok on exit status 0 within ``timeout_s``."""
-    import paramiko
-
     t0 = time.monotonic()
     if not wait_for_ssh_port(port, timeout_s):
         return Probe("command", False, f"SSH on 127.0.0.1:{port} did not answer within {timeout_s:.0f} s")
-    client = paramiko.SSHClient()
-    # a throwaway VM: its host key is new by design
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:  # a throwaway VM: its host key is new by design
+        client = open_client("127.0.0.1", port, user, key, timeout=30.0)
+    except (paramiko.SSHException, OSError) as e:
+        return Probe("command", False, f"SSH failed: {e}")
     try:
-        client.connect(
-            "127.0.0.1",
-            port=port,
-            username=user,
-            key_filename=str(key),
-            timeout=30,
-            allow_agent=False,
-            look_for_keys=False,
-        )
         transport = client.get_transport()
         if transport is None:
             raise paramiko.SSHException("no SSH transport after connect")

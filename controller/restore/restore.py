@@ -26,13 +26,14 @@ import libvirt
 from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
-from controller.lab import ports as lab_ports
 from controller.restore import domainxml
 from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
 from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault, copy_out_disk, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
+from controller.ssh.client import GUEST_SSH_PORT
+from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
@@ -254,9 +255,9 @@ class Restorer:
         console = spec.pool_dir / "console.log"
         created.add_file(console)
         guest_ports = sorted(domainxml.hostfwds(xml))
-        with lab_ports.port_lock():  # held until defined, so a concurrent restore or lab create cannot take them
+        with virt_ports.port_lock():  # held until defined, so a concurrent restore or lab create cannot take them
             host_ports = (
-                lab_ports.pick_ports(len(guest_ports), avoid=lab_ports.ports_of_domains(lv)) if guest_ports else []
+                virt_ports.pick_ports(len(guest_ports), avoid=virt_ports.ports_of_domains(lv)) if guest_ports else []
             )
             plan = domainxml.RewritePlan(
                 name=spec.name,
@@ -286,7 +287,7 @@ class Restorer:
 
     def _ssh_command(self, point: RecoveryPoint, out: domainxml.RewriteResult) -> str:
         """`ssh ...` for the new VM: the lab metadata's user and key, else the registration's ('' if no SSH)."""
-        port = out.ports.get(domainxml.SSH_GUEST_PORT)
+        port = out.ports.get(GUEST_SSH_PORT)
         if not port:
             return ""
         user, key = "root", ""

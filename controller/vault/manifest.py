@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.contract import CONSISTENCY_LEVELS
 from controller.vault.exceptions import ManifestIdMismatch, ManifestInvalid
 
 #: 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256";
 #: 3: the point always has a SHA256SUMS covering manifest.json and domain.xml (see sums.py)
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-CONSISTENCY = ("APPLICATION", "FILE_SYSTEM", "CRASH")
 
 
 @dataclass
@@ -90,9 +90,9 @@ class Manifest:
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ManifestInvalid(f"manifest is missing or has a bad field: {e}") from e
-        if m.consistency not in CONSISTENCY:
+        if m.consistency not in CONSISTENCY_LEVELS:
             raise ManifestInvalid(
-                f"bad consistency {m.consistency!r} (expected one of {', '.join(CONSISTENCY)})"
+                f"bad consistency {m.consistency!r} (expected one of {', '.join(CONSISTENCY_LEVELS)})"
             )
         return m
 

@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.contract import CONSISTENCY_LEVELS
 from controller.vault import layout, qemuimg, sparse, sums
 from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError, VaultFull
 from controller.vault.manifest import (
-    CONSISTENCY,
     DiskRecord,
     Manifest,
     RecoveryPoint,
@@ -177,8 +177,8 @@ class PointWriter:
         """The manifest from the caller's fields (vm may be nested) plus what the writer knows."""
         vm = f.get("vm") or {}
         consistency = f.get("consistency")
-        if consistency not in CONSISTENCY:
-            raise InvalidVaultId(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+        if consistency not in CONSISTENCY_LEVELS:
+            raise InvalidVaultId(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
         uuid = layout.check_uuid(vm.get("uuid") or f.get("vm_uuid") or self.vm_uuid)
         if uuid != self.vm_uuid:
             raise InvalidVaultId(f"manifest VM uuid {uuid} does not match the point's VM {self.vm_uuid}")

@@ -12,6 +12,7 @@ Namespace ``http://vmbackup.local/xmlns/lab/1`` (prefix ``vmblab``)::
     </vmblab:lab>
 
 Every value is a whole attribute or text, so a restore can rewrite ports and paths by exact match.
+`vmbackup lab create` writes it; registration pre-checks read the endpoints from it; a restore rewrites it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from controller.lab.exceptions import LabError
+from controller.virt.exceptions import LabMetadataInvalid
 
 NS = "http://vmbackup.local/xmlns/lab/1"
 PREFIX = "vmblab"
@@ -75,12 +76,12 @@ def to_xml(meta: LabMetadata) -> str:
 
 
 def _find(root: ET.Element, tag: str) -> ET.Element:
-    """The child `tag` (namespaced or, as libvirt sometimes returns it, plain) or LabError."""
+    """The child `tag` (namespaced or, as libvirt sometimes returns it, plain) or LabMetadataInvalid."""
     el = root.find(_q(tag))
     if el is None:
         el = root.find(tag)
     if el is None:
-        raise LabError(f"lab metadata has no <{tag}> element")
+        raise LabMetadataInvalid(f"lab metadata has no <{tag}> element")
     return el
 
 
@@ -104,7 +105,7 @@ def from_xml(xml: str) -> LabMetadata:
             virt_type=root.get("virt-type", ""),
         )
     except ValueError as e:
-        raise LabError(f"lab metadata has a bad port: {e}") from e
+        raise LabMetadataInvalid(f"lab metadata has a bad port: {e}") from e
 
 
 def read(dom: libvirt.virDomain) -> LabMetadata | None:

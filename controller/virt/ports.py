@@ -1,9 +1,9 @@
-"""Host ports on 127.0.0.1 for lab VMs' forwarded SSH and agent ports.
+"""Host ports on 127.0.0.1 for the forwarded SSH and agent ports of lab, restored and boot-check VMs.
 
 A port is handed out only if nothing listens on it (bind check) and no libvirt domain forwards it (lab
 metadata or a ``hostfwd`` in its qemu:commandline). Callers hold :func:`port_lock` from allocation until the
-domain is defined, so two concurrent ``lab create`` runs (even from different VMBACKUP_HOMEs) never get the
-same port.
+domain is defined, so two concurrent ``lab create`` or restore runs (even from different VMBACKUP_HOMEs) never
+get the same port.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import libvirt
 
-from controller.lab.exceptions import NoFreePort
+from controller.virt.exceptions import NoFreePort
 
 LOCK_PATH = Path("/run/lock/vmbackup-lab-ports.lock")
 PORT_RANGE = (20000, 29999)  # below Linux's ephemeral range, so outgoing connections do not take them

@@ -13,9 +13,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from controller.lab import host, metadata, ports, vms
+from controller.lab import host, vms
 from controller.lab.exceptions import InsufficientSpace, LabVmExists, NotALabVm
 from controller.settings import Settings
+from controller.virt import metadata, ports
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab import domain, host, metadata, ports, recipe, rootfs, sshkey, vms
-from controller.lab.exceptions import LabNameInvalid, NoFreePort, VirtTypeInvalid
-from controller.lab.metadata import LabMetadata
+from controller.lab import domain, host, recipe, rootfs, sshkey, vms
+from controller.lab.exceptions import LabNameInvalid, VirtTypeInvalid
 from controller.restore.domainxml import hostfwds
+from controller.ssh.client import fingerprint
+from controller.virt import metadata, ports
+from controller.virt.exceptions import NoFreePort
+from controller.virt.metadata import LabMetadata
 
 META = LabMetadata(
     ssh_host="127.0.0.1", ssh_port=22001, ssh_user="root", ssh_key="/x/lab/ssh/id_ed25519",
@@ -138,7 +141,7 @@ def test_ssh_key_generated_once_and_loadable(tmp_path: Path) -> None:
     assert sshkey.ensure_key(path) == pub  # not regenerated
     key = paramiko.Ed25519Key.from_private_key_file(str(path))
     assert f"{key.get_name()} {key.get_base64()}" == " ".join(pub.split()[:2])
-    assert sshkey.fingerprint(pub) == "SHA256:" + key.fingerprint.split(":", 1)[1]
+    assert fingerprint(pub) == "SHA256:" + key.fingerprint.split(":", 1)[1]
 
 
 def test_apt_mirror_from_deb822_and_one_line(tmp_path: Path) -> None:

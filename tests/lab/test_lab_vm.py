@@ -12,8 +12,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from controller.lab import image, ports
+from controller.lab import image
 from controller.settings import Settings
+from controller.virt import ports
 
 GiB = 1 << 30
 pytestmark = pytest.mark.vm

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid as uuid_mod
 import xml.etree.ElementTree as ET
 
-from controller.lab import metadata as labmeta
-from controller.lab.metadata import LabMetadata
 from controller.restore import domainxml
 from controller.restore.domainxml import LAB_NS, QEMU_NS, RewritePlan
+from controller.virt import metadata as labmeta
+from controller.virt.metadata import LabMetadata
 
 LAB = labmeta.to_xml(
     LabMetadata(

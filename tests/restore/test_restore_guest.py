@@ -33,8 +33,6 @@ import pytest
 
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
 from controller.errors import VmBackupError
-from controller.lab import metadata as labmeta
-from controller.lab.ports import bind_free
 from controller.lab.sshexec import run as ssh_run
 from controller.lab.sshexec import wait_for_ssh
 from controller.registration.register import RegisterOptions, Registrar
@@ -44,6 +42,8 @@ from controller.restore.restore import Restorer
 from controller.settings import Settings
 from controller.vault import Vault, new_point_id, sums
 from controller.vault.sparse import stream
+from controller.virt import metadata as labmeta
+from controller.virt.ports import bind_free
 
 pytestmark = pytest.mark.vm
 
