@@ -30,9 +30,9 @@ from controller.restore import domainxml
 from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
 from controller.restore.undo import Created
 from controller.settings import Settings
+from controller.ssh.client import GUEST_SSH_PORT
 from controller.vault import RecoveryPoint, Vault, copy_out_disk, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
-from controller.ssh.client import GUEST_SSH_PORT
 from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
 
