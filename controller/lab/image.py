@@ -9,7 +9,6 @@ Loop devices and mounts are released on every path out.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from controller.lab.diskutil import allocated_bytes, loop_device, mounted, requi
 from controller.lab.exceptions import ImageBuildFailed, ImageMissing
 from controller.lab.proc import run
 from controller.lab.recipe import Recipe, recipe_hash
+from controller.locks import flocked
 from controller.settings import Settings
 from controller.ssh.client import fingerprint
 
@@ -93,12 +93,8 @@ def ensure_image(
 @contextlib.contextmanager
 def _build_lock(cache: Path) -> Iterator[None]:
     """An exclusive flock on CACHE/.build.lock."""
-    with open(cache / ".build.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with flocked(cache / ".build.lock"):
+        yield
 
 
 def build(recipe: Recipe, pubkey: str, dest: Path, progress: Progress) -> None:

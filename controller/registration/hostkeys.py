@@ -13,7 +13,6 @@ keeps forwarded ports and DHCP addresses that get reused by other VMs from causi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 import paramiko
 
+from controller.locks import flocked
 from controller.registration.exceptions import SshHostKeyChanged
 from controller.settings import Settings
 from controller.ssh.client import fingerprint as key_line_fingerprint
@@ -51,8 +51,7 @@ class HostKeyStore:
     def _locked(self) -> Iterator[dict[str, Any]]:
         """The current entries, locked against threads and other controller processes; written back on exit."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with _thread_lock, open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _thread_lock, flocked(self.path.with_suffix(".lock")):
             entries: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
             before = json.dumps(entries, sort_keys=True)
             yield entries

@@ -7,14 +7,13 @@ directory whose lock can be taken belongs to no live process: its domain and fil
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 
+from controller.locks import flocked
 from controller.restore.undo import remove_domain
 
 
@@ -24,13 +23,11 @@ def hold(lock: Path) -> Iterator[None]:
     if not lock.parent.is_dir():  # the boot-check root: QEMU must pass through it (see restore.VM_DIR_MODE)
         lock.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
         lock.parent.chmod(0o711)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
+    with flocked(lock, mode=0o600):
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def sweep(root: Path, conn: libvirt.virConnect, prefix: str) -> list[str]:
@@ -41,17 +38,13 @@ def sweep(root: Path, conn: libvirt.virConnect, prefix: str) -> list[str]:
     for d in sorted(root.iterdir()):
         if not d.name.startswith(prefix) or d.suffix == ".lock":
             continue
-        fd = os.open(root / f"{d.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a live boot-check owns it
-        try:
-            remove_domain(conn, d.name)
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d.name)
-        finally:
-            (root / f"{d.name}.lock").unlink(missing_ok=True)
-            os.close(fd)
+        with flocked(root / f"{d.name}.lock", blocking=False, mode=0o600) as held:
+            if not held:
+                continue  # a live boot-check owns it
+            try:
+                remove_domain(conn, d.name)
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+            finally:
+                (root / f"{d.name}.lock").unlink(missing_ok=True)
     return removed

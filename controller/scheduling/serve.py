@@ -34,7 +34,6 @@ Usage::
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -48,7 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from controller import db
+from controller import db, locks
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore
 from controller.policies.exceptions import PolicyNotFound
@@ -161,13 +160,11 @@ class Server:
         """flock the serve lock file (one serve per home) and write our pid into it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")  # noqa: SIM115  (held open for the life of the process)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not locks.acquire(f.fileno(), blocking=False):
             f.seek(0)
             other = f.read().strip() or "?"
             f.close()
-            raise ServeAlreadyRunning(f"vmbackup serve already runs for {self.settings.home} (pid {other})") from None
+            raise ServeAlreadyRunning(f"vmbackup serve already runs for {self.settings.home} (pid {other})")
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

@@ -27,15 +27,14 @@ without SHA256SUMS is an error (deleting the file does not downgrade the check).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.locks import flocked
 from controller.vault import layout
 from controller.vault.exceptions import MetadataMismatch
 from controller.vault.manifest import Manifest, manifest_bytes, write_file_durable
@@ -130,12 +129,8 @@ def seal(pdir: Path) -> None:
 @contextlib.contextmanager
 def point_lock(pdir: Path) -> Iterator[None]:
     """flock on the point directory: one manifest rewrite at a time per point, across processes."""
-    fd = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(pdir, directory=True):
         yield
-    finally:
-        os.close(fd)
 
 
 def rewrite_manifest(pdir: Path, m: Manifest) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
+from controller.locks import flocked
 from controller.vault import digest, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
     InvalidVaultId,
@@ -292,17 +292,12 @@ class Vault:
             for pd in sorted(vd.iterdir()):
                 if not pd.name.startswith(layout.TMP_PREFIX) or pd.is_symlink() or not pd.is_dir():
                     continue
-                fd = os.open(pd, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                with flocked(pd, directory=True, blocking=False) as held:
+                    if not held:
                         continue  # a live writer
                     found.append(pd)
                     if not dry_run:
                         shutil.rmtree(pd)
-                finally:
-                    os.close(fd)
         return found
 
     def usage(self) -> dict[str, Any]:

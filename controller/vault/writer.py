@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import fcntl
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.contract import CONSISTENCY_LEVELS
+from controller import locks
 from controller.vault import layout, qemuimg, sparse, sums
 from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError, VaultFull
 from controller.vault.manifest import (
@@ -49,8 +49,8 @@ class PointWriter:
             fsync_dir(root)  # the new VM directory's entry must survive a crash too
         (self.tmp / layout.DISKS_DIR).mkdir(mode=0o700, parents=True)
         # flock on the directory itself: remove_partials() skips a .tmp dir whose writer is alive.
-        self._lock_fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_fd = locks.open_fd(self.tmp, directory=True)
+        locks.acquire(self._lock_fd)
         self.disks: list[DiskRecord] = []
         self.published: RecoveryPoint | None = None
         self._aborted = False

@@ -9,7 +9,6 @@ get the same port.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import random
 import re
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import libvirt
 
+from controller.locks import flocked
 from controller.virt.exceptions import NoFreePort
 
 LOCK_PATH = Path("/run/lock/vmbackup-lab-ports.lock")
@@ -74,9 +74,5 @@ def port_lock(path: Path = LOCK_PATH) -> Iterator[None]:
     """A host-wide exclusive lock for port allocation (held until the domain using the ports is defined)."""
     if not path.parent.is_dir():
         path = Path("/tmp") / path.name
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with flocked(path):
+        yield
