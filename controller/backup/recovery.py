@@ -21,7 +21,7 @@ from controller.agentclient import open_agent
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
 from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
-from controller.backup.snapshot import commit_back, overlay_path
+from controller.backup.snapshot import active_path, commit_back, overlay_path
 from controller.errors import VmBackupError
 from controller.registration.store import get_registration
 from controller.settings import Settings
@@ -75,7 +75,7 @@ def put_back(
 
 def _put_back_live(dom: libvirt.virDomain, target: str, ovl: str, base: str, report: RecoveryReport) -> None:
     """Active commit + pivot when the running VM writes to this job's overlay; then delete it if nothing names it."""
-    now_on = next((d.path for d in disks(dom) if d.target == target), None)
+    now_on = active_path(dom, target)
     if now_on is not None and os.path.realpath(now_on) == os.path.realpath(ovl):
         commit_back(dom, target, base)
         report.committed.append(f"{dom.name()}:{target}")
