@@ -27,8 +27,8 @@ demo: setup ## lab VM -> the furthest end-to-end story that exists today
 test: setup ## the whole suite, real VMs included
 	@bash scripts/run-tests.sh $(PY)
 
-test-fast: setup ## only what needs no VM
-	@$(PY) -m pytest -q -m 'not vm' tests
+test-fast: setup ## only what needs neither a VM nor libvirtd
+	@$(PY) -m pytest -q -m 'not vm and not libvirt' tests
 
 lint: venv
 	@$(VENV)/bin/ruff check controller agent tests bench

@@ -54,8 +54,8 @@ LAB_PREFIX = f"t{os.getpid()}-"
 from controller import settings as settings_mod  # noqa: E402  (after the environment is set)
 from controller.lab import host, image, sshkey, vms  # noqa: E402
 from controller.lab.exceptions import LabError, LabSshTimeout  # noqa: E402
-from controller.virt.metadata import LabMetadata  # noqa: E402
 from controller.lab.sshexec import run as ssh_run  # noqa: E402
+from controller.virt.metadata import LabMetadata  # noqa: E402
 from tests.fixtures_registration import registered_vm  # noqa: E402, F401  (session fixture built on lab_vm)
 from tests.timing_plugin import (  # noqa: E402, F401  (hooks: per-module times, VM fixtures imply the vm mark)
     pytest_collection_modifyitems,

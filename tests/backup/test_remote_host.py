@@ -71,6 +71,7 @@ def _engine_on(monkeypatch: pytest.MonkeyPatch, settings: Any, host_uuid: str) -
     return eng, dom
 
 
+@pytest.mark.libvirt
 def test_a_vm_on_another_host_is_refused_before_anything_is_touched(
     monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
@@ -102,6 +103,7 @@ def test_the_local_host_passes_the_check(monkeypatch: pytest.MonkeyPatch, settin
     eng.close()
 
 
+@pytest.mark.libvirt
 def test_a_real_local_connection_is_this_host(settings: Any) -> None:
     """The real connection of the configured URI (this machine's libvirtd) is recognised as local."""
     conn = libvirt.open(settings.uri)

@@ -21,6 +21,8 @@ from controller.cli.main import main
 from controller.registration import store as regstore
 from controller.vault.vault import Vault
 
+pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
+
 
 def netdisk_xml(name: str, root_disk: Path) -> str:
     """A small shut-off domain: a file disk, an rbd disk, a 9p share and a cdrom."""

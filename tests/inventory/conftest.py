@@ -1,7 +1,8 @@
 """Fixtures of the inventory tests: a private state dir, real libvirt, and two tiny defined (never started) domains.
 
 Defining a domain is slow on this host (libvirtd re-probes QEMU's capabilities on each define: 30-100 s), so the
-two domains are defined once per module and shared; the test that undefines one runs last.
+two domains are defined once per module and shared (never undefined by a test); the test that needs a domain to
+disappear gets its own (``doomed``).
 """
 
 from __future__ import annotations
@@ -79,3 +80,14 @@ def domains(lv: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) ->
         for dom in made:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
+
+
+@pytest.fixture
+def doomed(lv: libvirt.virConnect, domains: InvDomains) -> Iterator[libvirt.virDomain]:
+    """A third defined domain (vda qcow2 64 MiB, 4 MiB written) that the test may undefine; gone afterwards."""
+    dom = _define(lv, domains.prefix + "doomed", domains.dir, [("vda", "qcow2", 64, 4)])
+    try:
+        yield dom
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()

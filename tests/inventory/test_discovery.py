@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from controller import db
@@ -19,6 +20,8 @@ from controller.jobs.store import JobStore
 from controller.settings import Settings
 from controller.virt.exceptions import HypervisorUnreachable
 from tests.inventory.helpers import URI, InvDomains, MiB
+
+pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
 
 
 def _mine(vms: list[VmInfo], prefix: str) -> dict[str, VmInfo]:
@@ -151,11 +154,13 @@ def test_cli_discover_refused_while_one_runs(cfg: Settings, capsys: pytest.Captu
     assert main(["discover", "--host", URI]) == 0  # the lock went with the cancelled job
 
 
-def test_zz_undefined_domain_is_marked_gone(conn: sqlite3.Connection, domains: InvDomains) -> None:
-    """Runs last in this module: it undefines `one`."""
+def test_undefined_domain_is_marked_gone(
+    conn: sqlite3.Connection, domains: InvDomains, doomed: libvirt.virDomain
+) -> None:
+    """A domain undefined between two discoveries is marked gone; the shared ones stay."""
     first = _mine(discover_host(conn, URI).vms, domains.prefix)
-    a, b = first["one"], first["two"]
-    domains.one.undefine()
+    a, b = first["doomed"], first["two"]
+    doomed.undefine()
     res = discover_host(conn, URI)
     assert a.uuid in res.gone and a.uuid not in {v.uuid for v in res.vms}
     assert not (set(res.new) & {a.uuid, b.uuid})

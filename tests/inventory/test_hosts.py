@@ -37,6 +37,7 @@ def test_remove_unknown_host(conn: sqlite3.Connection) -> None:
     assert ei.value.code == "HOST_NOT_FOUND"
 
 
+@pytest.mark.libvirt
 def test_host_cli(conn: sqlite3.Connection, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["host", "add", "qemu:///system", "--name", "here", "--json"]) == 0  # checks the local libvirtd
     assert json.loads(capsys.readouterr().out)["name"] == "here"

@@ -51,6 +51,7 @@ def test_cli_not_enough_space(settings: Settings, lab_prefix: str) -> None:
     assert not (settings.lab_dir / "vms" / name).exists()
 
 
+@pytest.mark.libvirt
 def test_library_space_check_creates_nothing(settings: Settings, lab_prefix: str) -> None:
     host.ensure_daemons(settings.uri)
     with pytest.raises(InsufficientSpace):
@@ -73,6 +74,7 @@ def plain_domain(settings: Settings, lab_prefix: str):  # type: ignore[no-untype
     conn.close()
 
 
+@pytest.mark.libvirt
 def test_existing_name_and_non_lab_destroy_refused(settings: Settings, plain_domain: str) -> None:
     assert_one_line_error(cli("lab", "create", plain_domain, "--no-wait"), "LAB_VM_EXISTS")
     with pytest.raises(LabVmExists):

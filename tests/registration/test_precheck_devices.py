@@ -17,6 +17,8 @@ from controller.backup.exceptions import UnsupportedDisk
 from controller.registration.exceptions import VmNotRunning
 from controller.registration.register import RegisterOptions, Registrar
 
+pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
+
 
 @pytest.fixture
 def iscsi_vm(settings: Any, lab_prefix: str) -> Iterator[str]:

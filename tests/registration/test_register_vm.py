@@ -72,6 +72,7 @@ def _code(exc: pytest.ExceptionInfo[VmBackupError]) -> str:
 
 
 @pytest.mark.root
+@pytest.mark.libvirt
 def test_six_data_disks_reported_before_state(defined_domain: Any) -> None:
     name = defined_domain(7)  # OS disk + 6 data disks, shut off
     with pytest.raises(VmBackupError) as exc:
@@ -85,6 +86,7 @@ def test_six_data_disks_reported_before_state(defined_domain: Any) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.libvirt
 def test_shut_off_vm_is_refused(defined_domain: Any) -> None:
     name = defined_domain(2)
     with pytest.raises(VmBackupError) as exc:
@@ -94,6 +96,7 @@ def test_shut_off_vm_is_refused(defined_domain: Any) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.libvirt
 def test_no_endpoint_anywhere_is_a_clear_error(defined_domain: Any) -> None:
     """No flag, no lab metadata and no lease or ARP entry in libvirt: SSH_ENDPOINT_UNKNOWN names all three."""
     name = defined_domain(1)

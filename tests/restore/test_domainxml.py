@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid as uuid_mod
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from controller.restore import domainxml
 from controller.restore.domainxml import LAB_NS, QEMU_NS, RewritePlan
 from controller.virt import metadata as labmeta
@@ -133,6 +135,7 @@ def test_no_lab_metadata_stays_without() -> None:
     assert out.lab is None and LAB_NS not in out.xml and not out.warnings
 
 
+@pytest.mark.libvirt
 def test_libvirt_accepts_a_rewritten_lab_domain_and_its_metadata() -> None:
     """Define (never start) the rewrite of a real lab domain XML; libvirt hands back the new lab metadata."""
     import libvirt

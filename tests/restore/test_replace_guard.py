@@ -23,6 +23,8 @@ from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault
 from tests.restore import restore_synth as synth
 
+pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
+
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -20,6 +20,8 @@ from controller.settings import Settings
 from controller.vault import RecoveryPoint, Vault
 from tests.restore import restore_synth as synth
 
+pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
+
 
 @pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
 def umask(request: pytest.FixtureRequest) -> Iterator[int]:
