@@ -6,18 +6,29 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from controller.jobs.exceptions import JobCancelled
 
-if TYPE_CHECKING:
-    from controller.jobs.store import JobStore
+
+class RunRecorder(Protocol):
+    """What a JobRun writes through: the part of controller.jobs.store.JobStore it uses (no import of it here)."""
+
+    def _phase_begin(self, job_id: str, name: str) -> int: ...
+
+    def _phase_end(self, job_id: str, seq: int, state: str, duration_s: float, nbytes: int | None) -> None: ...
+
+    def _add_bytes(self, job_id: str, n: int) -> None: ...
+
+    def _set_details(self, job_id: str, details_json: str) -> None: ...
+
+    def _cancel_requested(self, job_id: str) -> bool: ...
 
 
 class JobRun:
     """A running job; obtained from ``JobStore.run(job_id)`` (see controller.jobs.store for the usage)."""
 
-    def __init__(self, store: JobStore, job_id: str, details: dict[str, Any]):
+    def __init__(self, store: RunRecorder, job_id: str, details: dict[str, Any]):
         self.store = store
         self.job_id = job_id
         self.details: dict[str, Any] = dict(details)
