@@ -161,7 +161,8 @@ def _agent_ready(vm: BenchVm, settings: Settings, reg: Registration) -> bool:
 def register(settings: Settings, vm: BenchVm) -> None:
     """Install the vmbackup agent in the VM for real (over SSH); record how long it took."""
     t0 = time.monotonic()
-    Registrar(settings).register(vm.name, RegisterOptions(ssh_wait_s=120))
+    with Registrar(settings) as registrar:
+        registrar.register(vm.name, RegisterOptions(ssh_wait_s=120))
     vm.register_seconds = time.monotonic() - t0
 
 

@@ -19,7 +19,8 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
     checks, boots_in_check, passed = [], [], []
     for _ in range(reps):
         drop_caches()
-        r = BootChecker(settings).run(point)
+        with BootChecker(settings) as checker:
+            r = checker.run(point)
         checks.append(r.duration_s)
         passed.append(r.passed)
         if r.boot_seconds is not None:

@@ -9,18 +9,20 @@ from bench.common import allocated, apparent
 from controller.backup.engine import BackupEngine, BackupRequest
 from controller.jobs.store import JobStore
 from controller.settings import Settings
-from controller.vault import Vault
+from controller.state import open_state
 
 
 def backup_once(settings: Settings, vm: str, keep: bool) -> dict[str, Any]:
     """Run BackupEngine once; return its numbers; delete the point unless keep."""
-    t0 = time.monotonic()
-    res = BackupEngine(settings).run(BackupRequest(vm=vm))
-    wall = time.monotonic() - t0
-    vault = Vault(settings.vault)
+    with open_state(settings) as st:
+        t0 = time.monotonic()
+        with BackupEngine(st) as engine:
+            res = engine.run(BackupRequest(vm=vm))
+        wall = time.monotonic() - t0
+        vault = st.vault
+        phases = {p.name: p.duration_s or 0.0 for p in JobStore(st.db).get(res.job_id).phases}
     point = vault.get_point(res.point_id)
     pdir = vault.point_path(point)
-    phases = {p.name: p.duration_s or 0.0 for p in JobStore.open(settings.db_path).get(res.job_id).phases}
     out = {
         "wall_s": wall,
         # the job's own phase timings: the Freeze RPC (guest sync + FIFREEZE + hooks), the libvirt snapshot

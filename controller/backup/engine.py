@@ -8,7 +8,7 @@ Running VM::
 Nothing slow happens while the guest is frozen: the window spans two gRPC calls and one libvirt snapshot, whatever
 the disk size. A shut-off VM is copied directly and recorded CRASH-consistent. Usage::
 
-    engine = BackupEngine(settings)
+    engine = BackupEngine(state)         # a State (borrowed), or Settings (opens one; close() or `with`)
     result = engine.run(BackupRequest(vm="web1"))
     print(result.point_id, result.consistency, result.freeze_window_ms)
 
@@ -40,7 +40,8 @@ from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
-from controller.vault.vault import PointWriter, Vault, new_point_id
+from controller.state import State, StateUser
+from controller.vault.vault import PointWriter, new_point_id
 from controller.virt.connection import connection, is_this_host, lookup
 from controller.virt.domain import Disk, state_name
 
@@ -78,32 +79,33 @@ class BackupResult:
     warnings: list[str] = field(default_factory=list)
 
 
-class BackupEngine:
+class BackupEngine(StateUser):
     """Runs backups against the state DB, the vault and libvirt named by the settings."""
 
-    def __init__(self, settings: Settings, progress: Progress | None = None):
-        self.settings = settings
-        self.conn = db.connect(settings.db_path)  # jobs: WAL + synchronous=NORMAL, no fsync per commit
+    def __init__(self, source: Settings | State, progress: Progress | None = None):
+        state = self._use_state(source)
+        self.settings = settings = state.settings
+        self.conn = state.db  # jobs: WAL + synchronous=NORMAL, no fsync per commit
         self.jobs = JobStore(self.conn)
         # intent records must survive a crash right after they are written: their own connection fsyncs each commit
         # (the WAL is shared, so that fsync also makes every earlier job row durable)
         self.intent_conn = db.connect(settings.db_path)
         self.intent_conn.execute("PRAGMA synchronous=FULL")
         self.intents = IntentStore(self.intent_conn)
-        self.vault = Vault(settings.vault)
+        self.vault = state.vault
         self.progress = progress
         self._recovered = False
 
     def close(self) -> None:
-        """Close the engine's database connections (a long-running caller makes one engine per backup)."""
-        self.conn.close()
+        """Close the intents' connection, and the State if the engine opened it (one engine per backup in serve)."""
         self.intent_conn.close()
+        super().close()
 
     def run(self, req: BackupRequest) -> BackupResult:
         """Back up one VM as a job; raises the job's error if it fails."""
         uri = req.host_uri or self.settings.uri
         if not self._recovered:  # a controller that died mid-backup left intents: put those VMs back first
-            recover(self.settings)
+            recover(self.state)
             self._recovered = True
         with connection(uri) as lv:
             dom = lookup(lv, req.vm)

@@ -5,18 +5,18 @@ step was reached and whether the VM still runs or was shut off since, the VM (li
 original disk files with every guest write merged in and no overlay left, the guest is thawed, and no partial
 recovery point remains. Usage at start-up::
 
-    report = recover(settings)      # idempotent; safe to run while no backup is running
+    report = recover(settings)      # or recover(state); idempotent; safe to run while no backup is running
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
-from controller import db
 from controller.agentclient import open_agent
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
@@ -25,6 +25,7 @@ from controller.backup.snapshot import active_path, commit_back, overlay_path
 from controller.errors import VmBackupError
 from controller.registration.store import get_registration
 from controller.settings import Settings
+from controller.state import State, using
 from controller.virt.connection import connection
 from controller.virt.domain import Disk, disks
 
@@ -108,7 +109,13 @@ def _format_in(ds: list[Disk], target: str) -> str | None:
     return next((d.format for d in ds if d.target == target), None)
 
 
-def recover(settings: Settings) -> RecoveryReport:
+def recover(source: Settings | State) -> RecoveryReport:
+    """Finish or undo every backup whose controller died (see :func:`_recover`), on a State or opening one."""
+    with using(source) as st:
+        return _recover(st)
+
+
+def _recover(st: State) -> RecoveryReport:
     """Finish or undo every backup whose controller died; mark their jobs failed (CONTROLLER_RESTARTED).
 
     Each VM is put back inside a ``recover`` job holding the VM's operation lock, so no other job (a new backup, a
@@ -116,11 +123,10 @@ def recover(settings: Settings) -> RecoveryReport:
     put-back fails is kept, so the next ``vmbackup recover`` retries it.
     """
     from controller.jobs.store import JobStore, VmRef
-    from controller.vault.vault import Vault
 
     report = RecoveryReport()
-    conn = db.connect(settings.db_path)
-    intents, jobs, vault = IntentStore(conn), JobStore(conn), Vault(settings.vault)
+    settings, conn = st.settings, st.db
+    intents, jobs, vault = IntentStore(conn), JobStore(conn), st.vault
     for intent in intents.pending():
         if jobs.is_owner_alive(intent.job_id):
             continue  # a live controller is running this backup right now
@@ -128,7 +134,7 @@ def recover(settings: Settings) -> RecoveryReport:
             job = jobs.create("recover", vm=VmRef(uuid=intent.vm_uuid, name=intent.vm_name, host_uri=intent.host_uri))
             with jobs.run(job.id) as run:
                 run.detail("recovers_job", intent.job_id)
-                _recover_one(settings, intent, report)
+                _recover_one(settings, conn, intent, report)
                 vault.remove_partials(intent.vm_uuid)
             report.removed_partials.append(intent.vm_uuid)
             intents.done(intent.job_id)
@@ -138,24 +144,23 @@ def recover(settings: Settings) -> RecoveryReport:
     return report
 
 
-def _recover_one(settings: Settings, intent: Intent, report: RecoveryReport) -> None:
+def _recover_one(settings: Settings, conn: sqlite3.Connection, intent: Intent, report: RecoveryReport) -> None:
     """Thaw the guest if it may still be frozen, then merge this job's overlays back (live or offline)."""
     with connection(intent.host_uri) as lv:
         try:
             dom = lv.lookupByUUIDString(intent.vm_uuid)
         except libvirt.libvirtError:
             return  # the VM is gone; nothing to put back (its overlays stay on disk, unmerged)
-        if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, intent):
+        if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, conn, intent):
             report.thawed.append(intent.vm_name)
         put_back(dom, intent.originals, intent.job_id, report, overlay_dir(settings.home, intent.vm_uuid))
 
 
-def _thaw(settings: Settings, intent: Intent) -> bool:
+def _thaw(settings: Settings, conn: sqlite3.Connection, intent: Intent) -> bool:
     """Ask the agent to thaw with the recorded token; the agent's watchdog has usually done it already."""
     token = intent.freeze_token
     if token is None:
         return False
-    conn = db.connect(settings.db_path)
     reg = get_registration(conn, intent.vm_uuid)
     if reg is None:
         return False

@@ -9,10 +9,10 @@ import sys
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from agent.contract import CONSISTENCY_LEVELS
-from controller import settings as settings_mod
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
 from controller.cli import output
 from controller.errors import VmBackupError
+from controller.state import open_state
 
 
 def _print_result(r: BackupResult) -> None:
@@ -29,11 +29,10 @@ def _print_result(r: BackupResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Back up each VM in turn; exit 2 if any failed."""
-    s = settings_mod.load()
     show = sys.stdout.isatty() and not args.json
     results: list[dict[str, object]] = []
     failed = 0
-    with Progress(
+    with open_state() as st, Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not show
     ) as bar:
         tasks: dict[str, TaskID] = {}
@@ -43,23 +42,23 @@ def run(args: argparse.Namespace) -> int:
                 tasks[target] = bar.add_task(f"copy {target}", total=total)
             bar.update(tasks[target], completed=done)
 
-        engine = BackupEngine(s, progress=progress)
-        for vm in args.vms:
-            tasks.clear()
-            req = BackupRequest(
-                vm=vm, host_uri=args.host, min_consistency=args.require, exclude_disks=tuple(args.exclude_disk)
-            )
-            try:
-                r = engine.run(req)
-            except VmBackupError as e:
-                failed += 1
-                results.append({"vm": vm, "error": e.to_dict()})
+        with BackupEngine(st, progress=progress) as engine:
+            for vm in args.vms:
+                tasks.clear()
+                req = BackupRequest(
+                    vm=vm, host_uri=args.host, min_consistency=args.require, exclude_disks=tuple(args.exclude_disk)
+                )
+                try:
+                    r = engine.run(req)
+                except VmBackupError as e:
+                    failed += 1
+                    results.append({"vm": vm, "error": e.to_dict()})
+                    if not args.json:
+                        output.error(e)
+                    continue
+                results.append(dataclasses.asdict(r))
                 if not args.json:
-                    output.error(e)
-                continue
-            results.append(dataclasses.asdict(r))
-            if not args.json:
-                _print_result(r)
+                    _print_result(r)
     if args.json:
         output.print_json(results)
     return 2 if failed else 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from controller import settings as settings_mod
 from controller.cli import output
 from controller.errors import VmBackupError
+from controller.state import open_state
 
 
 def run(args: argparse.Namespace) -> int:
@@ -14,7 +14,8 @@ def run(args: argparse.Namespace) -> int:
     from controller.restore.bootcheck import BootChecker
 
     try:
-        res = BootChecker(settings_mod.load()).run(args.point, args.timeout, args.check_command, args.host)
+        with open_state() as st, BootChecker(st) as checker:
+            res = checker.run(args.point, args.timeout, args.check_command, args.host)
     except VmBackupError as e:
         if e.code == "BOOT_CHECK_FAILED" and not args.json:
             _show(e.details)

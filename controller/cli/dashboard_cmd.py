@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from controller import settings as settings_mod
 from controller.cli import output
 from controller.dashboard import Dashboard, build
 from controller.dashboard.model import age_text
+from controller.state import open_state
 
 
 def _mib(n: int | None) -> str:
@@ -53,7 +53,8 @@ def _render(d: Dashboard) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dashboard and print it."""
-    d = build(settings_mod.load())
+    with open_state() as st:
+        d = build(st)
     if args.json:
         output.print_json(d.to_dict())
     else:

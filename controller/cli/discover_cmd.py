@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller import db, settings
 from controller.cli import output
 from controller.cli.vms_cmd import disk_summary
 from controller.errors import VmBackupError
 from controller.inventory.discovery import DiscoveryResult, discover_host
 from controller.inventory.hosts import list_hosts, validate_uri
+from controller.state import open_state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,18 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     """Discover each host; report per host; exit 2 if a host failed."""
-    s = settings.load()
-    conn = db.connect(s.db_path)
-    uris = [validate_uri(args.host)] if args.host else [h.uri for h in list_hosts(conn, s.uri)]
     results: list[DiscoveryResult] = []
     errors: list[tuple[str, VmBackupError]] = []
-    for uri in uris:
-        try:
-            results.append(discover_host(conn, uri))
-        except VmBackupError as e:
-            if len(uris) == 1:
-                raise
-            errors.append((uri, e))
+    with open_state() as st:
+        uris = [validate_uri(args.host)] if args.host else [h.uri for h in list_hosts(st.db, st.settings.uri)]
+        for uri in uris:
+            try:
+                results.append(discover_host(st.db, uri))
+            except VmBackupError as e:
+                if len(uris) == 1:
+                    raise
+                errors.append((uri, e))
     if args.json:
         out = {"hosts": [r.to_dict() for r in results], "errors": [{"host_uri": u, **x.to_dict()} for u, x in errors]}
         output.print_json(out)

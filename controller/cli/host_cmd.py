@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from controller import db, settings
 from controller.cli import output
 from controller.inventory.hosts import add_host, list_hosts, remove_host, validate_uri
 from controller.inventory.store import list_vms
+from controller.state import open_state
 from controller.virt.connection import connection
 
 
@@ -36,7 +36,8 @@ def run_add(args: argparse.Namespace) -> int:
     if not args.no_check:
         with connection(args.uri) as lv:
             lv.getLibVersion()
-    host = add_host(db.connect(settings.load().db_path), args.uri, args.name)
+    with open_state() as st:
+        host = add_host(st.db, args.uri, args.name)
     if args.json:
         output.print_json(host.to_dict())
     else:
@@ -46,10 +47,9 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Show the hosts with how many VMs each has in the inventory."""
-    s = settings.load()
-    conn = db.connect(s.db_path)
-    hosts = list_hosts(conn, s.uri)
-    counts = {h.uri: len(list_vms(conn, host_uri=h.uri, include_gone=False)) for h in hosts}
+    with open_state() as st:
+        hosts = list_hosts(st.db, st.settings.uri)
+        counts = {h.uri: len(list_vms(st.db, host_uri=h.uri, include_gone=False)) for h in hosts}
     if args.json:
         output.print_json([{**h.to_dict(), "vms": counts[h.uri]} for h in hosts])
         return 0
@@ -60,7 +60,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     """Remove a host."""
-    remove_host(db.connect(settings.load().db_path), args.uri)
+    with open_state() as st:
+        remove_host(st.db, args.uri)
     if args.json:
         output.print_json({"removed": args.uri})
     else:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.table import Table
 
-from controller import db, settings
 from controller.cli import output
 from controller.cli.vms_cmd import size
 from controller.jobs.model import JOB_STATES, JOB_TYPES, Job, parse_duration
 from controller.jobs.store import JobStore
+from controller.state import open_state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,9 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cancel.set_defaults(func=run_cancel)
 
 
-def _store() -> JobStore:
-    """The job store of this controller's state database."""
-    return JobStore(db.connect(settings.load().db_path))
+@contextmanager
+def _store() -> Iterator[JobStore]:
+    """The job store of this controller's state database, open for the command."""
+    with open_state() as st:
+        yield JobStore(st.db)
 
 
 def _vm(job: Job) -> str:
@@ -55,7 +59,8 @@ def _duration(job: Job) -> str:
 def run_list(args: argparse.Namespace) -> int:
     """List jobs with the filters."""
     since = parse_duration(args.since) if args.since else None
-    jobs = _store().list(type=args.type, state=args.state, vm=args.vm, since=since, limit=args.limit)
+    with _store() as store:
+        jobs = store.list(type=args.type, state=args.state, vm=args.vm, since=since, limit=args.limit)
     if args.json:
         output.print_json([j.to_dict() for j in jobs])
         return 0
@@ -73,7 +78,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Show one job in full."""
-    job = _store().get(args.id)
+    with _store() as store:
+        job = store.get(args.id)
     if args.json:
         output.print_json(job.to_dict())
         return 0
@@ -104,7 +110,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_cancel(args: argparse.Namespace) -> int:
     """Cancel a job and say which kind of cancel happened."""
-    outcome = _store().request_cancel(args.id)
+    with _store() as store:
+        outcome = store.request_cancel(args.id)
     if args.json:
         output.print_json({"id": args.id, "outcome": outcome})
     elif outcome == "cancelled":

@@ -9,13 +9,12 @@ from typing import Any
 
 import yaml
 
-from controller import db, settings
 from controller.cli import output
 from controller.policies import store
 from controller.policies.exceptions import PolicyInvalid
 from controller.policies.model import Policy
 from controller.policies.parse import parse_file, parse_text, to_yaml
-from controller.vault import Vault
+from controller.state import open_state
 
 FLAG_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "max_age")
 
@@ -76,11 +75,11 @@ def run_create(args: argparse.Namespace) -> int:
         texts = [to_yaml(policies[0])]
     else:
         raise PolicyInvalid("give a policy NAME with schedule flags (e.g. --daily 22:00), or --file FILE")
-    conn = db.connect(settings.load().db_path)
     rows = []
-    for p, text in zip(policies, texts, strict=True):
-        replaced = store.save_policy(conn, p, text, replace=args.replace)
-        rows.append({"name": p.name, "action": "replaced" if replaced else "created", **p.to_dict()})
+    with open_state() as st:
+        for p, text in zip(policies, texts, strict=True):
+            replaced = store.save_policy(st.db, p, text, replace=args.replace)
+            rows.append({"name": p.name, "action": "replaced" if replaced else "created", **p.to_dict()})
     if args.json:
         output.print_json(rows)
     else:
@@ -104,9 +103,9 @@ def _summary(sp: store.StoredPolicy, users: int) -> list[Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     """List policies with their VM counts."""
-    conn = db.connect(settings.load().db_path)
-    pols = store.list_policies(conn)
-    users = {p.policy.name: len(store.list_protections(conn, p.policy.name, store.PROTECTED)) for p in pols}
+    with open_state() as st:
+        pols = store.list_policies(st.db)
+        users = {p.policy.name: len(store.list_protections(st.db, p.policy.name, store.PROTECTED)) for p in pols}
     if args.json:
         output.print_json([{**p.to_dict(), "protected_vms": users[p.policy.name]} for p in pols])
         return 0
@@ -117,12 +116,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """One policy: its YAML and the VMs bound to it with their status."""
-    s = settings.load()
-    conn = db.connect(s.db_path)
-    sp = store.get_policy(conn, args.name)
-    vault = Vault(s.vault)
-    prots = store.list_protections(conn, args.name)
-    vms = [{**p.to_dict(), "status": store.status_text(p, len(vault.list_points(p.vm_uuid)))} for p in prots]
+    with open_state() as st:
+        sp = store.get_policy(st.db, args.name)
+        prots = store.list_protections(st.db, args.name)
+        vms = [{**p.to_dict(), "status": store.status_text(p, len(st.vault.list_points(p.vm_uuid)))} for p in prots]
     if args.json:
         output.print_json({**sp.to_dict(), "vms": vms})
         return 0
@@ -137,7 +134,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_delete(args: argparse.Namespace) -> int:
     """Delete a policy (refused while VMs are protected by it)."""
-    store.delete_policy(db.connect(settings.load().db_path), args.name)
+    with open_state() as st:
+        store.delete_policy(st.db, args.name)
     print(f"deleted policy {args.name}")
     return 0
 

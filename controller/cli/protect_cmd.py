@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from controller import db, settings
 from controller.cli import output
 from controller.errors import InvalidArgument
 from controller.policies import store
-from controller.vault import Vault
+from controller.state import open_state
 
 
 def run_list(args: argparse.Namespace) -> int:
     """Every protection row with its status."""
-    s = settings.load()
-    conn = db.connect(s.db_path)
-    vault = Vault(s.vault)
     rows = []
-    for p in store.list_protections(conn):
-        n = len(vault.list_points(p.vm_uuid))
-        rows.append({**p.to_dict(), "points": n, "status": store.status_text(p, n)})
+    with open_state() as st:
+        for p in store.list_protections(st.db):
+            n = len(st.vault.list_points(p.vm_uuid))
+            rows.append({**p.to_dict(), "points": n, "status": store.status_text(p, n)})
     if args.json:
         output.print_json(rows)
         return 0
@@ -39,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("give one or more VMs and --policy NAME (or --list)")
     from controller.policies.protect import ProtectionService  # imports the job store only when needed
 
-    outcomes = ProtectionService(settings.load()).protect(args.vms, args.policy, now=args.now)
+    with open_state() as st, ProtectionService(st) as svc:
+        outcomes = svc.protect(args.vms, args.policy, now=args.now)
     if args.json:
         output.print_json([o.to_dict() for o in outcomes])
     else:

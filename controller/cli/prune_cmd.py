@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from controller import settings
 from controller.cli import output
+from controller.state import open_state
 
 
 def run(args: argparse.Namespace) -> int:
     """Prune (or with --dry-run, show what would be pruned)."""
     from controller.scheduling.prune import prune  # imports the job store only when needed
 
-    reports = prune(settings.load(), vm=args.vm, dry_run=args.dry_run)
+    with open_state() as st:
+        reports = prune(st, vm=args.vm, dry_run=args.dry_run)
     if args.json:
         output.print_json([r.to_dict() for r in reports])
         return 0

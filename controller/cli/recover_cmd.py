@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from controller import settings as settings_mod
 from controller.backup.recovery import recover
 from controller.cli import output
+from controller.state import open_state
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one recovery pass and report what it did."""
-    report = recover(settings_mod.load())
+    with open_state() as st:
+        report = recover(st)
     if args.json:
         output.print_json(dataclasses.asdict(report))
     else:

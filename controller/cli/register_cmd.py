@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller import db, settings
 from controller.cli import output
 from controller.errors import InvalidArgument, VmBackupError
 from controller.registration.precheck import DEFAULT_MAX_DATA_DISKS, EndpointOverrides
 from controller.registration.register import RegisterOptions, RegisterResult, Registrar
 from controller.registration.store import list_registrations
+from controller.state import open_state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -91,8 +91,8 @@ def _row(vm: str, r: RegisterResult | VmBackupError) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     """Print the registrations table."""
-    conn = db.connect(settings.load().db_path)
-    regs = list_registrations(conn)
+    with open_state() as st:
+        regs = list_registrations(st.db)
     if args.json:
         output.print_json([r.to_dict() for r in regs])
         return 0
@@ -120,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     if not args.vms:
         raise InvalidArgument("name at least one VM (or use --list)")
-    registrar = Registrar(settings.load())
     opts = _options(args)
-    if len(args.vms) == 1:
-        results: list[RegisterResult | VmBackupError] = [registrar.register(args.vms[0], opts)]
-    else:
-        results = registrar.register_many(args.vms, opts, args.concurrency)
+    with open_state() as st, Registrar(st) as registrar:
+        if len(args.vms) == 1:
+            results: list[RegisterResult | VmBackupError] = [registrar.register(args.vms[0], opts)]
+        else:
+            results = registrar.register_many(args.vms, opts, args.concurrency)
     rows = [_row(vm, r) for vm, r in zip(args.vms, results, strict=True)]
     if args.json:
         output.print_json(rows)

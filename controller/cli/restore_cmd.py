@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from controller import settings as settings_mod
 from controller.cli import output
 from controller.errors import InvalidArgument
 from controller.restore.exceptions import ConfirmationRequired
+from controller.state import open_state
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,23 +27,23 @@ def run(args: argparse.Namespace) -> int:
             f"restore --replace {args.replace} overwrites that VM's disks and needs a confirmation, "
             "but there is no terminal to ask on; add --yes"
         )
-    r = Restorer(settings_mod.load())
-    if args.as_name:
-        pool = Path(args.pool_dir) if args.pool_dir else None
-        res = r.restore_as_new(args.point, args.as_name, args.host, pool, start=args.start)
-    elif args.disks_only:
-        if not args.to:
-            raise InvalidArgument("--disks-only needs --to DIR")
-        res = r.restore_disks(args.point, Path(args.to))
-    else:
-        res = r.restore_replace(
-            args.point,
-            args.replace,
-            args.host,
-            discard_old=args.discard_old,
-            from_other_vm=args.from_other_vm,
-            confirm=_confirmer(args),
-        )
+    with open_state() as st, Restorer(st) as r:
+        if args.as_name:
+            pool = Path(args.pool_dir) if args.pool_dir else None
+            res = r.restore_as_new(args.point, args.as_name, args.host, pool, start=args.start)
+        elif args.disks_only:
+            if not args.to:
+                raise InvalidArgument("--disks-only needs --to DIR")
+            res = r.restore_disks(args.point, Path(args.to))
+        else:
+            res = r.restore_replace(
+                args.point,
+                args.replace,
+                args.host,
+                discard_old=args.discard_old,
+                from_other_vm=args.from_other_vm,
+                confirm=_confirmer(args),
+            )
     if args.json:
         output.print_json(res.to_dict())
         return 0

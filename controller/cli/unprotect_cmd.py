@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller import settings
 from controller.cli import output
 from controller.policies.exceptions import ConfirmationRequired
+from controller.state import open_state
 
 
 def _confirm(vm: str) -> bool:
@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.delete_data and not args.yes and not _confirm(args.vm):
         raise ConfirmationRequired(f"not deleting the recovery points of {args.vm} without confirmation")
-    out = ProtectionService(settings.load()).unprotect(args.vm, delete_data=args.delete_data)
+    with open_state() as st, ProtectionService(st) as svc:
+        out = svc.unprotect(args.vm, delete_data=args.delete_data)
     if args.json:
         output.print_json(out.to_dict())
     elif out.mode == "retain":

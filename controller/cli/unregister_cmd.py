@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from controller import settings
 from controller.cli import output
 from controller.registration.unregister import Unregistrar
+from controller.state import open_state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     """Unregister one VM and say what was done."""
-    res = Unregistrar(settings.load()).unregister(args.vm, uri=args.uri, force=args.force)
+    with open_state() as st, Unregistrar(st) as unregistrar:
+        res = unregistrar.unregister(args.vm, uri=args.uri, force=args.force)
     if args.json:
         output.print_json(res.__dict__)
     else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from controller import db, settings
 from controller.cli import output
 from controller.inventory.store import DiskInfo, list_vms
+from controller.state import open_state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,7 +37,8 @@ def disk_summary(disks: list[DiskInfo]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the inventory."""
-    vms = list_vms(db.connect(settings.load().db_path), state=args.state, host_uri=args.host)
+    with open_state() as st:
+        vms = list_vms(st.db, state=args.state, host_uri=args.host)
     if args.json:
         output.print_json([v.to_dict() for v in vms])
         return 0

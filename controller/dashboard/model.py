@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller import db
 from controller.dashboard.exceptions import DashboardError
 from controller.jobs.model import parse_time
 from controller.jobs.store import Job, JobStore
@@ -17,6 +16,7 @@ from controller.policies.store import PROTECTED, RETAINED, Protection, get_polic
 from controller.registration.store import list_registrations
 from controller.scheduling.schedule import next_run
 from controller.settings import Settings
+from controller.state import State, using
 from controller.vault import RecoveryPoint, Vault
 
 #: How long after its slot a backup may take before the VM counts as overdue.
@@ -80,25 +80,18 @@ class Dashboard:
 
 
 def build(
-    settings: Settings,
+    source: Settings | State,
     now: datetime | None = None,
     grace: timedelta = DEFAULT_GRACE,
     conn: sqlite3.Connection | None = None,
 ) -> Dashboard:
-    """Assemble the dashboard from state.db and the vault named by the settings."""
+    """Assemble the dashboard from state.db and the vault named by the settings (conn: use that DB connection)."""
     now = now or datetime.now(UTC)
-    own = conn is None
-    try:
-        conn = conn or db.connect(settings.db_path)
-    except sqlite3.Error as e:
-        raise DashboardError(f"cannot open the state database {settings.db_path}: {e}") from e
-    try:
-        return _build(settings, conn, now, grace)
-    except sqlite3.Error as e:
-        raise DashboardError(f"cannot read the state database {settings.db_path}: {e}") from e
-    finally:
-        if own:
-            conn.close()
+    with using(source) as st:
+        try:
+            return _build(st.settings, conn or st.db, now, grace)
+        except sqlite3.Error as e:
+            raise DashboardError(f"cannot open or read the state database {st.settings.db_path}: {e}") from e
 
 
 def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: timedelta) -> Dashboard:

@@ -2,13 +2,13 @@
 
 Usage::
 
-    svc = ProtectionService(settings)
+    svc = ProtectionService(state)       # a State (borrowed), or Settings (opens one; close() or `with`)
     outcomes = svc.protect(["web1", "db1"], "gold", now=True)    # every VM must be registered
     svc.unprotect("web1", delete_data=False)                      # row stays as unprotected-retain
     svc.unprotect("db1", delete_data=True)                        # stop-protection job; points deleted
 
 ``--now`` starts a backup through :func:`run_backup_now`, the seam to the backup engine
-(``controller.backup.engine.BackupEngine(settings).run(BackupRequest(...))``); tests pass their own runner.
+(``BackupEngine(settings).run(BackupRequest(...))``, engine closed after); tests pass their own runner.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.policies import store
@@ -26,7 +25,7 @@ from controller.policies.exceptions import NotProtected, ProtectRequiresRegistra
 from controller.policies.model import Policy
 from controller.registration.store import Registration, get_registration, list_registrations
 from controller.settings import Settings
-from controller.vault import Vault
+from controller.state import State, StateUser
 
 #: backup seam: (settings, registration, policy) -> the new recovery point's id
 BackupRunner = Callable[[Settings, Registration, Policy], str]
@@ -43,7 +42,8 @@ def run_backup_now(settings: Settings, reg: Registration, policy: Policy) -> str
         min_consistency=policy.min_consistency,
         exclude_disks=policy.exclude_disks,
     )
-    return BackupEngine(settings).run(req).point_id
+    with BackupEngine(settings) as engine:
+        return engine.run(req).point_id
 
 
 @dataclass
@@ -88,19 +88,20 @@ class UnprotectOutcome:
         return dict(self.__dict__)
 
 
-class ProtectionService:
-    """Protection bindings against the state DB and vault named by the settings."""
+class ProtectionService(StateUser):
+    """Protection bindings against the state DB and vault named by the settings (conn: use that DB connection)."""
 
     def __init__(
         self,
-        settings: Settings,
+        source: Settings | State,
         conn: sqlite3.Connection | None = None,
         backup_runner: BackupRunner | None = None,
     ):
-        self.settings = settings
-        self.conn = conn or db.connect(settings.db_path)
+        state = self._use_state(source)
+        self.settings = state.settings
+        self.conn = conn or state.db
         self.jobs = JobStore(self.conn)
-        self.vault = Vault(settings.vault)
+        self.vault = state.vault
         self.backup_runner = backup_runner or run_backup_now
 
     def resolve(self, vm: str) -> Registration:

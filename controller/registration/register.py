@@ -2,7 +2,7 @@
 
 One job per VM, with phases precheck, connect, push, install, configure, start, verify::
 
-    r = Registrar(settings)
+    r = Registrar(state)                 # a State (borrowed), or Settings (opens one; close() or `with`)
     result = r.register("web1", RegisterOptions(max_data_disks=5))
     results = r.register_many(["web1", "db1"], RegisterOptions(), concurrency=2)   # RegisterResult | error
 
@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from controller import db
 from controller.agentclient import (
     AgentAddress,
     AgentInfo,
@@ -46,6 +45,7 @@ from controller.registration.precheck import (
 from controller.registration.ssh import SshSession, wait_connect
 from controller.registration.store import Registration, get_registration, now_iso, save
 from controller.settings import Settings
+from controller.state import State, StateUser
 from controller.virt.connection import connection, lookup
 
 #: The oldest agent this controller accepts after an install.
@@ -84,12 +84,13 @@ def version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in v.split("+")[0].split("."))
 
 
-class Registrar:
+class Registrar(StateUser):
     """Registers and upgrades agents; shares one state DB, CA and bundle cache."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.conn = db.connect(settings.db_path)
+    def __init__(self, source: Settings | State) -> None:
+        state = self._use_state(source)
+        self.settings = settings = state.settings
+        self.conn = state.db
         self.jobs = JobStore(self.conn)
         self.ca = CertificateAuthority.load_or_create(settings.pki_dir)
         self.host_keys = HostKeyStore.of(settings)
@@ -101,7 +102,8 @@ class Registrar:
 
         def one(vm: str) -> RegisterResult | VmBackupError:
             try:  # one Registrar (own SQLite connection) per VM: connections are not shared across threads
-                return Registrar(self.settings).register(vm, opts)
+                with Registrar(self.settings) as registrar:
+                    return registrar.register(vm, opts)
             except VmBackupError as exc:
                 return exc
 

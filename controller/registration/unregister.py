@@ -1,6 +1,6 @@
 """Unregister a VM: stop + disable the agent, remove its venv/config/unit, revoke its certificate, forget it.
 
-r = Unregistrar(settings)
+r = Unregistrar(state)               # a State (borrowed), or Settings (opens one; close() or `with`)
 r.unregister("web1")                 # a job with phases connect, remove, revoke
 r.unregister("web1", force=True)     # guest unreachable: skip the guest removal, still revoke and forget
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.pki import CertificateAuthority
@@ -19,6 +18,7 @@ from controller.registration.hostkeys import HostKeyStore
 from controller.registration.ssh import SshEndpoint, connect
 from controller.registration.store import delete, get_registration, list_registrations
 from controller.settings import Settings
+from controller.state import State, StateUser
 from controller.virt.connection import connection, lookup
 from controller.virt.exceptions import DomainNotFound
 
@@ -34,14 +34,15 @@ class UnregisterResult:
     revoked_serial: str
 
 
-class Unregistrar:
+class Unregistrar(StateUser):
     """Removes agents and registrations."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.conn = db.connect(settings.db_path)
+    def __init__(self, source: Settings | State) -> None:
+        state = self._use_state(source)
+        self.settings = state.settings
+        self.conn = state.db
         self.jobs = JobStore(self.conn)
-        self.ca = CertificateAuthority.load_or_create(settings.pki_dir)
+        self.ca = CertificateAuthority.load_or_create(self.settings.pki_dir)
 
     def _find(self, vm: str, uri: str) -> VmRef:
         """The registered VM named by name or uuid (libvirt first, then the registrations table)."""

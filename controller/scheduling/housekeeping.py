@@ -1,7 +1,7 @@
 """What `vmbackup serve` runs besides backups: the retention prune pass and the vault verify job.
 
-Both read and write only the state DB and the vault named by the settings, on their own connection (they run on
-worker threads). Usage::
+Both read and write only the state DB and the vault named by the settings, each pass on a State of its own (they
+run on worker threads), closed when the pass ends. Usage::
 
     job_id, _, text = prune_pass(settings, ["<vm-uuid>", ...])    # one prune job per VM with points
     job_id, _, text = verify_vault(settings)                      # one 'verify' job; POINT_CORRUPT if any is bad
@@ -13,14 +13,14 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
-from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.exceptions import OperationInProgress
 from controller.jobs.model import parse_time
 from controller.jobs.store import JobStore
 from controller.scheduling.workers import RunResult
 from controller.settings import Settings
-from controller.vault import RecoveryPoint, Vault
+from controller.state import open_state
+from controller.vault import RecoveryPoint
 from controller.vault.exceptions import PointCorrupt
 from controller.vault.vault import VerifyResult
 from controller.vault.verdicts import record_verify
@@ -33,19 +33,16 @@ def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
     """Apply retention to each VM (a prune job each); a VM busy with another job is left for the next pass."""
     from controller.scheduling.prune import prune
 
-    conn = db.connect(settings.db_path)
     deleted, skipped, errors = 0, [], []
-    try:
+    with open_state(settings) as st:
         for uuid in vm_uuids:
             try:
-                for r in prune(settings, vm=uuid, conn=conn):
+                for r in prune(st, vm=uuid):
                     deleted += len(r.deleted)
             except OperationInProgress:
                 skipped.append(uuid)
             except VmBackupError as e:
                 errors.append(f"{uuid}: {e}")
-    finally:
-        conn.close()
     if errors:
         raise VmBackupError(f"prune failed for {len(errors)} VM(s): {'; '.join(errors)}")
     text = f"deleted {deleted} point(s)" + (f", {len(skipped)} VM(s) busy: next pass" if skipped else "")
@@ -54,9 +51,8 @@ def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
 
 def verify_vault(settings: Settings) -> RunResult:
     """Verify every published point (SHA-256 + qemu-img check) as one 'verify' job; records each on its point."""
-    conn = db.connect(settings.db_path)
-    try:
-        jobs, vault = JobStore(conn), Vault(settings.vault)
+    with open_state(settings) as st:
+        jobs, vault = JobStore(st.db), st.vault
         job = jobs.create("verify", lock_key=VERIFY_LOCK, details={"vault": str(settings.vault)})
         with jobs.run(job.id) as run:
             def recorded(p: RecoveryPoint, res: VerifyResult) -> None:
@@ -81,8 +77,6 @@ def verify_vault(settings: Settings) -> RunResult:
                     details={"bad": bad},
                 )
         return job.id, None, f"{len(results)} point(s) verified"
-    finally:
-        conn.close()
 
 
 def last_job_times(conn: sqlite3.Connection, type: str) -> dict[str, datetime]:

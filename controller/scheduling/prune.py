@@ -3,7 +3,7 @@
 VMs without a protection row, or unprotected with --retain-data, are never pruned. The protection is re-read
 inside the job (which holds the VM's operation lock), so an unprotect racing with a prune wins. Usage::
 
-    reports = prune(settings, vm=None, dry_run=True)
+    reports = prune(settings, vm=None, dry_run=True)     # or prune(state, ...): borrows an open State
     for r in reports: print(r.vm_name, r.skipped or [v.point.id for v in r.selection.prune])
 """
 
@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller import db
 from controller.jobs.store import JobStore, VmRef
 from controller.policies import store
 from controller.policies.model import Policy
 from controller.scheduling.exceptions import PruneFailed
 from controller.scheduling.retention import PointRecord, Selection, select_prunable
 from controller.settings import Settings
+from controller.state import State, using
 from controller.vault import RecoveryPoint, Vault
 from controller.vault.exceptions import VaultError
 from controller.vault.verdicts import boot_checked_ok, verified_ok
@@ -102,24 +102,25 @@ def plan_vm(
 
 
 def prune(
-    settings: Settings,
+    source: Settings | State,
     vm: str | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
     conn: sqlite3.Connection | None = None,
 ) -> list[PruneReport]:
-    """Apply retention to every VM in the vault (or one); returns a report per VM."""
-    conn = conn or db.connect(settings.db_path)
-    vault = Vault(settings.vault)
-    now = now or datetime.now(UTC)
-    reports = []
-    for vm_uuid, points in sorted(_by_vm(vault, vm).items()):
-        report, policy = plan_vm(conn, vm_uuid, points, now)
-        report.dry_run = dry_run
-        if policy is not None and not dry_run:
-            _run_job(conn, vault, report, settings.uri, now)
-        reports.append(report)
-    return reports
+    """Apply retention to every VM in the vault (or one); returns a report per VM (conn: use that DB connection)."""
+    with using(source) as st:
+        conn = conn or st.db
+        vault = st.vault
+        now = now or datetime.now(UTC)
+        reports = []
+        for vm_uuid, points in sorted(_by_vm(vault, vm).items()):
+            report, policy = plan_vm(conn, vm_uuid, points, now)
+            report.dry_run = dry_run
+            if policy is not None and not dry_run:
+                _run_job(conn, vault, report, st.settings.uri, now)
+            reports.append(report)
+        return reports
 
 
 def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: str, now: datetime) -> None:

@@ -47,7 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from controller import db, locks
+from controller import locks
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore
 from controller.policies.exceptions import PolicyNotFound
@@ -59,6 +59,7 @@ from controller.scheduling.exceptions import ServeAlreadyRunning
 from controller.scheduling.schedule import Bound, next_run, plan
 from controller.scheduling.workers import Outcome, RunResult, Task, WorkerPool
 from controller.settings import Settings
+from controller.state import State
 
 log = logging.getLogger("vmbackup.serve")
 
@@ -117,7 +118,8 @@ class Server:
         self.options = options or ServeOptions()
         self.runners = runners or Runners()
         self.clock = clock
-        self.conn = db.connect(settings.db_path)
+        self.state = State(settings)  # the loop's (main thread); each task opens its own and closes it
+        self.conn = self.state.db
         self.jobs = JobStore(self.conn)
         self.pool = WorkerPool(self.options.max_jobs, self.options.max_per_host)
         self.stats = Stats()
@@ -137,7 +139,7 @@ class Server:
         try:
             from controller.backup.recovery import recover
 
-            rep = recover(self.settings)
+            rep = recover(self.state)
             log.info(
                 "start: recovery committed=%d overlays_removed=%d partials=%d orphaned_jobs=%d errors=%d",
                 len(rep.committed), len(rep.removed_overlays), len(rep.removed_partials),
@@ -196,7 +198,7 @@ class Server:
                 break
         self._reap()
         self.pool.close()
-        self.conn.close()
+        self.state.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -177,12 +177,11 @@ class Pacer:
 
 
 def run_backup(settings: Settings, task: Task) -> RunResult:
-    """The real scheduled backup: a fresh BackupEngine (own DB connection) for this VM and policy."""
+    """The real scheduled backup: a fresh BackupEngine (own State, closed after) for this VM and policy."""
     from controller.backup.engine import BackupEngine, BackupRequest  # lazy: needs libvirt
 
     pol = task.policy
     pacer = Pacer(pol.bandwidth_mbps) if pol and pol.bandwidth_mbps else None
-    engine = BackupEngine(settings, progress=pacer)
     req = BackupRequest(
         vm=task.key,
         host_uri=task.host_uri or None,
@@ -190,10 +189,8 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
         min_consistency=pol.min_consistency if pol else None,
         exclude_disks=pol.exclude_disks if pol else (),
     )
-    try:
+    with BackupEngine(settings, progress=pacer) as engine:
         r = engine.run(req)
-    finally:
-        engine.close()
     window = f"{r.freeze_window_ms:.0f} ms" if r.freeze_window_ms is not None else "-"
     return r.job_id, r.point_id, f"{r.consistency}, freeze {window}, {r.bytes_copied / 2**20:.1f} MiB"
 
@@ -203,5 +200,6 @@ def run_boot_check(settings: Settings, task: Task) -> RunResult:
     from controller.restore.bootcheck import BootChecker  # lazy: needs libvirt
 
     assert task.point_id is not None
-    res = BootChecker(settings).run(task.point_id, host_uri=task.host_uri or None)
+    with BootChecker(settings) as checker:  # its State (DB connection) is closed after every boot-check
+        res = checker.run(task.point_id, host_uri=task.host_uri or None)
     return res.job_id, res.point_id, f"passed in {res.duration_s:.0f} s"

@@ -60,6 +60,12 @@ def test_protect_backup_passes_the_exclusions(monkeypatch: pytest.MonkeyPatch) -
         def __init__(self, settings: Any) -> None:
             pass
 
+        def __enter__(self) -> FakeEngine:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            seen["closed"] = True
+
         def run(self, req: engine.BackupRequest) -> Any:
             seen["exclude"] = req.exclude_disks
             return type("R", (), {"point_id": "p1"})()
@@ -68,4 +74,4 @@ def test_protect_backup_passes_the_exclusions(monkeypatch: pytest.MonkeyPatch) -
     (p,) = parse_text(BASE + "exclude_disks: [vdd]\n")
     reg = type("Reg", (), {"vm_uuid": "u", "host_uri": "qemu:///system"})()
     assert protect.run_backup_now(None, reg, p) == "p1"  # type: ignore[arg-type]
-    assert seen["exclude"] == ("vdd",)
+    assert seen["exclude"] == ("vdd",) and seen["closed"]  # the engine (its State) is closed after
