@@ -12,8 +12,7 @@ Flow (one job of type ``boot-check``)::
 The result goes into the point's manifest (``boot_check``) and the job; a failure raises BOOT_CHECK_FAILED
 with the reason. Usage::
 
-    with BootChecker(settings) as checker:     # or BootChecker(state): borrows an open State
-        result = checker.run("20261125T101500Z-3fa9c1", command="test -f /etc/os-release")
+    result = BootChecker(settings).run("20261125T101500Z-3fa9c1", command="test -f /etc/os-release")
 """
 
 from __future__ import annotations
@@ -34,11 +33,11 @@ from controller.jobs.store import JobRun, VmRef
 from controller.restore import fsck, probes, sweep
 from controller.restore.exceptions import BootCheckFailed
 from controller.restore.probes import Probe
-from controller.restore.restore import NewVmSpec, Restorer, RestoreResult
+from controller.restore.restore import NewVmSpec, Restorer
+from controller.restore.result import RestoreResult
 from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
-from controller.state import State, StateUser
 from controller.vault import RecoveryPoint
 from controller.virt.connection import connection
 
@@ -83,13 +82,12 @@ class BootCheckResult:
         return out
 
 
-class BootChecker(StateUser):
-    """Runs boot-checks with the settings' vault, state DB and libvirt; close() closes a State it opened."""
+class BootChecker:
+    """Runs boot-checks with the settings' vault, state DB and libvirt."""
 
-    def __init__(self, source: Settings | State):
-        state = self._use_state(source)
-        self.settings = state.settings
-        self.restorer = Restorer(state)
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.restorer = Restorer(settings)
 
     def run(
         self, point_id: str, timeout_s: float = 180.0, command: str | None = None, host_uri: str | None = None

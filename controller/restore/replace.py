@@ -15,18 +15,28 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import libvirt
 
-from controller.jobs.store import JobRun, VmRef
+from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.restore.exceptions import PointFromOtherVm, RestoreDeclined, RestoreTargetInvalid, VmRunning
-from controller.vault import RecoveryPoint, copy_out_disk
+from controller.restore.result import RestoreResult
+from controller.vault import RecoveryPoint, Vault, copy_out_disk
 from controller.virt.connection import connection, lookup
 from controller.virt.domain import disks, state_name
 
-if TYPE_CHECKING:
-    from controller.restore.restore import Restorer, RestoreResult
+
+class Restorer(Protocol):
+    """What a replace uses of controller.restore.restore.Restorer (which calls replace_disks with itself)."""
+
+    jobs: JobStore
+    vault: Vault
+
+    def _verify(self, run: JobRun, point: RecoveryPoint) -> None: ...
+
+    def _progress(self, run: JobRun, target: str) -> Callable[[int, int], None]: ...
+
 
 REPLACED = ".vmb-replaced-"
 INCOMING = ".vmb-restore-"
@@ -97,8 +107,6 @@ def _replace(
     confirm: Confirm | None,
 ) -> RestoreResult:
     """Confirm, verify, copy beside, swap, clean up."""
-    from controller.restore.restore import RestoreResult
-
     t0 = time.monotonic()
     res = RestoreResult(run.job_id, point.point_id, "replace", ref.name, ref.uuid, ref.host_uri)
     with run.phase("verify"):

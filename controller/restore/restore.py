@@ -5,7 +5,7 @@ copied. The point is checked as a whole before anything is touched (``verify_poi
 copied sparse with its SHA-256 verified while reading (``copy_out_disk``). Anything a failed restore created
 is removed again (domain, files, directories). Usage::
 
-    r = Restorer(state)                  # a State (borrowed), or Settings (opens one; close() or `with`)
+    r = Restorer(settings)
     res = r.restore_as_new("20261125T101500Z-3fa9c1", "web1-copy", start=True)
     res = r.restore_disks("20261125T101500Z-3fa9c1", Path("/srv/disks"))
     res = r.restore_replace("20261125T101500Z-3fa9c1", "web1")           # web1 must be shut off
@@ -17,21 +17,22 @@ import re
 import time
 import uuid as uuid_mod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import libvirt
 
+from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.restore import domainxml
 from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
+from controller.restore.replace import replace_disks
+from controller.restore.result import RestoreResult
 from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
-from controller.state import State, StateUser
-from controller.vault import RecoveryPoint, copy_out_disk, verify_point_quick
+from controller.vault import RecoveryPoint, Vault, copy_out_disk, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
 from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
@@ -51,34 +52,6 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class RestoreResult:
-    """What a restore produced."""
-
-    job_id: str
-    point_id: str
-    mode: str  # new-vm | disks-only | replace
-    vm_name: str = ""
-    vm_uuid: str = ""
-    host_uri: str = ""
-    disks: dict[str, str] = field(default_factory=dict)  # target -> restored file
-    kept_old: dict[str, str] = field(default_factory=dict)  # replace: target -> the replaced file, kept aside
-    ports: dict[int, int] = field(default_factory=dict)  # guest port -> 127.0.0.1 host port
-    macs: list[str] = field(default_factory=list)
-    started: bool = False
-    bytes_copied: int = 0
-    duration_s: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    console_log: str = ""
-    ssh_command: str = ""  # how to reach the new VM (when it forwards guest port 22)
-    #: devices of the original not attached to the new VM, with why (domainxml.RewriteResult.dropped_devices)
-    dropped_devices: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON view."""
-        return dict(vars(self))
-
-
-@dataclass
 class NewVmSpec:
     """How to restore a point as a new VM."""
 
@@ -89,15 +62,14 @@ class NewVmSpec:
     isolate: bool = False  # boot-check: only user-mode SSH/agent forwards, restrict=on
 
 
-class Restorer(StateUser):
+class Restorer:
     """Runs restores against the state DB, the vault and libvirt named by the settings."""
 
-    def __init__(self, source: Settings | State, progress: Progress | None = None):
-        state = self._use_state(source)
-        self.settings = state.settings
-        self.conn = state.db
+    def __init__(self, settings: Settings, progress: Progress | None = None):
+        self.settings = settings
+        self.conn = db.connect(settings.db_path)
         self.jobs = JobStore(self.conn)
-        self.vault = state.vault
+        self.vault = Vault(settings.vault)
         self.progress = progress
 
     def point(self, point_id: str) -> RecoveryPoint:
@@ -202,8 +174,6 @@ class Restorer(StateUser):
 
         The point must be of that VM unless from_other_vm; the replaced files are kept unless discard_old.
         """
-        from controller.restore.replace import replace_disks
-
         point = self.point(point_id)
         uri = host_uri or self.settings.uri
         return replace_disks(self, point, vm, uri, discard_old, from_other_vm, confirm)
