@@ -12,7 +12,8 @@ Flow (one job of type ``boot-check``)::
 The result goes into the point's manifest (``boot_check``) and the job; a failure raises BOOT_CHECK_FAILED
 with the reason. Usage::
 
-    result = BootChecker(settings).run("20261125T101500Z-3fa9c1", command="test -f /etc/os-release")
+    with BootChecker(settings) as checker:     # or BootChecker(state): borrows an open State
+        result = checker.run("20261125T101500Z-3fa9c1", command="test -f /etc/os-release")
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from controller.restore.result import RestoreResult
 from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
+from controller.state import State, StateUser
 from controller.vault import RecoveryPoint
 from controller.virt.connection import connection
 
@@ -82,12 +84,13 @@ class BootCheckResult:
         return out
 
 
-class BootChecker:
-    """Runs boot-checks with the settings' vault, state DB and libvirt."""
+class BootChecker(StateUser):
+    """Runs boot-checks with the settings' vault, state DB and libvirt; close() closes a State it opened."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.restorer = Restorer(settings)
+    def __init__(self, source: Settings | State):
+        state = self._use_state(source)
+        self.settings = state.settings
+        self.restorer = Restorer(state)
 
     def run(
         self, point_id: str, timeout_s: float = 180.0, command: str | None = None, host_uri: str | None = None

@@ -5,7 +5,7 @@ copied. The point is checked as a whole before anything is touched (``verify_poi
 copied sparse with its SHA-256 verified while reading (``copy_out_disk``). Anything a failed restore created
 is removed again (domain, files, directories). Usage::
 
-    r = Restorer(settings)
+    r = Restorer(state)                  # a State (borrowed), or Settings (opens one; close() or `with`)
     res = r.restore_as_new("20261125T101500Z-3fa9c1", "web1-copy", start=True)
     res = r.restore_disks("20261125T101500Z-3fa9c1", Path("/srv/disks"))
     res = r.restore_replace("20261125T101500Z-3fa9c1", "web1")           # web1 must be shut off
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import libvirt
 
-from controller import db
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.restore import domainxml
@@ -32,7 +31,8 @@ from controller.restore.result import RestoreResult
 from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
-from controller.vault import RecoveryPoint, Vault, copy_out_disk, verify_point_quick
+from controller.state import State, StateUser
+from controller.vault import RecoveryPoint, copy_out_disk, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
 from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
@@ -62,14 +62,15 @@ class NewVmSpec:
     isolate: bool = False  # boot-check: only user-mode SSH/agent forwards, restrict=on
 
 
-class Restorer:
+class Restorer(StateUser):
     """Runs restores against the state DB, the vault and libvirt named by the settings."""
 
-    def __init__(self, settings: Settings, progress: Progress | None = None):
-        self.settings = settings
-        self.conn = db.connect(settings.db_path)
+    def __init__(self, source: Settings | State, progress: Progress | None = None):
+        state = self._use_state(source)
+        self.settings = state.settings
+        self.conn = state.db
         self.jobs = JobStore(self.conn)
-        self.vault = Vault(settings.vault)
+        self.vault = state.vault
         self.progress = progress
 
     def point(self, point_id: str) -> RecoveryPoint:
