@@ -7,7 +7,7 @@ from pathlib import Path
 
 from controller.errors import VmBackupError
 from controller.vault import layout, qemuimg, sparse, sums
-from controller.vault.exceptions import InvalidVaultId, PointCorrupt, PointNotFound
+from controller.vault.exceptions import CopyOutTargetExists, PointCorrupt, PointNotFound
 from controller.vault.manifest import DiskRecord, RecoveryPoint, fsync_dir, read_manifest
 from controller.vault.vault import Vault
 
@@ -36,7 +36,7 @@ def copy_out_disk(
         )
     dest = Path(dest_path)
     if dest.exists() and not overwrite:
-        raise InvalidVaultId(f"destination {dest} already exists; refusing to overwrite it")
+        raise CopyOutTargetExists(f"destination {dest} already exists; refusing to overwrite it")
     part = dest.with_name(dest.name + ".part")
     res = sparse.copy_verified(src, part, rec.digest, target, progress)
     os.replace(part, dest)

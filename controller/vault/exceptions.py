@@ -31,6 +31,62 @@ class InvalidVaultId(InvalidArgument):
     operation = "any"
 
 
+class PointExists(InvalidArgument):
+    """A new point would take the id of one that exists (published or being written) for that VM."""
+
+    code = "POINT_EXISTS"
+    operation = "backup"
+    remediation = "Start the point without an id (a fresh one is made); `vmbackup points` lists the ids in use."
+
+
+class DiskAlreadyStored(InvalidArgument):
+    """A point being written was asked to store the same disk target twice."""
+
+    code = "DISK_ALREADY_STORED"
+    operation = "backup"
+    remediation = "This is a bug: each disk target is copied into a point once (report it with the job's details)."
+
+
+class InvalidConsistency(InvalidArgument):
+    """A manifest names a consistency level that does not exist."""
+
+    code = "INVALID_CONSISTENCY"
+    operation = "backup"
+    remediation = "Use one of the levels `vmbackup backup --help` lists (CRASH, FILE_SYSTEM, APPLICATION)."
+
+
+class ManifestVmMismatch(InvalidArgument):
+    """A manifest's VM uuid is not the VM the point is being written for."""
+
+    code = "MANIFEST_VM_MISMATCH"
+    operation = "backup"
+    remediation = "This is a bug: the manifest's vm.uuid must be the point's VM (report it with the job's details)."
+
+
+class ManifestFieldReadOnly(InvalidArgument):
+    """A published point's manifest field outside the updatable ones (boot_check, verify, ...) was to change."""
+
+    code = "MANIFEST_FIELD_READ_ONLY"
+    operation = "any"
+    remediation = "Only boot_check, verify, policy and consistency_reason change after publish; take a new backup."
+
+
+class UnsupportedStoredFormat(InvalidArgument):
+    """A disk was to be stored in a format the vault does not keep (only qcow2 and raw)."""
+
+    code = "UNSUPPORTED_STORED_FORMAT"
+    operation = "backup"
+    remediation = "This is a bug: the vault stores disks as qcow2 or raw (report it with the job's details)."
+
+
+class CopyOutTargetExists(InvalidArgument):
+    """The file a disk was to be copied out to exists already (never overwritten)."""
+
+    code = "COPY_OUT_TARGET_EXISTS"
+    operation = "restore"
+    remediation = "Pick an empty destination (`vmbackup restore POINT --disks-only --to DIR`) or move the file away."
+
+
 class VaultFull(VmBackupError):
     """Not enough free space in the vault for the next recovery point."""
 

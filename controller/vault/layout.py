@@ -7,7 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
-from controller.vault.exceptions import InvalidVaultId, PathEscape
+from controller.vault.exceptions import InvalidVaultId, PathEscape, UnsupportedStoredFormat
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 POINT_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
@@ -85,7 +85,7 @@ def tmp_point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
 def disk_file_name(target: str, fmt: str) -> str:
     """disks/<target>.<fmt> relative to the point directory (qcow2, or raw for raw sources)."""
     if fmt not in ("qcow2", "raw"):
-        raise InvalidVaultId(f"unsupported stored disk format {fmt!r}")
+        raise UnsupportedStoredFormat(f"unsupported stored disk format {fmt!r}")
     return f"{DISKS_DIR}/{check_target(target)}.{fmt}"
 
 

@@ -15,7 +15,7 @@ from controller.errors import VmBackupError
 from controller.locks import flocked
 from controller.vault import digest, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
-    InvalidVaultId,
+    ManifestFieldReadOnly,
     ManifestIdMismatch,
     ManifestInvalid,
     PathEscape,
@@ -117,7 +117,7 @@ class Vault:
 
     def new_point(self, vm_uuid: str, point_id: str | None = None) -> PointWriter:
         """Start an unpublished point under VAULT/<vm-uuid>/.tmp-<point-id>/."""
-        return PointWriter(self, layout.check_uuid(vm_uuid), point_id or new_point_id())
+        return PointWriter(self._ensure_root(), layout.check_uuid(vm_uuid), point_id or new_point_id())
 
     def _vm_entries(self, vm_uuid: str | None) -> list[tuple[str, Path | None, str]]:
         """(uuid, directory, "") per VM directory, or (uuid, None, why) for one that is a symlink (PATH_ESCAPE)."""
@@ -330,7 +330,7 @@ class Vault:
         allowed = {"boot_check", "verify", "policy", "consistency_reason"}
         bad = set(changes) - allowed
         if bad:
-            raise InvalidVaultId(f"manifest fields {sorted(bad)} cannot be changed (only {sorted(allowed)})")
+            raise ManifestFieldReadOnly(f"manifest fields {sorted(bad)} cannot be changed (only {sorted(allowed)})")
         pdir = self.point_path(point)
         with sums.point_lock(pdir):  # read-modify-write: concurrent updates (verify, boot-check) do not mix
             m = read_manifest(pdir)

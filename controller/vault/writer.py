@@ -7,12 +7,20 @@ import errno
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.contract import CONSISTENCY_LEVELS
 from controller import locks
 from controller.vault import layout, qemuimg, sparse, sums
-from controller.vault.exceptions import DiskCopyFailed, InvalidVaultId, VaultError, VaultFull
+from controller.vault.exceptions import (
+    DiskAlreadyStored,
+    DiskCopyFailed,
+    InvalidConsistency,
+    ManifestVmMismatch,
+    PointExists,
+    VaultError,
+    VaultFull,
+)
 from controller.vault.manifest import (
     DiskRecord,
     Manifest,
@@ -21,9 +29,6 @@ from controller.vault.manifest import (
     write_file_durable,
     write_manifest,
 )
-
-if TYPE_CHECKING:
-    from controller.vault.vault import Vault
 
 #: how qemu-img (strerror(ENOSPC)) says the destination filesystem is full
 _NO_SPACE = "No space left on device"
@@ -35,15 +40,14 @@ class PointWriter:
     Usable as a context manager: leaving the block with an exception aborts the point.
     """
 
-    def __init__(self, vault: Vault, vm_uuid: str, point_id: str):
-        root = vault._ensure_root()
-        self.vault = vault
+    def __init__(self, root: Path, vm_uuid: str, point_id: str):
+        """Start the point under ``root``, the vault's directory (existing, resolved: ``Vault.new_point`` does)."""
         self.vm_uuid = vm_uuid
         self.point_id = layout.check_point_id(point_id)
         self.tmp = layout.tmp_point_dir(root, vm_uuid, point_id)
         self.final = layout.point_dir(root, vm_uuid, point_id)
         if self.final.exists() or self.tmp.exists():
-            raise InvalidVaultId(f"recovery point {point_id} already exists for VM {vm_uuid}")
+            raise PointExists(f"recovery point {point_id} already exists for VM {vm_uuid}")
         if not self.tmp.parent.is_dir():
             self.tmp.parent.mkdir(mode=0o700)
             fsync_dir(root)  # the new VM directory's entry must survive a crash too
@@ -78,7 +82,7 @@ class PointWriter:
         self._check_open()
         layout.check_target(target)
         if any(d.target == target for d in self.disks):
-            raise InvalidVaultId(f"disk {target} is already stored in point {self.point_id}")
+            raise DiskAlreadyStored(f"disk {target} is already stored in point {self.point_id}")
         src = Path(src_path)
         inf = qemuimg.info(src, force_share, fmt)
         fmt = "qcow2" if inf.backing_file or inf.format == "qcow2" else "raw"
@@ -178,10 +182,10 @@ class PointWriter:
         vm = f.get("vm") or {}
         consistency = f.get("consistency")
         if consistency not in CONSISTENCY_LEVELS:
-            raise InvalidVaultId(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
+            raise InvalidConsistency(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
         uuid = layout.check_uuid(vm.get("uuid") or f.get("vm_uuid") or self.vm_uuid)
         if uuid != self.vm_uuid:
-            raise InvalidVaultId(f"manifest VM uuid {uuid} does not match the point's VM {self.vm_uuid}")
+            raise ManifestVmMismatch(f"manifest VM uuid {uuid} does not match the point's VM {self.vm_uuid}")
         return Manifest(
             point_id=self.point_id,
             vm_uuid=uuid,

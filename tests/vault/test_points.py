@@ -13,7 +13,14 @@ import pytest
 
 from controller.errors import InvalidArgument
 from controller.vault import Vault, layout
-from controller.vault.exceptions import PathEscape, PointNotFound, VaultError, VaultFull
+from controller.vault.exceptions import (
+    InvalidConsistency,
+    ManifestFieldReadOnly,
+    PathEscape,
+    PointNotFound,
+    VaultError,
+    VaultFull,
+)
 from tests.vault.helpers import MiB, PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
@@ -196,7 +203,7 @@ def test_update_manifest_is_atomic_rewrite(vault: Vault, make_point: PointMaker,
     assert (p.path / "manifest.json").stat().st_ino != before  # replaced by rename, not rewritten in place
     assert sorted(os.listdir(p.path)) == ["SHA256SUMS", "disks", "domain.xml", "manifest.json"]
     assert vault.get_point(p.point_id).manifest.disks == p.manifest.disks
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ManifestFieldReadOnly):
         vault.update_manifest(p, disks=[])
 
 
@@ -209,7 +216,7 @@ def test_publish_needs_disks_xml_and_valid_consistency(vault: Vault, qcow2_plain
         with pytest.raises(VaultError):
             w.publish({"consistency": "CRASH"})
         w.write_domain_xml("<domain/>")
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidConsistency):
             w.publish({"consistency": "SORT_OF"})
         p = w.publish({"consistency": "CRASH"})
     assert p.manifest.vm_uuid == VM
