@@ -28,6 +28,7 @@ from controller.backup.engine import BackupEngine, BackupRequest
 from controller.registration import store as regstore
 from controller.vault.vault import Vault
 from controller.virt.domain import disks
+from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
 
@@ -63,29 +64,6 @@ def _has_device_mapper() -> bool:
 def _attach(dom: libvirt.virDomain, xml: str) -> None:
     """Hot-plug a disk into the running VM (live and persistent)."""
     dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-
-
-def _register_without_agent(settings: Any, dom: libvirt.virDomain) -> None:
-    """A registration row whose agent is unreachable: the backup runs CRASH-consistent (storage is under test)."""
-    conn = db.connect(settings.db_path)
-    regstore.save(
-        conn,
-        regstore.Registration(
-            vm_uuid=dom.UUIDString(),
-            vm_name=dom.name(),
-            host_uri=settings.uri,
-            agent_host="127.0.0.1",
-            agent_port=1,
-            ssh_host="127.0.0.1",
-            ssh_port=1,
-            ssh_user="root",
-            ssh_key=None,
-            agent_version="0",
-            cert_serial="0",
-            registered_at=regstore.now_iso(),
-        ),
-    )
-    conn.close()
 
 
 @pytest.fixture
@@ -133,7 +111,7 @@ def storage_vm(settings: Any, make_lab_vm: Callable[..., Any], lab_prefix: str) 
             f"<source pool='{pool.name()}' volume='logs.qcow2'/><target dev='vdc' bus='virtio'/>"
             f"<serial>vmbvol</serial></disk>",
         )
-        _register_without_agent(settings, dom)
+        register_without_agent(settings, dom.UUIDString(), dom.name())
         yield Storage(vm, dom, block_dev, vol.path(), pool_dir)
     finally:
         if vm is not None:

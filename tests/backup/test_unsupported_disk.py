@@ -20,30 +20,23 @@ from controller.backup.exceptions import UnsupportedDisk
 from controller.cli.main import main
 from controller.registration import store as regstore
 from controller.vault.vault import Vault
+from tests.domain_xml import cdrom, domain, file_disk, rbd_disk
+from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.libvirt  # needs the local libvirtd (make test-fast skips it)
 
 
 def netdisk_xml(name: str, root_disk: Path) -> str:
     """A small shut-off domain: a file disk, an rbd disk, a 9p share and a cdrom."""
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/><source file='{root_disk}'/><target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source protocol='rbd' name='rbdpool/vmb-test-img'><host name='127.0.0.1' port='6789'/></source>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    return domain(
+        name,
+        file_disk(str(root_disk), "vda")
+        + rbd_disk("rbdpool/vmb-test-img", "127.0.0.1", "vdb")
+        + cdrom("sda")
+        + f"""
     <filesystem type='mount' accessmode='mapped'><source dir='{root_disk.parent}'/><target dir='hostshare'/>
-    </filesystem>
-  </devices>
-</domain>"""
+    </filesystem>""",
+    )
 
 
 @pytest.fixture
@@ -54,24 +47,8 @@ def netdisk_vm(settings: Any, lab_prefix: str, tmp_path: Path) -> Iterator[libvi
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(disk)], check=True, capture_output=True)
     lv = libvirt.open(settings.uri)
     dom = lv.defineXML(netdisk_xml(f"{lab_prefix}netdisk", disk))
+    register_without_agent(settings, dom.UUIDString(), dom.name())
     conn = db.connect(settings.db_path)
-    regstore.save(
-        conn,
-        regstore.Registration(
-            vm_uuid=dom.UUIDString(),
-            vm_name=dom.name(),
-            host_uri=settings.uri,
-            agent_host="127.0.0.1",
-            agent_port=1,
-            ssh_host="127.0.0.1",
-            ssh_port=1,
-            ssh_user="root",
-            ssh_key=None,
-            agent_version="0",
-            cert_serial="0",
-            registered_at=regstore.now_iso(),
-        ),
-    )
     try:
         yield dom
     finally:

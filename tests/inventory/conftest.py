@@ -18,6 +18,7 @@ import libvirt
 import pytest
 
 from controller import db, settings
+from controller.lab import host
 from controller.settings import Settings
 from tests.inventory.helpers import DISK_XML, DOMAIN_XML, URI, InvDomains
 
@@ -37,13 +38,9 @@ def conn(cfg: Settings) -> sqlite3.Connection:
 
 @pytest.fixture(scope="module")
 def lv() -> Iterator[libvirt.virConnect]:
-    """A connection to the real local libvirtd (started by scripts/host-setup.sh if it is not running)."""
-    try:
-        c = libvirt.open(URI)
-    except libvirt.libvirtError:
-        root = Path(__file__).resolve().parents[2]
-        subprocess.run(["bash", str(root / "scripts" / "host-setup.sh")], check=True, timeout=600)
-        c = libvirt.open(URI)
+    """A connection to the real local libvirtd (its daemons started if they are not running; nothing installed)."""
+    host.ensure_daemons(URI)
+    c = libvirt.open(URI)
     yield c
     c.close()
 

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 from controller.restore import domainxml
 from controller.restore.domainxml import RewritePlan
+from tests.domain_xml import PCI_HOSTDEV, block_disk, cdrom, domain, file_disk, rbd_disk, virtiofs_share, volume_disk
 
 ORIGINAL_STORAGE = (
     "/vms/web1/root.qcow2",
@@ -20,44 +21,26 @@ ORIGINAL_STORAGE = (
     "iqn.2020-01.example",
 )
 
-DOMAIN = """<domain type='qemu'>
-  <name>web1</name>
-  <uuid>11111111-2222-3333-4444-555555555555</uuid>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/><source file='/vms/web1/root.qcow2'/><target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='block' device='disk'>
-      <driver name='qemu' type='raw' cache='none' io='native'/><source dev='/dev/vg0/data'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='volume' device='disk'>
-      <driver name='qemu' type='qcow2'/><source pool='images' volume='logs.qcow2'/><target dev='vdc' bus='virtio'/>
-    </disk>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <auth username='admin'><secret type='ceph' usage='client.admin'/></auth>
-      <source protocol='rbd' name='rbdpool/img1'><host name='10.0.0.5' port='6789'/></source>
-      <target dev='vdd' bus='virtio'/>
-    </disk>
+DOMAIN = domain(
+    "web1",
+    file_disk("/vms/web1/root.qcow2", "vda")
+    + block_disk("/dev/vg0/data", "vdb", driver_extra=" cache='none' io='native'")
+    + volume_disk("images", "logs.qcow2", "vdc")
+    + rbd_disk("rbdpool/img1", "10.0.0.5", "vdd",
+               auth="<auth username='admin'><secret type='ceph' usage='client.admin'/></auth>")
+    + """
     <disk type='network' device='lun'>
       <source protocol='iscsi' name='iqn.2020-01.example:t/1'><host name='10.0.0.5'/></source>
       <target dev='sdc' bus='scsi'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <source file='/isos/install.iso'/><target dev='sda' bus='sata'/><readonly/>
-    </disk>
-    <filesystem type='mount' accessmode='passthrough'>
-      <driver type='virtiofs'/><source dir='/srv/share'/><target dir='share'/>
-    </filesystem>
-    <hostdev mode='subsystem' type='pci' managed='yes'>
-      <source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source>
-    </hostdev>
+    </disk>"""
+    + cdrom("sda", "/isos/install.iso")
+    + virtiofs_share("/srv/share", "share")
+    + PCI_HOSTDEV
+    + """
     <redirdev bus='usb' type='spicevmc'/>
-    <smartcard mode='passthrough' type='spicevmc'/>
-  </devices>
-</domain>"""
+    <smartcard mode='passthrough' type='spicevmc'/>""",
+    uuid="11111111-2222-3333-4444-555555555555",
+)
 
 
 def plan(disks: dict[str, tuple[str, str]]) -> RewritePlan:

@@ -7,39 +7,23 @@ import pytest
 from controller.backup.disksource import check_xml
 from controller.backup.exceptions import UnsupportedDisk
 from controller.virt.domain import classify, disks_from_xml
+from tests.domain_xml import PCI_HOSTDEV, block_disk, cdrom, domain, file_disk, rbd_disk, virtiofs_share, volume_disk
 
-DOMAIN = """<domain type='qemu'>
-  <name>mixed</name>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/><source file='/vms/root.qcow2'/><target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='block' device='disk'>
-      <driver name='qemu' type='raw'/><source dev='/dev/vg0/data'/><target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='volume' device='disk'>
-      <driver name='qemu' type='qcow2'/><source pool='images' volume='logs.qcow2'/><target dev='vdc' bus='virtio'/>
-    </disk>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source protocol='rbd' name='rbdpool/img1'><host name='10.0.0.5' port='6789'/></source>
-      <target dev='vdd' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <source file='/isos/install.iso'/><target dev='sda' bus='sata'/><readonly/>
-    </disk>
+DOMAIN = domain(
+    "mixed",
+    file_disk("/vms/root.qcow2", "vda")
+    + block_disk("/dev/vg0/data", "vdb")
+    + volume_disk("images", "logs.qcow2", "vdc")
+    + rbd_disk("rbdpool/img1", "10.0.0.5", "vdd")
+    + cdrom("sda", "/isos/install.iso")
+    + """
     <disk type='file' device='disk'>
       <source file='/vms/ro.raw'/><target dev='vde' bus='virtio'/><readonly/>
     </disk>
-    <disk type='file' device='floppy'><target dev='fda' bus='fdc'/></disk>
-    <filesystem type='mount' accessmode='passthrough'>
-      <driver type='virtiofs'/><source dir='/srv/share'/><target dir='share'/>
-    </filesystem>
-    <hostdev mode='subsystem' type='pci' managed='yes'>
-      <source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source>
-    </hostdev>
-  </devices>
-</domain>"""
+    <disk type='file' device='floppy'><target dev='fda' bus='fdc'/></disk>"""
+    + virtiofs_share("/srv/share", "share")
+    + PCI_HOSTDEV,
+)
 
 
 def resolve(pool: str, volume: str) -> str:
