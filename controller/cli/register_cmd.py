@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from agent.contract import AGENT_PORT
 from controller.cli import output
 from controller.errors import InvalidArgument, VmBackupError
 from controller.registration.precheck import DEFAULT_MAX_DATA_DISKS, EndpointOverrides
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--ssh-user", help="default root")
     p.add_argument("--ssh-key", help="private key file")
     p.add_argument("--agent-host", help="where the controller reaches the agent (default: the SSH host)")
-    p.add_argument("--agent-port", type=int, help="default: from lab metadata, else 7470")
+    p.add_argument("--agent-port", type=int, help=f"default: from lab metadata, else {AGENT_PORT}")
     p.add_argument("--max-data-disks", type=int, default=DEFAULT_MAX_DATA_DISKS)
     p.add_argument(
         "--exclude-disk",
