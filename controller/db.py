@@ -25,7 +25,7 @@ from controller import schema
 from controller.exceptions import StateSchemaTooNew
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, migrations: Sequence[schema.Migration] = schema.MIGRATIONS) -> sqlite3.Connection:
     """Open the state database, creating it if needed and applying the schema migrations it lacks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -35,7 +35,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        migrate(conn, path)
+        migrate(conn, path, migrations)
     except BaseException:
         conn.close()
         raise
