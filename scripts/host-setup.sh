@@ -12,6 +12,7 @@ PKGS=(
   vagrant vagrant-libvirt   # the Vagrant end-to-end test (make e2e)
   lvm2                      # LVM volumes as block-device disks (tests/backup/test_block_volume_disks.py)
   virtnbdbackup             # a contender in make bench
+  libnbd-bin python3-libnbd # dirty-bitmap reads over NBD (bench/cbt_paths.py; the venv loads Debian's nbd module)
 )
 
 log() { printf '[host-setup] %s\n' "$*"; }
