@@ -20,7 +20,7 @@ from controller.backup.intent import IntentStore
 from controller.jobs.store import JobStore
 from controller.virt.domain import disks
 from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
-from tests.backup.test_shutoff_copy_lock import _fake_registration
+from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.vm
 def _shut_off_mid_copy(settings: Any, t: Any, monkeypatch: pytest.MonkeyPatch, cancel: bool) -> dict[str, Any]:
     """Run a backup of running `t`; mid-copy destroy it, write into its overlay, optionally cancel the job."""
     _qemu_io(t.base, "write -P 0x11 0 8M")
-    _fake_registration(settings, t.uuid, t.name)
+    register_without_agent(settings, t.uuid, t.name)
     t.dom.create()
     monkeypatch.setenv("VMBACKUP_FAULT_COPY_DELAY_S", "1.0")
     copying = threading.Event()

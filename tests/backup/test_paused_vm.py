@@ -18,7 +18,7 @@ from controller.backup.engine import BackupEngine, BackupRequest
 from controller.vault import Vault
 from controller.virt.domain import disks
 from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
-from tests.backup.test_shutoff_copy_lock import _fake_registration
+from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
 
@@ -27,7 +27,7 @@ def test_paused_vm_is_snapshotted_without_asking_the_agent(settings: Any, tiny: 
     t = tiny()
     w = _qemu_io(t.base, "write -P 0x3c 0 4M")
     assert w.returncode == 0, w.stderr
-    _fake_registration(settings, t.uuid, t.name)  # its agent port answers nothing: it must not even be tried
+    register_without_agent(settings, t.uuid, t.name)  # its agent port answers nothing: it must not even be tried
     t.dom.create()
     t.dom.suspend()
     eng = BackupEngine(settings)

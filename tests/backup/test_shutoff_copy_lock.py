@@ -14,24 +14,13 @@ from typing import Any
 import libvirt
 import pytest
 
-from controller import db
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
-from controller.registration.store import Registration, now_iso, save
 from controller.vault import sparse
 from controller.vault.vault import Vault
 from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
+from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
-
-
-def _fake_registration(settings: Any, uuid: str, name: str) -> None:
-    """The precheck wants a registration; a shut-off VM's backup never talks to the agent."""
-    reg = Registration(
-        vm_uuid=uuid, vm_name=name, host_uri=settings.uri, agent_host="127.0.0.1", agent_port=1,
-        ssh_host="127.0.0.1", ssh_port=1, ssh_user="root", ssh_key=None, agent_version="0", cert_serial="0",
-        registered_at=now_iso(),
-    )
-    save(db.connect(settings.db_path), reg)
 
 
 def test_starting_a_shut_off_vm_mid_copy_is_refused(
@@ -42,7 +31,7 @@ def test_starting_a_shut_off_vm_mid_copy_is_refused(
     w = _qemu_io(t.base, "write -P 0x5a 0 12M")
     assert w.returncode == 0, w.stderr
     before = sparse.stream(Path(t.base)).digest
-    _fake_registration(settings, t.uuid, t.name)
+    register_without_agent(settings, t.uuid, t.name)
     monkeypatch.setenv("VMBACKUP_FAULT_COPY_DELAY_S", "1.5")
 
     copying = threading.Event()
