@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +20,9 @@ import pytest
 from controller.backup import faults
 from controller.jobs.store import JobStore
 from controller.virt.domain import disks
+from tests.backup.helpers import cli, wait_for
 
 pytestmark = pytest.mark.vm
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start the vmbackup CLI in its own process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli.main", *args],
-        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float) -> None:
-    """Wait until the paused controller wrote its marker (or died, which fails the test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"controller exited ({proc.returncode}) before the fault point: {out} {err}")
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"controller never reached the fault point {path.name}")
 
 
 @pytest.mark.parametrize("step", faults.STEPS)

@@ -19,7 +19,7 @@ from controller.backup.engine import BackupEngine, BackupRequest
 from controller.backup.intent import IntentStore
 from controller.jobs.store import JobStore
 from controller.virt.domain import disks
-from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
+from tests.backup.helpers import qemu_io
 from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.vm
 
 def _shut_off_mid_copy(settings: Any, t: Any, monkeypatch: pytest.MonkeyPatch, cancel: bool) -> dict[str, Any]:
     """Run a backup of running `t`; mid-copy destroy it, write into its overlay, optionally cancel the job."""
-    _qemu_io(t.base, "write -P 0x11 0 8M")
+    qemu_io(t.base, "write -P 0x11 0 8M")
     register_without_agent(settings, t.uuid, t.name)
     t.dom.create()
     monkeypatch.setenv("VMBACKUP_FAULT_COPY_DELAY_S", "1.0")
@@ -47,7 +47,7 @@ def _shut_off_mid_copy(settings: Any, t: Any, monkeypatch: pytest.MonkeyPatch, c
     ovl = next(d.path for d in disks(t.dom) if d.target == "vda")
     assert ".vmb-" in ovl
     t.dom.destroy()  # the guest goes away mid-backup
-    w = _qemu_io(ovl, "write -P 0xcd 2M 64k")  # what it wrote after the snapshot
+    w = qemu_io(ovl, "write -P 0xcd 2M 64k")  # what it wrote after the snapshot
     assert w.returncode == 0, w.stderr
     if cancel:
         jobs = JobStore(db.connect(settings.db_path))
@@ -61,7 +61,7 @@ def _shut_off_mid_copy(settings: Any, t: Any, monkeypatch: pytest.MonkeyPatch, c
 def _assert_merged(settings: Any, t: Any, ovl: str) -> None:
     assert [d.path for d in disks(t.dom, inactive=True)] == [t.base]
     assert not Path(ovl).exists()
-    r = _qemu_io(t.base, "read -P 0xcd 2M 64k")
+    r = qemu_io(t.base, "read -P 0xcd 2M 64k")
     assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
     assert t.uuid not in [i.vm_uuid for i in IntentStore(db.connect(settings.db_path)).pending()]
     t.dom.create()
@@ -69,7 +69,7 @@ def _assert_merged(settings: Any, t: Any, ovl: str) -> None:
 
 
 def test_guest_shut_off_mid_copy_is_merged_offline_at_commit(
-    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The backup completes; its commit step merges the overlay with qemu-img since the VM is off."""
     t = tiny()
@@ -79,7 +79,7 @@ def test_guest_shut_off_mid_copy_is_merged_offline_at_commit(
 
 
 def test_cancel_after_guest_shut_off_merges_offline(
-    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cancel takes the undo path, which merges offline and only then drops the intent."""
     t = tiny()

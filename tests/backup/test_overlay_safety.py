@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from controller import db
@@ -25,59 +22,9 @@ from controller.backup.offline import remove_overlay_guarded
 from controller.backup.recovery import recover
 from controller.backup.snapshot import overlay_path, take_snapshot
 from controller.virt.domain import disks
+from tests.backup.helpers import Tiny, qemu_io
 
 pytestmark = pytest.mark.vm
-
-DOMAIN_XML = """<domain type='qemu'>
-  <name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
-      <target dev='vda' bus='virtio'/></disk>
-  </devices>
-</domain>"""
-
-
-class Tiny:
-    """One defined (persistent) OS-less domain and its disk."""
-
-    def __init__(self, conn: libvirt.virConnect, workdir: Path, name: str):
-        self.base = str(workdir / f"{name}.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", self.base, "16M"], check=True)
-        self.dom = conn.defineXML(DOMAIN_XML.format(name=name, uuid=uuidlib.uuid4(), disk=self.base))
-        self.uuid = self.dom.UUIDString()
-        self.name = name
-
-    def inactive_sources(self) -> list[str]:
-        return [d.path for d in disks(self.dom, inactive=True)]
-
-    def inactive_xml(self) -> str:
-        return str(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-
-    def remove(self) -> None:
-        if self.dom.isActive():
-            self.dom.destroy()
-        self.dom.undefine()
-
-
-@pytest.fixture
-def tiny(settings: Any, lab_prefix: str) -> Iterator[Any]:
-    """A factory of tiny domains under the session's home (reachable by QEMU), all undefined afterwards."""
-    conn = libvirt.open(settings.uri)
-    workdir = settings.home / f"tiny-{secrets.token_hex(3)}"
-    workdir.mkdir(mode=0o755)
-    made: list[Tiny] = []
-
-    def make() -> Tiny:
-        t = Tiny(conn, workdir, f"{lab_prefix}tiny-{secrets.token_hex(3)}")
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        t.remove()
-    conn.close()
-
 
 def _intent(settings: Any, t: Tiny, job_id: str, overlays: dict[str, str] | None = None) -> IntentStore:
     """Record a pending intent of a backup job of `t`, as a controller that died after the snapshot leaves it."""
@@ -85,10 +32,6 @@ def _intent(settings: Any, t: Tiny, job_id: str, overlays: dict[str, str] | None
     store.begin(job_id, t.uuid, t.name, settings.uri, {"vda": t.base})
     store.step(job_id, "snapshotted", overlays=overlays or {})
     return store
-
-
-def _qemu_io(path: str, cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", cmd, path], capture_output=True, text=True, check=False)
 
 
 def _job() -> str:
@@ -104,7 +47,7 @@ def test_recover_merges_the_overlay_of_a_vm_shut_off_after_the_snapshot(settings
     t.dom.destroy()  # power loss after the snapshot
     ovl = overlays["vda"]
     assert t.inactive_sources() == [ovl], "libvirt switched the saved definition to the overlay"
-    w = _qemu_io(ovl, "write -P 0xab 1M 64k")  # the guest's writes since the snapshot
+    w = qemu_io(ovl, "write -P 0xab 1M 64k")  # the guest's writes since the snapshot
     assert w.returncode == 0, w.stderr
     store = _intent(settings, t, job, overlays)
 
@@ -113,7 +56,7 @@ def test_recover_merges_the_overlay_of_a_vm_shut_off_after_the_snapshot(settings
     assert t.inactive_sources() == [t.base], report
     assert "<backingStore" not in t.inactive_xml().split("<target dev='vda'")[0].split("<disk")[-1]
     assert not Path(ovl).exists(), report
-    r = _qemu_io(t.base, "read -P 0xab 1M 64k")
+    r = qemu_io(t.base, "read -P 0xab 1M 64k")
     assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
     assert job not in [i.job_id for i in store.pending()]
     t.dom.create()  # and it starts on its own file

@@ -17,15 +17,15 @@ import pytest
 from controller.backup.engine import BackupEngine, BackupRequest
 from controller.vault import Vault
 from controller.virt.domain import disks
-from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
+from tests.backup.helpers import qemu_io
 from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
 
 
-def test_paused_vm_is_snapshotted_without_asking_the_agent(settings: Any, tiny: Any) -> None:  # noqa: F811
+def test_paused_vm_is_snapshotted_without_asking_the_agent(settings: Any, tiny: Any) -> None:
     t = tiny()
-    w = _qemu_io(t.base, "write -P 0x3c 0 4M")
+    w = qemu_io(t.base, "write -P 0x3c 0 4M")
     assert w.returncode == 0, w.stderr
     register_without_agent(settings, t.uuid, t.name)  # its agent port answers nothing: it must not even be tried
     t.dom.create()
@@ -45,6 +45,6 @@ def test_paused_vm_is_snapshotted_without_asking_the_agent(settings: Any, tiny: 
     assert [f for f in Path(t.base).parent.iterdir() if ".vmb-" in f.name] == []
     point = Vault(settings.vault).get_point(res.point_id)
     stored = point.path / point.manifest.disks[0].file
-    r = _qemu_io(str(stored), "read -P 0x3c 0 4M")
+    r = qemu_io(str(stored), "read -P 0x3c 0 4M")
     assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
     t.dom.resume()

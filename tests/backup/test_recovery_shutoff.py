@@ -26,7 +26,7 @@ from controller.backup import faults
 from controller.lab.sshexec import wait_for_ssh
 from controller.registration.register import RegisterOptions, Registrar
 from controller.virt.domain import disks
-from tests.backup.test_crash_recovery import cli, wait_for
+from tests.backup.helpers import cli, wait_for
 
 pytestmark = pytest.mark.vm
 

@@ -17,18 +17,18 @@ import pytest
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
 from controller.vault import sparse
 from controller.vault.vault import Vault
-from tests.backup.test_overlay_safety import _qemu_io, tiny  # noqa: F401 - the fixture
+from tests.backup.helpers import qemu_io
 from tests.helpers import register_without_agent
 
 pytestmark = pytest.mark.vm
 
 
 def test_starting_a_shut_off_vm_mid_copy_is_refused(
-    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    settings: Any, tiny: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The start fails on the image lock; the point equals the disk; the VM starts once the backup is done."""
     t = tiny()
-    w = _qemu_io(t.base, "write -P 0x5a 0 12M")
+    w = qemu_io(t.base, "write -P 0x5a 0 12M")
     assert w.returncode == 0, w.stderr
     before = sparse.stream(Path(t.base)).digest
     register_without_agent(settings, t.uuid, t.name)
