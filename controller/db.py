@@ -17,6 +17,7 @@ transaction, never in memory.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,22 +25,34 @@ from pathlib import Path
 from controller import schema
 from controller.exceptions import StateSchemaTooNew
 
+#: tries to open the database when a concurrent opener holds it locked (see connect)
+_OPEN_ATTEMPTS = 20
+
 
 def connect(path: Path, migrations: Sequence[schema.Migration] = schema.MIGRATIONS) -> sqlite3.Connection:
     """Open the state database, creating it if needed and applying the schema migrations it lacks."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        migrate(conn, path, migrations)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    for attempt in range(_OPEN_ATTEMPTS):
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            migrate(conn, path, migrations)
+            return conn
+        except sqlite3.OperationalError as e:
+            conn.close()
+            # several processes opening a brand-new file at once: switching it to WAL can fail at once with
+            # "database is locked" (SQLite does not always wait in its busy handler there); try again shortly
+            if "locked" not in str(e) or attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+        except BaseException:
+            conn.close()
+            raise
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def user_version(conn: sqlite3.Connection) -> int:
