@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cbt_movers import MOVERS
+from bench.cbt_movers import MOVERS, bitmap_counts
 from bench.cbt_nbd import READERS, import_nbd, qemu_nbd
 from bench.cbt_scenario import BITMAP, CLEAN_BITMAP, GRANULARITY, Scenario, build, expected_dirty, new_incremental
 from bench.common import GiB, MiB, allocated, drop_caches, mb_per_s, ratio, run, summary
@@ -67,6 +67,22 @@ def measure_readers(sc: Scenario, reps: int) -> dict[str, Any]:
                     "exact": got == expected,
                 }
     return out
+
+
+def measure_counts(sc: Scenario, reps: int) -> dict[str, Any]:
+    """Time reading every bitmap's dirty-byte count through qemu-storage-daemon (start, query, quit)."""
+    want = {BITMAP: sum(n for _, n in expected_dirty(sc.writes, GRANULARITY, sc.size)), CLEAN_BITMAP: 0}
+    times: list[float] = []
+    got: dict[str, Any] = {}
+    for _ in range(reps):
+        t0 = time.monotonic()
+        got = bitmap_counts(sc.base, sc.work)
+        times.append(time.monotonic() - t0)
+    return {
+        "seconds": summary(times),
+        "counts": {name: got.get(name, {}).get("count") for name in want},
+        "exact": all(got.get(name, {}).get("count") == n for name, n in want.items()),
+    }
 
 
 def measure_movers(sc: Scenario, reps: int) -> dict[str, Any]:
@@ -139,6 +155,11 @@ def markdown(res: dict[str, Any]) -> str:
     for name, r in res["readers"].items():
         d, c = r[BITMAP], r[CLEAN_BITMAP]
         lines.append(f"| {name} | {d['seconds']['median']} | {c['seconds']['median']} | {d['exact'] and c['exact']} |")
+    bc = res["bitmap_counts"]
+    lines.append(
+        f"| qemu-storage-daemon query-named-block-nodes (dirty-byte count of every bitmap; process start included) "
+        f"| {bc['seconds']['median']} | (same query) | {bc['exact']} |"
+    )
     lines += [
         "",
         "| byte mover | dirty (s) | MB/s | stored MiB | nothing dirty (s) | identical | vs full |",
@@ -174,6 +195,7 @@ def measure(size: int, dirty: int, fill: int, reps: int, work: Path, seed: int =
         "versions": versions(),
         "expected_dirty_bytes": sum(n for _, n in expected_dirty(sc.writes, GRANULARITY, sc.size)),
         "readers": measure_readers(sc, reps),
+        "bitmap_counts": measure_counts(sc, reps),
         "movers": measure_movers(sc, reps),
         "full_copy": measure_full(sc),
     }  # fmt: skip

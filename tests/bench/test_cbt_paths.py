@@ -63,6 +63,7 @@ def test_tiny_run_every_path_is_exact_and_identical(tmp_path: Path) -> None:
     for name, r in res["readers"].items():
         assert r[BITMAP]["exact"] and r[BITMAP]["dirty_bytes"] == dirty, name
         assert r[CLEAN_BITMAP]["exact"] and r[CLEAN_BITMAP]["dirty_bytes"] == 0, name
+    assert res["bitmap_counts"]["counts"] == {BITMAP: dirty, CLEAN_BITMAP: 0}
     for name, r in res["movers"].items():
         assert r[BITMAP]["identical"] and r[CLEAN_BITMAP]["identical"], name
         assert r[BITMAP]["moved_bytes"] == dirty and r[CLEAN_BITMAP]["moved_bytes"] == 0, name
@@ -76,3 +77,37 @@ def test_tiny_run_every_path_is_exact_and_identical(tmp_path: Path) -> None:
         info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(inc)], capture_output=True,
                                          text=True, check=True).stdout)  # fmt: skip
         assert info["backing-filename"] == "parent.qcow2", inc.name
+
+
+def test_merge_on_delete_recipe_keeps_every_later_point_identical(tmp_path: Path) -> None:
+    """The recipe docs/incremental-design.md plans for deleting a point P that child C depends on: ``qemu-img
+    commit -d C`` (C's clusters into P's file), then P's file renamed over C's; with backing files relative to the
+    vault layout (``../../<point>/disks/vdb.qcow2``). Deleting the middle point, then the oldest full, leaves C
+    restoring to the same contents, standalone at the end."""
+    vm = tmp_path / "vm"
+
+    def disk(point: str) -> Path:
+        return vm / point / "disks" / "vdb.qcow2"
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(list(cmd), capture_output=True, text=True, check=True).stdout
+
+    for point in "ABC":
+        (vm / point / "disks").mkdir(parents=True)
+    sh("qemu-img", "create", "-q", "-f", "qcow2", str(disk("A")), "64M")
+    sh("qemu-io", "-c", "write -q -P 1 0 32M", str(disk("A")))
+    for point, parent, writes in (("B", "A", ["write -q -P 2 1M 2M", "write -q -z 8M 1M"]),
+                                  ("C", "B", ["write -q -P 3 2M 2M", "write -q -P 3 40M 1M"])):  # fmt: skip
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", f"../../{parent}/disks/vdb.qcow2",
+           str(disk(point)))  # fmt: skip
+        sh("qemu-io", *[a for w in writes for a in ("-c", w)], str(disk(point)))
+    view = tmp_path / "c-view.qcow2"
+    sh("qemu-img", "convert", "-O", "qcow2", str(disk("C")), str(view))
+    for gone, left in (("B", "../../A/disks/vdb.qcow2"), ("A", None)):
+        sh("qemu-img", "commit", "-q", "-d", str(disk("C")))
+        disk(gone).rename(disk("C"))
+        shutil.rmtree(vm / gone)
+        assert subprocess.run(["qemu-img", "compare", "-q", str(view), str(disk("C"))], check=False).returncode == 0
+        info = json.loads(sh("qemu-img", "info", "--output=json", str(disk("C"))))
+        assert info.get("backing-filename") == left
+    sh("qemu-img", "check", "-q", str(disk("C")))
