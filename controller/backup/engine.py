@@ -118,7 +118,7 @@ class BackupEngine(StateUser):
         """The flow inside the job."""
         t0 = time.monotonic()
         with run.phase("precheck"):
-            _check_local(dom, ref)
+            _check_local(dom, ref, self.settings.home)
             reg = get_registration(self.conn, ref.uuid)
             if reg is None:
                 raise NotRegistered(f"VM {ref.name!r} is not registered")
@@ -271,9 +271,9 @@ def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _check_local(dom: libvirt.virDomain, ref: VmRef) -> None:
+def _check_local(dom: libvirt.virDomain, ref: VmRef, probe_parent: Path) -> None:
     """Refuse a VM whose libvirt host is another machine: the copy reads its disk paths on this filesystem."""
-    if not is_this_host(dom.connect()):
+    if not is_this_host(dom.connect(), probe_parent):
         raise RemoteDataPathUnsupported(
             f"VM {ref.name!r} runs on the libvirt host at {ref.host_uri}, not on this machine; its disks cannot be "
             "read here",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import secrets
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -103,7 +106,41 @@ def local_host_uuid() -> str:
     return ""
 
 
-def is_this_host(conn: libvirt.virConnect) -> bool:
-    """True when the libvirt host behind `conn` is this machine (its disk paths are paths on our filesystem)."""
+def is_this_host(conn: libvirt.virConnect, probe_parent: Path | None = None) -> bool:
+    """True when the libvirt host behind `conn` sees our filesystem (its disk paths are paths we can read).
+
+    The host UUIDs are compared first. They differ also for a second libvirtd on this very machine (e.g. one in a
+    network namespace) on hosts without an SMBIOS UUID, where each libvirtd start makes up a temporary one; so when
+    they differ and probe_parent is given, :func:`sees_our_files` asks the daemon itself.
+    """
     remote = host_uuid(conn)
-    return bool(remote) and remote == local_host_uuid()
+    if remote and remote == local_host_uuid():
+        return True
+    return probe_parent is not None and sees_our_files(conn, probe_parent)
+
+
+def sees_our_files(conn: libvirt.virConnect, probe_parent: Path) -> bool:
+    """Does the libvirt daemon behind `conn` see the files we see? Proven with a nonce, not guessed.
+
+    A fresh directory holding one randomly named empty file is made under probe_parent; the daemon is asked to
+    start a transient ``dir`` storage pool on that path and to list its volumes. Only a daemon that reads our
+    filesystem (same machine, same mount namespace view) can start it and name the file; the pool is destroyed
+    (transient: gone) and the directory removed whatever happens.
+    """
+    nonce = f"vmbackup-probe-{secrets.token_hex(8)}"
+    probe_parent.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=".vmb-probe-", dir=probe_parent))
+    try:
+        (d / nonce).touch()
+        xml = f"<pool type='dir'><name>{nonce}</name><target><path>{d}</path></target></pool>"
+        try:
+            pool = conn.storagePoolCreateXML(xml, 0)
+        except libvirt.libvirtError:
+            return False  # the directory does not exist where the daemon looks: another machine
+        try:
+            return nonce in pool.listVolumes()
+        finally:
+            with suppress(libvirt.libvirtError):
+                pool.destroy()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid as uuidlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -32,6 +33,10 @@ class StubConn:
 
     def getCapabilities(self) -> str:
         return CAPS.format(uuid=self.host_uuid)
+
+    def storagePoolCreateXML(self, xml: str, flags: int) -> Any:
+        """What a remote libvirtd answers for a directory that exists only on our machine."""
+        raise libvirt.libvirtError("cannot open directory: No such file or directory")
 
 
 class StubDomain:
@@ -109,5 +114,26 @@ def test_a_real_local_connection_is_this_host(settings: Any) -> None:
     conn = libvirt.open(settings.uri)
     try:
         assert is_this_host(conn)
+    finally:
+        conn.close()
+
+
+@pytest.mark.libvirt
+def test_a_second_libvirtd_here_with_another_host_uuid_is_this_host(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Path
+) -> None:
+    """Without SMBIOS every libvirtd start makes up a host UUID (the e2e's namespaced libvirtd differs from the
+    system one): the nonce-file probe through a transient dir pool proves the daemon sees our files."""
+    from controller.virt import connection as conn_mod
+
+    monkeypatch.setattr(conn_mod, "local_host_uuid", lambda: str(uuidlib.uuid4()))  # the UUIDs now differ
+    conn = libvirt.open(settings.uri)
+    try:
+        assert conn_mod.sees_our_files(conn, tmp_path)
+        assert is_this_host(conn, tmp_path)
+        assert not is_this_host(conn)  # without a probe directory the differing UUIDs decide
+        assert not is_this_host(StubConn(str(uuidlib.uuid4())), tmp_path)  # a daemon that cannot see the nonce
+        assert list(tmp_path.iterdir()) == []  # the probe directory is removed
+        assert not [n for n in conn.listStoragePools() if n.startswith("vmbackup-probe-")]  # and the pool
     finally:
         conn.close()
