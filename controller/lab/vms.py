@@ -237,13 +237,7 @@ def destroy_lab_vm(settings: Settings, name: str) -> LabMetadata:
     original's files) is left in place.
     """
     with connection(settings.uri) as conn:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError as e:
-            raise LabVmNotFound(f"no domain named {name!r}") from e
-        meta = metadata.read(dom)
-        if meta is None:
-            raise NotALabVm(f"{name!r} has no vmbackup lab metadata; refusing to destroy it")
+        dom, meta = _lab_domain(conn, name, "has no vmbackup lab metadata; refusing to destroy it")
         _undefine(dom)
         with contextlib.suppress(libvirt.libvirtError):
             conn.lookupByName(name)
@@ -280,14 +274,20 @@ def list_lab_vms(settings: Settings) -> list[LabVm]:
 def get_lab_vm(settings: Settings, name: str) -> LabVm:
     """One lab VM by name, or LabVmNotFound / NotALabVm."""
     with connection(settings.uri) as conn:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError as e:
-            raise LabVmNotFound(f"no domain named {name!r}") from e
-        meta = metadata.read(dom)
-        if meta is None:
-            raise NotALabVm(f"{name!r} is not a lab VM")
+        dom, meta = _lab_domain(conn, name, "is not a lab VM")
         return LabVm(dom.name(), dom.UUIDString(), state_name(dom), meta)
+
+
+def _lab_domain(conn: libvirt.virConnect, name: str, not_lab: str) -> tuple[libvirt.virDomain, LabMetadata]:
+    """A domain by name with its lab metadata: LabVmNotFound, or NotALabVm ("<name> <not_lab>")."""
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        raise LabVmNotFound(f"no domain named {name!r}") from e
+    meta = metadata.read(dom)
+    if meta is None:
+        raise NotALabVm(f"{name!r} {not_lab}")
+    return dom, meta
 
 
 def wait_until_gone(meta: LabMetadata, timeout: float = 10.0) -> bool:
