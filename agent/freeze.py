@@ -43,11 +43,15 @@ class ThawReport:
     """What Thaw answers."""
 
     thawed: list[str]
-    frozen_ms: int
+    frozen_ms: int  # from the Freeze outcome to the thaw's end (what ThawResponse.frozen_ms always carried)
     held: bool
     auto_thawed: bool
     consistency: Consistency
     outcome: ThawOutcome
+    #: First FIFREEZE to last FITHAW, measured around the ioctls (0.0: the quiescer does not measure it).
+    guest_frozen_ms: float = 0.0
+    freeze_hooks_ms: int = 0  # the freeze hooks, run before the first FIFREEZE
+    thaw_hooks_ms: int = 0  # the thaw hooks, run after the last FITHAW
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class FreezeManager:
         """The Thaw answer for an ended session."""
         assert session.thaw is not None
         held = session.end == "thawed" and session.thaw.held
+        start, stop = session.outcome.frozen_at, session.thaw.thawed_at
         return ThawReport(
             thawed=session.thaw.thawed,
             frozen_ms=int((session.ended_at - session.frozen_at) * 1000),
@@ -177,4 +182,7 @@ class FreezeManager:
             auto_thawed=session.end == "auto-thawed",
             consistency=session.outcome.consistency if held else Consistency.CRASH,
             outcome=session.thaw,
+            guest_frozen_ms=(stop - start) * 1000 if start is not None and stop is not None else 0.0,
+            freeze_hooks_ms=sum(h.duration_ms for h in session.outcome.hooks),
+            thaw_hooks_ms=sum(h.duration_ms for h in session.thaw.hooks),
         )

@@ -102,7 +102,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]  # gener
             return agent_pb2.ThawResponse(
                 thawed=r.thawed, frozen_ms=r.frozen_ms, held=r.held, auto_thawed=r.auto_thawed,
                 hooks=_hooks_pb(r.outcome.hooks), consistency=_CONSISTENCY[r.consistency],
-                thaw_errors=r.outcome.errors,
+                thaw_errors=r.outcome.errors, guest_frozen_ms=r.guest_frozen_ms, freeze_hooks_ms=r.freeze_hooks_ms,
+                thaw_hooks_ms=r.thaw_hooks_ms,
             )
         return self._call(context, run)
 

@@ -46,6 +46,8 @@ class FreezeOutcome:
     consistency: Consistency
     hooks: list[HookRun] = field(default_factory=list)
     freeze_ms: int = 0
+    #: Monotonic time right before the first FIFREEZE (None: the quiescer does not measure it, or froze nothing).
+    frozen_at: float | None = None
 
 
 @dataclass
@@ -57,6 +59,8 @@ class ThawOutcome:
     hooks: list[HookRun] = field(default_factory=list)
     #: False when the platform released the freeze on its own before thaw (e.g. VSS's 10 s hold limit).
     held: bool = True
+    #: Monotonic time right after the last FITHAW (None: the quiescer does not measure it, or thawed nothing).
+    thawed_at: float | None = None
 
 
 class Quiescer(Protocol):

@@ -61,6 +61,10 @@ class FsFreezer:
         self._armed = False
         #: Mount points the last thaw found already thawed (by the guard or someone else): not held.
         self.released_early: list[str] = []
+        #: Monotonic time right before the last freeze's first FIFREEZE ioctl (None: none issued).
+        self.first_freeze_at: float | None = None
+        #: Monotonic time right after the last thaw's last FITHAW ioctl (None: none issued).
+        self.last_thaw_at: float | None = None
 
     def freeze(self, plan: list[Mount], hold_s: float = 0.0) -> tuple[list[str], list[tuple[str, str]]]:
         """Freeze ``plan`` in order; return (frozen, unsupported). Raise FreezeFailed after rollback.
@@ -87,8 +91,11 @@ class FsFreezer:
                 raise
             self._armed = True
         skipped: list[tuple[str, str]] = []
+        self.first_freeze_at = self.last_thaw_at = None
         for i, (mount, fd) in enumerate(opened):
             try:
+                if self.first_freeze_at is None:
+                    self.first_freeze_at = time.monotonic()
                 self._ioctl(fd, FIFREEZE, 0)
             except OSError as exc:
                 os.close(fd)
@@ -121,8 +128,10 @@ class FsFreezer:
             t0 = time.monotonic()
             try:
                 self._ioctl(fs.fd, FITHAW, 0)
-                thawed.append((fs.mount_point, int((time.monotonic() - t0) * 1000)))
+                self.last_thaw_at = time.monotonic()
+                thawed.append((fs.mount_point, int((self.last_thaw_at - t0) * 1000)))
             except OSError as exc:
+                self.last_thaw_at = time.monotonic()
                 if exc.errno == errno.EINVAL:  # not frozen any more (someone else thawed it): already safe
                     thawed.append((fs.mount_point, 0))
                     early.append(fs.mount_point)

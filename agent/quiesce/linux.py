@@ -72,7 +72,8 @@ class LinuxQuiescer:
             consistency = Consistency.APPLICATION
         else:
             consistency = Consistency.FILE_SYSTEM
-        return FreezeOutcome(frozen, skipped + unsupported, consistency, results, freeze_ms)
+        return FreezeOutcome(frozen, skipped + unsupported, consistency, results, freeze_ms,
+                             frozen_at=self.freezer.first_freeze_at if frozen else None)
 
     def thaw(self) -> ThawOutcome:
         """Thaw in reverse freeze order, then run thaw hooks in reverse name order.
@@ -81,12 +82,13 @@ class LinuxQuiescer:
         someone else ended the freeze early).
         """
         thawed, errors = self.freezer.thaw()
+        thawed_at = self.freezer.last_thaw_at
         hook_results = hooklib.run_all(list(reversed(self._hooks_run)), "thaw", self.hook_timeout_s)
         self._hooks_run = []
         early = self.freezer.released_early
         if early:
             errors = [*errors, f"already thawed before the agent's thaw: {early}"]
-        return ThawOutcome([m for m, _ in thawed], errors, hook_results, held=not early)
+        return ThawOutcome([m for m, _ in thawed], errors, hook_results, held=not early, thawed_at=thawed_at)
 
     def _plan(self, mount_points: Sequence[str] | None) -> tuple[list[mountlib.Mount], list[tuple[str, str]]]:
         """The mounts to freeze, in order, and the skipped ones; validate requested mount points."""

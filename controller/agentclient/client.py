@@ -141,6 +141,7 @@ class AgentClient:
         return ThawResult(
             thawed=list(r.thawed), frozen_ms=r.frozen_ms, held=r.held, auto_thawed=r.auto_thawed,
             consistency=_consistency(r.consistency), hooks=_hooks(r.hooks), errors=list(r.thaw_errors),
+            guest_frozen_ms=r.guest_frozen_ms, freeze_hooks_ms=r.freeze_hooks_ms, thaw_hooks_ms=r.thaw_hooks_ms,
         )
 
     def freeze_status(self) -> FreezeStatus:

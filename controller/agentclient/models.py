@@ -75,6 +75,10 @@ class ThawResult:
     consistency: str
     hooks: list[HookResult]
     errors: list[str]
+    #: First FIFREEZE to last FITHAW inside the guest, in ms (0.0: an older agent, or nothing was frozen).
+    guest_frozen_ms: float = 0.0
+    freeze_hooks_ms: int = 0
+    thaw_hooks_ms: int = 0
 
 
 @dataclass(frozen=True)

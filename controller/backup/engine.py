@@ -201,6 +201,8 @@ class BackupEngine(StateUser):
         q.created = snap_time
         self.intents.step(run.job_id, "thawed")
         run.detail("freeze_window_ms", q.window_ms)
+        for key in ("guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms", "freeze_rpc_ms"):
+            run.detail(key, getattr(q, key))
         faults.checkpoint("after-snapshot")
         return q
 
@@ -259,6 +261,9 @@ class BackupEngine(StateUser):
             "consistency": q.consistency,
             "consistency_reason": q.reason,
             "freeze_window_ms": q.window_ms,
+            "guest_frozen_ms": q.guest_frozen_ms,
+            "freeze_hooks_ms": q.freeze_hooks_ms,
+            "thaw_hooks_ms": q.thaw_hooks_ms,
             "agent_version": q.agent_version,
             "controller_version": controller.__version__,
             "policy": req.policy,

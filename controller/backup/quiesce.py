@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from controller.agentclient import AgentClient, FreezeResult, open_agent
+from controller.agentclient import AgentClient, FreezeResult, ThawResult, open_agent
 from controller.errors import VmBackupError
 from controller.registration.store import Registration
 from controller.settings import Settings
@@ -25,10 +25,23 @@ class Quiesce:
 
     consistency: str
     reason: str
+    #: The controller's window: from the Freeze reply received to the Thaw reply received (None: no freeze).
     window_ms: float | None = None
     agent_version: str | None = None
     warnings: list[str] = field(default_factory=list)
     created: str | None = None  # UTC ISO time of the snapshot: the recovery point's time
+    #: The agent's first FIFREEZE to last FITHAW (None: no confirmed thaw, or an agent that does not measure it).
+    guest_frozen_ms: float | None = None
+    freeze_hooks_ms: int | None = None
+    thaw_hooks_ms: int | None = None
+    freeze_rpc_ms: float | None = None  # how long the Freeze call took, as the controller saw it
+
+    def timed(self, th: ThawResult, freeze_rpc_ms: float | None) -> Quiesce:
+        """This outcome with the agent's own timings from ``th`` and the Freeze call's duration."""
+        self.guest_frozen_ms = th.guest_frozen_ms or None  # 0.0: an agent that does not measure it
+        self.freeze_hooks_ms, self.thaw_hooks_ms = th.freeze_hooks_ms, th.thaw_hooks_ms
+        self.freeze_rpc_ms = freeze_rpc_ms
+        return self
 
 
 class AgentQuiescer:
@@ -43,6 +56,7 @@ class AgentQuiescer:
         self._freeze: FreezeResult | None = None
         self._failure: str | None = None
         self._t_frozen = 0.0
+        self._freeze_rpc_ms: float | None = None
         self._client: AgentClient | None = None
         self.agent_version: str | None = None
 
@@ -51,9 +65,11 @@ class AgentQuiescer:
         try:
             self._client = open_agent(self.settings, self.reg)
             self.agent_version = self._client.get_info().agent_version
+            t_call = time.monotonic()
             self._freeze = self._client.freeze(None, self.timeout_s, self.job_id)
-            self.token = self._freeze.token
             self._t_frozen = time.monotonic()
+            self.token = self._freeze.token
+            self._freeze_rpc_ms = (self._t_frozen - t_call) * 1000
         except VmBackupError as e:
             self._failure = f"freeze failed: {e.code}: {e.message}"
 
@@ -71,6 +87,7 @@ class AgentQuiescer:
                 return Quiesce("CRASH", reason, None, version, [f"crash-consistent: {reason}"])
             try:
                 th = client.thaw(self.token)
+                window = (time.monotonic() - self._t_frozen) * 1000
             except VmBackupError as e:
                 window = (time.monotonic() - self._t_frozen) * 1000
                 reason = f"thaw not confirmed ({e.code}: {e.message}); snapshot result inconsistent"
@@ -78,10 +95,10 @@ class AgentQuiescer:
         finally:
             if client is not None:
                 client.close()
-        window = float(th.frozen_ms)
         if not th.held:
             reason = "the freeze did not hold for the whole window (auto-thawed early): snapshot result inconsistent"
-            return Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
+            crash = Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
+            return crash.timed(th, self._freeze_rpc_ms)
         hooks = [*frozen.hooks, *th.hooks]
         failed = [f"hook {h.name} ({h.action}) failed: exit {h.exit_code}{' (timed out)' if h.timed_out else ''}"
                   for h in hooks if not h.ok]
@@ -92,4 +109,5 @@ class AgentQuiescer:
             reason = "file systems frozen; an application hook failed, so not application-consistent"
         else:
             reason = f"{len(frozen.frozen)} file system(s) frozen; no application hooks installed"
-        return Quiesce(consistency, reason, window, version, failed + [f"agent: {e}" for e in th.errors])
+        return Quiesce(consistency, reason, window, version, failed + [f"agent: {e}" for e in th.errors]).timed(
+            th, self._freeze_rpc_ms)

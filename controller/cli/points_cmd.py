@@ -36,6 +36,7 @@ def _row(p: RecoveryPoint) -> list[Any]:
     """One table row."""
     m = p.manifest
     freeze = "-" if m.freeze_window_ms is None else f"{m.freeze_window_ms:.0f}"
+    guest = "-" if m.guest_frozen_ms is None else f"{m.guest_frozen_ms:.0f}"
     disks = ",".join(d.target for d in m.disks)
     return [
         p.point_id,
@@ -43,6 +44,7 @@ def _row(p: RecoveryPoint) -> list[Any]:
         m.created,
         m.consistency,
         freeze,
+        guest,
         disks,
         human_size(p.stored_bytes),
         _boot_check(p),
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json([p.to_dict() for p in points])
         return 0
-    columns = ["point", "VM", "time (UTC)", "consistency", "freeze ms", "disks", "size", "boot-check"]
+    columns = ["point", "VM", "time (UTC)", "consistency", "freeze ms", "guest frozen ms", "disks", "size",
+               "boot-check"]
     output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, [_row(p) for p in points])
     return 0
 

@@ -26,7 +26,8 @@ manifest.json (format_version 3; format 1 and 2 points, which have no SHA256SUMS
 
     {"format_version": 3, "point_id": "...", "vm": {"uuid": "...", "name": "...", "host": "qemu:///system"},
      "created": "2026-11-25T10:15:00+00:00", "consistency": "APPLICATION|FILE_SYSTEM|CRASH",
-     "consistency_reason": "...", "freeze_window_ms": 41.2,
+     "consistency_reason": "...", "freeze_window_ms": 41.2, "guest_frozen_ms": 12.5 | null,
+     "freeze_hooks_ms": 0 | null, "thaw_hooks_ms": 0 | null,
      "disks": [{"target": "vda", "file": "disks/vda.qcow2", "format": "qcow2", "virtual_size": ...,
                 "logical_size": ..., "stored_bytes": ..., "digest": "sha256-4m:...", "source_path": "...",
                 "method": "sparse-copy|qemu-img-convert"}],

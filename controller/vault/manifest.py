@@ -50,7 +50,11 @@ class Manifest:
     created: str  # UTC ISO 8601
     consistency: str
     consistency_reason: str = ""
-    freeze_window_ms: float | None = None
+    freeze_window_ms: float | None = None  # the controller's: Freeze reply received to Thaw reply received
+    #: The agent's first FIFREEZE to last FITHAW (None: older points, CRASH without a confirmed thaw, older agents).
+    guest_frozen_ms: float | None = None
+    freeze_hooks_ms: int | None = None  # the agent's freeze hooks, before the first FIFREEZE
+    thaw_hooks_ms: int | None = None  # the agent's thaw hooks, after the last FITHAW
     disks: list[DiskRecord] = field(default_factory=list)
     agent_version: str | None = None
     controller_version: str | None = None

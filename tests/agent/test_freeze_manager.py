@@ -137,3 +137,20 @@ def test_unsafe_hook_is_ignored_and_reported(loopfs: list[LoopFs], tmp_path: Pat
     m.thaw(token)
     (h,) = s.outcome.hooks
     assert "writable by group or others" in h.output and s.outcome.consistency is Consistency.FILE_SYSTEM
+
+
+def test_guest_frozen_ms_spans_the_ioctls_not_the_hooks(loopfs: list[LoopFs], tmp_path: Path) -> None:
+    """Thaw reports first FIFREEZE -> last FITHAW: at least the hold, and with the hook times within the session."""
+    hooks = tmp_path / "hooks"
+    hook(hooks, "10-slow", "sleep 0.3")  # 0.3 s on freeze and again on thaw, outside the frozen span
+    m = manager(loopfs, hooks)
+    t0 = time.monotonic()
+    token, _ = m.freeze(guard([f.mount for f in loopfs], loopfs), 20.0, "job-timed")
+    time.sleep(0.2)
+    r = m.thaw(token)
+    total_ms = (time.monotonic() - t0) * 1000
+    assert r.held and r.consistency is Consistency.APPLICATION
+    assert r.freeze_hooks_ms >= 300 and r.thaw_hooks_ms >= 300
+    assert 200 <= r.guest_frozen_ms < 200 + 1000
+    assert r.guest_frozen_ms + r.freeze_hooks_ms + r.thaw_hooks_ms <= total_ms
+    assert not any(is_frozen(f.mount) for f in loopfs)

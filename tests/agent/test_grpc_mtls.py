@@ -118,10 +118,13 @@ def test_happy_path_and_getinfo_while_frozen(agent: RunningAgent, loopfs: list[L
             assert st.frozen and st.job_id == "job-42" and sorted(st.mount_points) == sorted(agent.mounts)
         finally:
             th = c.thaw(fr.token)
+        session_ms = (time.monotonic() - t0) * 1000
         assert th.held and not th.auto_thawed and sorted(th.thawed) == sorted(agent.mounts)
+        # the writer stayed blocked for 1 s inside the frozen span, which lies within Freeze call -> Thaw reply
+        assert 900 <= th.guest_frozen_ms <= session_ms and th.freeze_hooks_ms == th.thaw_hooks_ms == 0
         assert p.wait(timeout=10) == 0
         print(f"Freeze RPC {1000 * freeze_rtt:.0f} ms, GetInfo while frozen {1000 * getinfo_rtt:.0f} ms, "
-              f"frozen for {th.frozen_ms} ms")
+              f"frozen for {th.frozen_ms} ms (FIFREEZE -> FITHAW {th.guest_frozen_ms:.1f} ms)")
 
 
 def test_double_freeze_and_wrong_token_carry_stable_codes(agent: RunningAgent) -> None:

@@ -7,6 +7,7 @@ stops the VM and starts it again so later modules still find it running.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import time
@@ -17,6 +18,7 @@ import libvirt
 import pytest
 
 from controller.backup.engine import BackupEngine, BackupRequest
+from controller.cli.main import main
 from controller.jobs.store import JobStore
 from controller.lab.sshexec import wait_for_ssh
 from controller.restore import fsck
@@ -62,8 +64,11 @@ def read_file_from_image(image: Path, fmt: str, inner_path: str, tmp: Path) -> s
     return out.stdout
 
 
-def test_backup_while_guest_writes(registered_vm: Any, lab_vm: Any, settings: Any, tmp_path: Path) -> None:
-    """Running VM, continuous writer: verified point, clean filesystems, pre-freeze data present, VM on its files."""
+def test_backup_while_guest_writes(
+    registered_vm: Any, lab_vm: Any, settings: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Running VM, continuous writer: verified point, clean filesystems, pre-freeze data present, VM on its files;
+    the point records the guest's own FIFREEZE -> FITHAW time beside the controller's window, and `points` shows it."""
     marker = f"before-freeze-{time.time_ns()}"
     ssh_ok(lab_vm, f"echo {marker} > /data1/marker && sync")
     ssh_ok(lab_vm, "nohup sh -c 'i=0; while :; do echo $i >> /data2/stream; i=$((i+1)); sleep 0.01; done' "
@@ -101,6 +106,21 @@ def test_backup_while_guest_writes(registered_vm: Any, lab_vm: Any, settings: An
     assert job.state == "completed"
     assert {"freeze", "snapshot", "thaw", "copy", "commit"} <= {p.name for p in job.phases}
     assert job.bytes_total > 0
+
+    # plausible: the guest froze within Freeze call -> Thaw reply (the controller's window + the Freeze RPC)
+    guest, window = point.manifest.guest_frozen_ms, point.manifest.freeze_window_ms
+    rpc = job.details["freeze_rpc_ms"]
+    print(f"guest frozen {guest} ms (FIFREEZE -> FITHAW), controller window {window} ms, Freeze RPC {rpc} ms, "
+          f"hooks {job.details['freeze_hooks_ms']}/{job.details['thaw_hooks_ms']} ms")
+    assert guest is not None and window is not None and window == r.freeze_window_ms
+    assert 0 < guest <= window + rpc
+    assert job.details["guest_frozen_ms"] == guest and point.manifest.freeze_hooks_ms == 0
+    printed = capsys.readouterr().out
+    assert main(["points", lab_vm.name, "--json"]) == 0
+    shown = {row["point_id"]: row for row in json.loads(capsys.readouterr().out)}
+    with capsys.disabled():
+        print(printed, end="")  # the timings above, for the run's log
+    assert shown[r.point_id]["guest_frozen_ms"] == guest
 
 
 def test_application_consistent_with_hook(registered_vm: Any, lab_vm: Any, settings: Any) -> None:

@@ -21,6 +21,7 @@ from controller.vault.exceptions import (
     VaultError,
     VaultFull,
 )
+from controller.vault.manifest import Manifest
 from tests.vault.helpers import MiB, PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
@@ -84,6 +85,8 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
         job_id="job-1",
         policy="gold",
         freeze_window_ms=42.5,
+        guest_frozen_ms=17.25,
+        freeze_hooks_ms=3,
         agent_version="0.1.0",
         controller_version="0.1.0",
     )
@@ -94,6 +97,7 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
     assert m["format_version"] == 3 and m["point_id"] == p.point_id
     assert m["vm"] == {"uuid": VM, "name": "web1", "host": "qemu:///system"}
     assert m["consistency"] == "FILE_SYSTEM" and m["freeze_window_ms"] == 42.5
+    assert m["guest_frozen_ms"] == 17.25 and m["freeze_hooks_ms"] == 3 and m["thaw_hooks_ms"] is None
     assert m["job_id"] == "job-1" and m["policy"] == "gold" and m["boot_check"] is None
     assert m["created"].endswith("+00:00")
     assert [d["target"] for d in m["disks"]] == ["vda", "vdb"]
@@ -261,3 +265,15 @@ def test_usage_numbers(vault: Vault, make_point: PointMaker, qcow2_plain: Path, 
     assert u["vms"][other]["bytes"] < 8 * MiB  # the 1 GiB raw is stored sparse
     assert u["total_bytes"] == sum(v["bytes"] + v["partial_bytes"] for v in u["vms"].values())
     assert u["free_bytes"] > 0
+
+
+def test_manifest_without_agent_timings_still_loads(make_point: PointMaker, qcow2_plain: Path) -> None:
+    """A manifest written before guest_frozen_ms existed (no such keys) loads with the timings unknown (None)."""
+    p = make_point({"vda": qcow2_plain}, vm_uuid=VM, freeze_window_ms=42.5, guest_frozen_ms=9.0)
+    d = json.loads((p.path / "manifest.json").read_text())
+    old = {k: v for k, v in d.items() if k not in ("guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms")}
+    assert set(d) - set(old) == {"guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms"}
+    m = Manifest.from_dict(old)
+    assert m.freeze_window_ms == 42.5
+    assert m.guest_frozen_ms is None and m.freeze_hooks_ms is None and m.thaw_hooks_ms is None
+    assert Manifest.from_dict(d).guest_frozen_ms == 9.0

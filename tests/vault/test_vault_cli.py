@@ -33,7 +33,7 @@ def test_points_lists_and_filters(
     capsys: pytest.CaptureFixture[str], make_point: PointMaker, qcow2_plain: Path
 ) -> None:
     """All points, then only one VM's by name and by (upper-case) uuid."""
-    a = make_point({"vda": qcow2_plain}, vm_uuid=VM, name="web1", freeze_window_ms=12.0)
+    a = make_point({"vda": qcow2_plain}, vm_uuid=VM, name="web1", freeze_window_ms=12.0, guest_frozen_ms=4.5)
     b = make_point({"vda": qcow2_plain}, vm_uuid=VM2, name="db1")
     rc, out = cli_json(capsys, "points")
     assert rc == 0 and isinstance(out, list)
@@ -41,18 +41,21 @@ def test_points_lists_and_filters(
     rc, out = cli_json(capsys, "points", "web1")
     assert [p["point_id"] for p in out] == [a.point_id]  # type: ignore[union-attr]
     assert out[0]["freeze_window_ms"] == 12.0 and out[0]["disks"][0]["target"] == "vda"  # type: ignore[index]
+    assert out[0]["guest_frozen_ms"] == 4.5  # type: ignore[index]
     rc, out = cli_json(capsys, "points", VM2.upper())
     assert [p["vm"]["name"] for p in out] == ["db1"]  # type: ignore[union-attr]
+    assert out[0]["guest_frozen_ms"] is None  # type: ignore[index]  # no agent timing: recorded as unknown
     rc, out = cli_json(capsys, "points", "nosuchvm")
     assert out == []
 
 
 def test_points_table(capsys: pytest.CaptureFixture[str], make_point: PointMaker, qcow2_plain: Path) -> None:
-    """The human table shows id, name, consistency."""
-    a = make_point({"vda": qcow2_plain}, vm_uuid=VM, name="web1")
+    """The human table shows id, name, consistency, the controller's window and the guest's frozen time."""
+    a = make_point({"vda": qcow2_plain}, vm_uuid=VM, name="web1", freeze_window_ms=812.0, guest_frozen_ms=377.4)
     assert main(["points"]) == 0
     text = capsys.readouterr().out
     assert a.point_id in text and "web1" in text and "FILE_SYSTEM" in text
+    assert "guest frozen" in text and "812" in text and "377" in text
 
 
 def test_vault_verify_exit_codes(

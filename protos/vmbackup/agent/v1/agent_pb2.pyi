@@ -123,7 +123,7 @@ class ThawRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class ThawResponse(_message.Message):
-    __slots__ = ("thawed", "frozen_ms", "held", "auto_thawed", "hooks", "consistency", "thaw_errors")
+    __slots__ = ("thawed", "frozen_ms", "held", "auto_thawed", "hooks", "consistency", "thaw_errors", "guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms")
     THAWED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,9 @@ class ThawResponse(_message.Message):
     HOOKS_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     THAW_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_HOOKS_MS_FIELD_NUMBER: _ClassVar[int]
+    THAW_HOOKS_MS_FIELD_NUMBER: _ClassVar[int]
     thawed: _containers.RepeatedScalarFieldContainer[str]
     frozen_ms: int
     held: bool
@@ -138,7 +141,10 @@ class ThawResponse(_message.Message):
     hooks: _containers.RepeatedCompositeFieldContainer[HookResult]
     consistency: Consistency
     thaw_errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, thawed: _Optional[_Iterable[str]] = ..., frozen_ms: _Optional[int] = ..., held: bool = ..., auto_thawed: bool = ..., hooks: _Optional[_Iterable[_Union[HookResult, _Mapping]]] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., thaw_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    guest_frozen_ms: float
+    freeze_hooks_ms: int
+    thaw_hooks_ms: int
+    def __init__(self, thawed: _Optional[_Iterable[str]] = ..., frozen_ms: _Optional[int] = ..., held: bool = ..., auto_thawed: bool = ..., hooks: _Optional[_Iterable[_Union[HookResult, _Mapping]]] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., thaw_errors: _Optional[_Iterable[str]] = ..., guest_frozen_ms: _Optional[float] = ..., freeze_hooks_ms: _Optional[int] = ..., thaw_hooks_ms: _Optional[int] = ...) -> None: ...
 
 class FreezeStatusRequest(_message.Message):
     __slots__ = ()
