@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 from controller.backup.exceptions import ImageLockFailed
-from controller.vault.qemuimg import _die_with_parent
+from controller.vault.qemuimg import die_with_parent
 from controller.virt.domain import Disk
 
 QEMU_IO = "qemu-io"
@@ -33,7 +33,7 @@ def _open_one(d: Disk, timeout_s: float) -> subprocess.Popen[bytes]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     assert proc.stdout is not None
     seen, deadline = b"", time.monotonic() + timeout_s

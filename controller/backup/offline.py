@@ -10,16 +10,18 @@ the overlay holds every write since the snapshot and the saved definition boots 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import libvirt
 
 from controller.backup.disksource import is_block_device
 from controller.backup.exceptions import OfflineMergeFailed, OverlayInUse
 from controller.backup.snapshot import remove_overlay
+from controller.vault import qemuimg
+from controller.vault.exceptions import DiskCopyFailed
 from controller.virt.connection import translate
 
 QEMU_IMG = "qemu-img"
@@ -63,20 +65,9 @@ def remove_overlay_guarded(conn: libvirt.virConnect, path: str) -> None:
     remove_overlay(path)
 
 
-def _overlay_info(overlay: str) -> dict[str, str]:
-    """`qemu-img info` of an overlay (qcow2 by construction)."""
-    p = subprocess.run(
-        [QEMU_IMG, "info", "--output=json", "-f", "qcow2", overlay], capture_output=True, text=True, check=False
-    )
-    if p.returncode != 0:
-        raise OfflineMergeFailed(f"qemu-img info {overlay}: {p.stderr.strip()}", details={"overlay": overlay})
-    info: dict[str, str] = json.loads(p.stdout)
-    return info
-
-
-def _backing_of(overlay: str, info: dict[str, str]) -> str | None:
+def _backing_of(overlay: str, inf: qemuimg.ImageInfo) -> str | None:
     """The overlay's backing file as an absolute path (qemu resolves a relative one against the overlay's dir)."""
-    b = info.get("full-backing-filename") or info.get("backing-filename")
+    b = inf.backing_file
     if not b:
         return None
     return b if os.path.isabs(b) else os.path.join(os.path.dirname(overlay), b)
@@ -89,8 +80,11 @@ def merge_offline(dom: libvirt.virDomain, target: str, overlay: str, base: str) 
     QEMU's write lock on both images, so a VM started meanwhile makes the commit fail instead of racing it. The
     overlay file is kept: the caller deletes it with remove_overlay_guarded once no definition names it.
     """
-    info = _overlay_info(overlay)
-    backing = _backing_of(overlay, info)
+    try:
+        inf = qemuimg.info(Path(overlay), fmt="qcow2")
+    except DiskCopyFailed as e:
+        raise OfflineMergeFailed(e.message, details={"overlay": overlay}) from e
+    backing = _backing_of(overlay, inf)
     if backing is None or _real(backing) != _real(base):
         raise OfflineMergeFailed(
             f"overlay {overlay} is backed by {backing!r}, not by the original disk {base}; it was not merged",
@@ -102,13 +96,15 @@ def merge_offline(dom: libvirt.virDomain, target: str, overlay: str, base: str) 
             f"qemu-img commit {overlay} into {base}: {p.stderr.strip()}",
             details={"overlay": overlay, "base": base, "stderr": p.stderr},
         )
-    repoint_inactive(dom, target, overlay, base, info.get("backing-filename-format") or _probe_format(base))
+    repoint_inactive(dom, target, overlay, base, inf.backing_format or _probe_format(base))
 
 
 def _probe_format(path: str) -> str | None:
     """The format qemu-img finds for an image (only when the overlay does not record its backing format)."""
-    p = subprocess.run([QEMU_IMG, "info", "--output=json", "-U", path], capture_output=True, text=True, check=False)
-    return str(json.loads(p.stdout).get("format")) if p.returncode == 0 else None
+    try:
+        return qemuimg.info(Path(path), force_share=True).format
+    except DiskCopyFailed:
+        return None
 
 
 def repoint_inactive(dom: libvirt.virDomain, target: str, overlay: str, base: str, base_fmt: str | None) -> bool:

@@ -24,7 +24,7 @@ _PCT = re.compile(rb"\(([0-9.]+)/100%\)")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGKILL when the controller dies, so no orphaned convert keeps a disk image locked."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -38,6 +38,7 @@ class ImageInfo:
     virtual_size: int
     actual_size: int
     backing_file: str | None
+    backing_format: str | None = None  # the format the image records for its backing file, if any
 
 
 def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
@@ -63,6 +64,7 @@ def info(path: Path, force_share: bool = False, fmt: str | None = None) -> Image
         virtual_size=int(d["virtual-size"]),
         actual_size=int(d.get("actual-size", 0)),
         backing_file=d.get("full-backing-filename") or d.get("backing-filename"),
+        backing_format=d.get("backing-filename-format"),
     )
 
 
@@ -74,7 +76,7 @@ def convert(
     cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *_opts(force_share, fmt), str(src), str(dst)]
     # a controller killed mid-copy must not leave this convert reading the base image: its lock would block the
     # block-commit that crash recovery does next
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         pending = b""
