@@ -153,7 +153,19 @@ CREATE TABLE IF NOT EXISTS backup_intents (
 """
 
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "the schema of 0.1.0", _V1),)
+_V2 = """
+-- VMs whose disks were replaced or whose checkpoints were removed (controller/backup/cbt.py): next backup is full
+CREATE TABLE IF NOT EXISTS chain_resets (
+    vm_uuid TEXT PRIMARY KEY,
+    at      TEXT NOT NULL,
+    reason  TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "the schema of 0.1.0", _V1),
+    Migration(2, "chain_resets: incremental chains reset by restore --replace, unprotect, unregister", _V2),
+)
 
 #: The schema version this code reads and writes.
 LATEST = MIGRATIONS[-1].version

@@ -12,9 +12,11 @@ from agent.contract import CONSISTENCY_LEVELS
 from controller.vault.exceptions import ManifestIdMismatch, ManifestInvalid
 
 #: 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256";
-#: 3: the point always has a SHA256SUMS covering manifest.json and domain.xml (see sums.py)
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: 3: the point always has a SHA256SUMS covering manifest.json and domain.xml (see sums.py);
+#: 4: incremental points (type, parent, checkpoint, chain_depth, full_reason; per disk kind, backing, changed_bytes)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+POINT_TYPES = ("full", "incremental")
 
 
 @dataclass
@@ -29,7 +31,13 @@ class DiskRecord:
     stored_bytes: int  # bytes allocated on the vault filesystem
     digest: str  # "<algo>:<hex>", see controller/vault/digest.py
     source_path: str
-    method: str = ""  # sparse-copy | qemu-img-convert (how it got here)
+    method: str = ""  # sparse-copy | qemu-img-convert | qsd-blockdev-backup (how it got here)
+    kind: str = "full"  # full: self-contained | incremental: only the changed clusters, over `backing`
+    #: an incremental's backing file as written in its qcow2 header, relative to the file's own directory:
+    #: ../../<parent point>/disks/<target>.qcow2 (None for a full)
+    backing: str | None = None
+    changed_bytes: int | None = None  # dirty bytes the checkpoint's bitmap marked (incremental only)
+    full_reason: str | None = None  # why this disk was copied in full inside an incremental point
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiskRecord:
@@ -64,6 +72,11 @@ class Manifest:
     verify: dict[str, Any] | None = None  # the last verify: {"ok", "at", "errors"} (controller.vault.verdicts)
     #: devices not copied, with why: [{"target": "sdb", "device": "cdrom", "type": ..., "source": ..., "reason": ...}]
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    type: str = "full"  # full | incremental (incremental when any disk is)
+    parent: str | None = None  # the point an incremental's disks are backed by
+    checkpoint: str | None = None  # the libvirt checkpoint this backup created (vmb-<job id>); None: none made
+    chain_depth: int = 0  # 0 for a full, parent's + 1 for an incremental
+    full_reason: str | None = None  # why a full was taken where an incremental was expected
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -205,4 +205,9 @@ class PointWriter:
             job_id=f.get("job_id"),
             boot_check=f.get("boot_check"),
             skipped=list(f.get("skipped") or []),
+            type="incremental" if any(d.kind == "incremental" for d in self.disks) else "full",
+            parent=f.get("parent"),
+            checkpoint=f.get("checkpoint"),
+            chain_depth=int(f.get("chain_depth") or 0),
+            full_reason=f.get("full_reason"),
         )

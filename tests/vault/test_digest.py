@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.vault import Vault, copy_out_disk
+from controller.vault import Vault, copy_out_disk, manifest
 from controller.vault import digest as dg
 from controller.vault.exceptions import ManifestInvalid
 from controller.vault.sparse import stream
@@ -99,6 +99,6 @@ def test_format_1_point_still_verifies_and_copies_out(
     assert rec.digest == f"sha256:{plain}"
     vault.update_manifest(old, boot_check={"ok": True})  # a rewrite stays consistent: format 3 with its digest
     again = json.loads(mpath.read_text())
-    assert again["format_version"] == 3 and again["disks"][0]["digest"] == f"sha256:{plain}"
+    assert again["format_version"] == manifest.FORMAT_VERSION and again["disks"][0]["digest"] == f"sha256:{plain}"
     r = vault.verify(vault.get_point(p.point_id))
     assert r.ok and r.warnings == []  # the rewrite wrote SHA256SUMS
