@@ -166,3 +166,14 @@ class MetadataMismatch(VmBackupError):
         "Run `vmbackup vault verify POINT` to see which file changed; restore from another point "
         "(`vmbackup points VM`). vmbackup does not rewrite a point whose metadata does not match."
     )
+
+
+class ChainBroken(VmBackupError):
+    """An incremental point's chain misses a point it needs (its parent, or the parent's parent...)."""
+
+    code = "CHAIN_BROKEN"
+    operation = "restore"
+    remediation = (
+        "This point cannot be restored: a point it is built on is gone from the vault. Restore an older or newer "
+        "point whose chain is whole (`vmbackup points VM`, `vmbackup vault verify`); the next backup is a full."
+    )
