@@ -61,6 +61,8 @@ class BackupRequest:
     exclude_disks: tuple[str, ...] = ()  # targets not copied (the policy's exclude_disks); listed in the manifest
     min_consistency: str | None = None
     freeze_timeout_s: float = 10.0
+    full: bool = False  # --full: no incremental, whatever the chain's health
+    full_every: str | None = None  # the policy's: "7" (backups) or "7d" (days since the chain's full)
 
 
 @dataclass

@@ -1,0 +1,268 @@
+"""Changed-block tracking: vmbackup's libvirt checkpoints, and whether the next backup can be an incremental.
+
+A checkpoint is a persistent qcow2 dirty bitmap on each backed-up disk, named ``vmb-<job id>`` after the job that made
+it; vmbackup touches no other checkpoint. Each point's manifest names the checkpoint its job made; the next backup
+copies only what that checkpoint's bitmap marks (controller/backup/qsd.py) and, once the VM is back on its disks,
+deletes every older ``vmb-*`` checkpoint::
+
+    plan = plan_chain(conn, vault, dom, disks, force_full=False, full_every=None)   # parent + why not, per disk
+    name = create(dom, job_id, disks)          # right before the freeze; None if no disk can carry a bitmap
+    ...snapshot, copy (incremental from plan.parent's plan.checkpoint), commit...
+    delete_ours(dom, keep=name)                # the older checkpoints are not needed any more
+
+Any doubt about a chain gives a full with the reason on the point (``full_reason``); restore ``--replace``,
+unprotect, unregister and crash recovery call :func:`reset_chain`, so the next backup is a full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from controller.backup.exceptions import CheckpointFailed
+from controller.errors import VmBackupError
+from controller.vault import chain, qemuimg
+from controller.vault.manifest import RecoveryPoint
+from controller.vault.vault import Vault
+from controller.virt.connection import translate
+from controller.virt.domain import Disk, disks
+
+PREFIX = "vmb-"
+#: the reason a shut-off VM's backup is a full (libvirt 9.0: "cannot create checkpoint for inactive domain")
+SHUT_OFF_REASON = "VM not running: libvirt cannot create a checkpoint for an inactive domain"
+
+
+def checkpoint_name(job_id: str) -> str:
+    """The checkpoint a backup job creates."""
+    return f"{PREFIX}{job_id}"
+
+
+def ours(dom: libvirt.virDomain) -> list[str]:
+    """The domain's vmbackup checkpoints, oldest first (job ids sort by time)."""
+    return sorted(c.getName() for c in dom.listAllCheckpoints(0) if c.getName().startswith(PREFIX))
+
+
+def bitmap_targets(dom: libvirt.virDomain, name: str) -> set[str]:
+    """The disk targets a checkpoint tracks with a bitmap."""
+    root = ET.fromstring(dom.checkpointLookupByName(name, 0).getXMLDesc(0))
+    return {d.get("name", "") for d in root.findall("./disks/disk") if d.get("checkpoint") == "bitmap"}
+
+
+def create(dom: libvirt.virDomain, job_id: str, ds: list[Disk]) -> str | None:
+    """Create ``vmb-<job id>`` tracking every qcow2 disk of ``ds`` (every other disk: no bitmap); its name.
+
+    None when no disk of ``ds`` is qcow2 (raw disks have no bitmaps). CHECKPOINT_FAILED if libvirt refuses.
+    """
+    tracked = {d.target for d in ds if d.format == "qcow2"}
+    if not tracked:
+        return None
+    name = checkpoint_name(job_id)
+    parts = "".join(
+        f"<disk name={quoteattr(d.target)} checkpoint={quoteattr('bitmap' if d.target in tracked else 'no')}/>"
+        for d in disks(dom)
+    )
+    xml = f"<domaincheckpoint><name>{name}</name><description>vmbackup</description><disks>{parts}</disks>" \
+        "</domaincheckpoint>"
+    try:
+        dom.checkpointCreateXML(xml, 0)
+    except libvirt.libvirtError as e:
+        err = translate(e, "checkpoint")
+        raise CheckpointFailed(err.message, details={**err.details, "checkpoint": name}) from e
+    return name
+
+
+def delete(dom: libvirt.virDomain, name: str) -> None:
+    """Delete one of our checkpoints and its bitmaps.
+
+    A running domain: libvirt removes the bitmaps. A shut-off one (libvirt 9.0 cannot delete there): the metadata
+    only, then ``qemu-img bitmap --remove`` on each tracked qcow2 disk (nothing holds them open).
+    """
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to delete checkpoint {name!r}: not vmbackup's")
+    try:
+        cp = dom.checkpointLookupByName(name, 0)
+    except libvirt.libvirtError:
+        return  # already gone
+    if dom.isActive():
+        cp.delete(0)
+        return
+    tracked = bitmap_targets(dom, name)
+    cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    for d in disks(dom):
+        if d.target in tracked and d.format == "qcow2" and d.path:
+            _remove_bitmap(d.path, name)
+
+
+def _remove_bitmap(path: str, name: str) -> None:
+    """Remove a persistent bitmap from an image nobody runs on, if it is there (best effort: a stray bitmap only
+    costs a little tracking; the next backup's checks never trust a bitmap without its checkpoint)."""
+    with contextlib.suppress(VmBackupError):
+        qemuimg.remove_bitmaps(Path(path), name)
+
+
+def delete_ours(dom: libvirt.virDomain, keep: str | None = None) -> list[str]:
+    """Delete every vmbackup checkpoint except ``keep``, newest first (libvirt merges a child into its parent
+    otherwise); the names deleted."""
+    gone = []
+    for name in reversed(ours(dom)):
+        if name != keep:
+            delete(dom, name)
+            gone.append(name)
+    return gone
+
+
+def mark_reset(conn: sqlite3.Connection, vm_uuid: str, reason: str) -> None:
+    """Record that the VM's chain is broken from now on: its next backup is a full with this reason."""
+    with conn:
+        conn.execute(
+            "INSERT INTO chain_resets (vm_uuid, at, reason) VALUES (?, ?, ?) "
+            "ON CONFLICT(vm_uuid) DO UPDATE SET at = excluded.at, reason = excluded.reason",
+            (vm_uuid, datetime.now(UTC).isoformat(timespec="seconds"), reason),
+        )
+
+
+def last_reset(conn: sqlite3.Connection, vm_uuid: str) -> tuple[str, str] | None:
+    """(at, reason) of the VM's last chain reset, or None."""
+    row = conn.execute("SELECT at, reason FROM chain_resets WHERE vm_uuid = ?", (vm_uuid,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def reset_chain(conn: sqlite3.Connection, dom: libvirt.virDomain | None, vm_uuid: str, reason: str) -> list[str]:
+    """Break the VM's chain: mark it (next backup full, with reason) and delete its vmbackup checkpoints.
+
+    Returns the checkpoints deleted; a libvirt failure deleting them is not fatal (the mark alone forces the full,
+    and the next backup deletes stale ones).
+    """
+    mark_reset(conn, vm_uuid, reason)
+    if dom is None:
+        return []
+    try:
+        return delete_ours(dom)
+    except libvirt.libvirtError:
+        return []
+
+
+@dataclass
+class ChainPlan:
+    """What the next backup of a VM can be: an incremental over ``parent`` from ``checkpoint``, or a full."""
+
+    parent: RecoveryPoint | None = None
+    checkpoint: str | None = None  # the parent's checkpoint: the bitmap to copy from
+    full_reason: str | None = None  # set when the whole point is a full (an incremental was possible in principle)
+    disk_reasons: dict[str, str] = field(default_factory=dict)  # per disk copied in full inside an incremental
+
+    @property
+    def incremental(self) -> bool:
+        """True when at least some disks can be copied incrementally."""
+        return self.parent is not None
+
+    @classmethod
+    def full(cls, reason: str) -> ChainPlan:
+        """A full backup, for this reason."""
+        return cls(full_reason=reason)
+
+
+def plan_chain(
+    conn: sqlite3.Connection,
+    vault: Vault,
+    dom: libvirt.virDomain,
+    ds: list[Disk],
+    force_full: bool = False,
+    full_every: str | None = None,
+    running: bool = True,
+) -> ChainPlan:
+    """Decide incremental or full for a VM's next backup from the chain's health; any doubt is a full."""
+    vm_uuid = dom.UUIDString()
+    if force_full:
+        return ChainPlan.full("--full requested")
+    if not running:
+        return ChainPlan.full(SHUT_OFF_REASON)
+    parent = chain.latest(vault, vm_uuid)
+    if parent is None:
+        return ChainPlan.full("no previous point")
+    m, pid = parent.manifest, parent.point_id
+    if not m.checkpoint:
+        return ChainPlan.full(f"previous point {pid} has no checkpoint")
+    why = _policy_full(vault, parent, full_every) or _reset_since(conn, vm_uuid, m.created)
+    why = why or _parent_problem(vault, parent) or _libvirt_problem(dom, m.checkpoint)
+    if why:
+        return ChainPlan.full(why)
+    if {d.target for d in ds} != {r.target for r in m.disks}:
+        return ChainPlan.full(f"disk set changed since {pid}")
+    tracked = bitmap_targets(dom, m.checkpoint)
+    plan = ChainPlan(parent=parent, checkpoint=m.checkpoint)
+    for d in ds:
+        rec = m.disk(d.target)
+        assert rec is not None  # same disk set
+        if d.format != "qcow2" or rec.format != "qcow2":
+            plan.disk_reasons[d.target] = "raw disk: no dirty bitmap"
+            continue
+        try:
+            size = qemuimg.info(Path(d.path), force_share=True, fmt=d.format).virtual_size
+        except VmBackupError as e:
+            return ChainPlan.full(f"disk {d.target} unreadable: {e}")
+        if size != rec.virtual_size:
+            return ChainPlan.full(f"disk {d.target} virtual size changed since {pid}")
+        if d.target not in tracked:
+            plan.disk_reasons[d.target] = f"checkpoint {m.checkpoint} does not track disk {d.target}"
+    if all(d.target in plan.disk_reasons for d in ds):
+        return ChainPlan.full("; ".join(sorted(set(plan.disk_reasons.values()))))
+    return plan
+
+
+def _policy_full(vault: Vault, parent: RecoveryPoint, full_every: str | None) -> str | None:
+    """The policy's full_every: N backups ("7") or N days ("7d") since the chain's full."""
+    if not full_every:
+        return None
+    text = full_every.strip().lower()
+    if text.endswith("d"):
+        days = int(text[:-1])
+        try:
+            first = chain.chain(vault, parent)[0]
+        except VmBackupError:
+            return None  # _parent_problem reports it
+        started = datetime.fromisoformat(first.manifest.created)
+        if datetime.now(UTC) - started >= timedelta(days=days):
+            return f"policy full_every {full_every} reached (chain started {first.manifest.created})"
+        return None
+    n = int(text)
+    if parent.manifest.chain_depth + 1 >= n:
+        return f"policy full_every {n} reached"
+    return None
+
+
+def _reset_since(conn: sqlite3.Connection, vm_uuid: str, created: str) -> str | None:
+    """A chain reset recorded after the parent point was made."""
+    reset = last_reset(conn, vm_uuid)
+    if reset and reset[0] >= created:
+        return f"{reset[1]} (at {reset[0]})"
+    return None
+
+
+def _parent_problem(vault: Vault, parent: RecoveryPoint) -> str | None:
+    """Why the parent cannot carry an incremental: failed verification, a broken chain, a missing disk file."""
+    v = parent.manifest.verify
+    if v is not None and not v.get("ok", True):
+        return f"parent point {parent.point_id} failed verification"
+    try:
+        chain.chain(vault, parent)
+    except VmBackupError as e:
+        return f"parent point {parent.point_id}'s chain is broken: {e}"
+    for rec in parent.manifest.disks:
+        if not vault.disk_path(parent, rec).is_file():
+            return f"parent point {parent.point_id} is missing disk {rec.target}"
+    return None
+
+
+def _libvirt_problem(dom: libvirt.virDomain, name: str) -> str | None:
+    """The parent's checkpoint must still exist in libvirt."""
+    if name not in ours(dom):
+        return f"checkpoint {name} missing in libvirt"
+    return None
