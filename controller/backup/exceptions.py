@@ -89,3 +89,59 @@ class ImageLockFailed(VmBackupError):
         "opened them. Nothing was published; run `vmbackup backup VM` again (a running VM is backed up through a "
         "snapshot)."
     )
+
+
+class StorageDaemonFailed(VmBackupError):
+    """qemu-storage-daemon (the incremental copy's QEMU) failed, timed out or refused a QMP command."""
+
+    code = "STORAGE_DAEMON_FAILED"
+    operation = "backup"
+    remediation = (
+        "qemu-storage-daemon could not read the disk or its dirty bitmaps; nothing was published. Check that "
+        "qemu-storage-daemon is installed (package qemu-system-common), the job details for QEMU's message, then "
+        "run `vmbackup backup VM` again."
+    )
+
+
+class IncrementalCopyFailed(StorageDaemonFailed):
+    """The ``blockdev-backup`` job that copies a disk's changed clusters failed, was cut off or timed out."""
+
+    code = "INCREMENTAL_COPY_FAILED"
+    remediation = (
+        "The copy of the changed blocks failed (QEMU's message is in the job details; \"No space left on device\" "
+        "means the vault is full: `vmbackup prune` or free space). Nothing was published and the chain is intact; "
+        "run `vmbackup backup VM` again."
+    )
+
+
+class BitmapMissing(VmBackupError):
+    """The dirty bitmap of the previous point's checkpoint is not in the disk image."""
+
+    code = "BITMAP_MISSING"
+    operation = "backup"
+    remediation = (
+        "The disk no longer carries the checkpoint's dirty bitmap (the checkpoint was deleted or the disk "
+        "replaced), so the changes since the last point are unknown; the next backup of this disk is a full copy."
+    )
+
+
+class BitmapInconsistent(VmBackupError):
+    """The dirty bitmap exists but QEMU marks it inconsistent (QEMU stopped without storing it)."""
+
+    code = "BITMAP_INCONSISTENT"
+    operation = "backup"
+    remediation = (
+        "QEMU marked the checkpoint's dirty bitmap inconsistent (the VM's QEMU stopped without saving it), so it "
+        "cannot be trusted; the next backup of this disk is a full copy."
+    )
+
+
+class CheckpointFailed(VmBackupError):
+    """libvirt refused to create the checkpoint (dirty bitmaps) an incremental chain needs."""
+
+    code = "CHECKPOINT_FAILED"
+    operation = "backup"
+    remediation = (
+        "libvirt could not create the checkpoint; the backup went on as a full and the VM was not changed. Check "
+        "`virsh checkpoint-list VM` and the job details for libvirt's message (qcow2 disks are needed for bitmaps)."
+    )
