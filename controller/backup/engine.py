@@ -79,6 +79,10 @@ class BackupResult:
     bytes_copied: int
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    point_type: str = "full"  # "full" or "incremental"
+    parent: str | None = None  # the parent point of an incremental
+    full_reason: str | None = None  # why a full replaced an expected incremental
+    changed_bytes: int | None = None  # bytes the copy found changed (incremental) or allocated (full)
 
 
 class BackupEngine(StateUser):

@@ -15,14 +15,27 @@ from controller.errors import VmBackupError
 from controller.state import open_state
 
 
+def chain_line(r: BackupResult) -> str:
+    """The point's place in its chain: type, parent, changed bytes, and why a full replaced an incremental."""
+    parts = [r.point_type]
+    if r.parent:
+        parts.append(f"parent {r.parent}")
+    if r.changed_bytes is not None:
+        parts.append(f"{r.changed_bytes / 2**20:.1f} MiB changed")
+    if r.full_reason:
+        parts.append(f"full because: {r.full_reason}")
+    return ", ".join(parts)
+
+
 def _print_result(r: BackupResult) -> None:
-    """One line per backup, plus warnings."""
+    """One line per backup, its chain line, plus warnings."""
     window = f"{r.freeze_window_ms:.0f} ms" if r.freeze_window_ms is not None else "-"
     mib = r.bytes_copied / 2**20
     output.console.print(
         f"[green]backed up[/] {r.vm_name}: point {r.point_id}, {r.consistency}, freeze window {window}, "
         f"{mib:.1f} MiB in {r.duration_s:.1f} s (job {r.job_id})"
     )
+    output.console.print(f"  {chain_line(r)}", markup=False, highlight=False)
     for w in r.warnings:
         output.console.print(f"  [yellow]warning[/]: {w}")
 
@@ -46,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
             for vm in args.vms:
                 tasks.clear()
                 req = BackupRequest(
-                    vm=vm, host_uri=args.host, min_consistency=args.require, exclude_disks=tuple(args.exclude_disk)
+                    vm=vm,
+                    host_uri=args.host,
+                    min_consistency=args.require,
+                    exclude_disks=tuple(args.exclude_disk),
+                    full=args.full,
                 )
                 try:
                     r = engine.run(req)
@@ -78,6 +95,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default=[],
         metavar="TARGET",
         help="a device not to copy (disk target, filesystem tag, hostdev alias); listed in the manifest; repeatable",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="copy every disk in full and start a new chain, even when an incremental is possible",
     )
     output.add_json_flag(p)
     p.set_defaults(func=run)
