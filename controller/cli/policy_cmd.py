@@ -45,6 +45,8 @@ def _flags_doc(args: argparse.Namespace) -> dict[str, Any]:
     }
     if lim:
         doc["limits"] = lim
+    if args.full_every is not None:
+        doc["full_every"] = args.full_every
     return doc
 
 
@@ -84,7 +86,10 @@ def run_create(args: argparse.Namespace) -> int:
         output.print_json(rows)
     else:
         for r, p in zip(rows, policies, strict=True):
-            print(f"{r['action']} policy {p.name}: {p.schedule.describe()}; keep {p.retention.describe()}")
+            print(
+                f"{r['action']} policy {p.name}: {p.schedule.describe()}; keep {p.retention.describe()}; "
+                f"{p.describe_chain()}"
+            )
     return 0
 
 
@@ -97,6 +102,7 @@ def _summary(sp: store.StoredPolicy, users: int) -> list[Any]:
         p.retention.describe(),
         p.min_consistency or "-",
         p.boot_check_every or "-",
+        p.describe_chain(),
         users,
     ]
 
@@ -109,7 +115,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json([{**p.to_dict(), "protected_vms": users[p.policy.name]} for p in pols])
         return 0
-    cols = ["policy", "schedule", "retention", "min consistency", "boot-check every", "VMs"]
+    cols = ["policy", "schedule", "retention", "min consistency", "boot-check every", "fulls", "VMs"]
     output.table("policies", cols, [_summary(p, users[p.policy.name]) for p in pols])
     return 0
 
@@ -124,6 +130,7 @@ def run_show(args: argparse.Namespace) -> int:
         output.print_json({**sp.to_dict(), "vms": vms})
         return 0
     print(sp.yaml.rstrip())
+    print(f"# backups: {sp.policy.describe_chain()}")
     output.table(
         f"VMs bound to {args.name}",
         ["VM", "uuid", "status", "since"],
@@ -162,6 +169,12 @@ def _create_parser(ps: Any) -> None:
     c.add_argument("--boot-check-every", type=int, metavar="N")
     c.add_argument("--max-concurrent-jobs", type=int, metavar="N")
     c.add_argument("--bandwidth-mbps", type=float, metavar="MBPS")
+    c.add_argument(
+        "--full-every",
+        metavar="N|Nd",
+        help="a periodic full: every Nth backup (7) or when the chain's full is N days old (7d); "
+        "default: incremental forever",
+    )
     output.add_json_flag(c)
     c.set_defaults(func=run_create)
 

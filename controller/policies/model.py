@@ -129,6 +129,11 @@ class Policy:
     max_concurrent_jobs: int | None = None
     bandwidth_mbps: float | None = None
     exclude_disks: tuple[str, ...] = ()  # device targets a backup does not copy (listed in the manifest)
+    full_every: str | None = None  # a periodic full: "7" (every 7th backup) or "7d" (7 days); None: incremental forever
+
+    def describe_chain(self) -> str:
+        """How often a backup is a full, e.g. 'full every 7 backups' or 'incremental forever'."""
+        return describe_full_every(self.full_every)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view (stored beside the YAML text)."""
@@ -143,6 +148,7 @@ class Policy:
                 "bandwidth_mbps": self.bandwidth_mbps,
             },
             "exclude_disks": list(self.exclude_disks),
+            "full_every": self.full_every,
         }
 
     @classmethod
@@ -158,7 +164,19 @@ class Policy:
             lim.get("max_concurrent_jobs"),
             lim.get("bandwidth_mbps"),
             tuple(d.get("exclude_disks") or ()),
+            d.get("full_every"),
         )
+
+
+def describe_full_every(full_every: str | None) -> str:
+    """Human text of a policy's full_every ("7" backups or "7d" days; None: incremental forever)."""
+    if not full_every:
+        return "incremental forever"
+    if full_every.endswith("d"):
+        n = int(full_every[:-1])
+        return f"full every {n} day{'s' if n != 1 else ''}"
+    n = int(full_every)
+    return "full every backup" if n == 1 else f"full every {n} backups"
 
 
 def format_duration(td: timedelta) -> str:

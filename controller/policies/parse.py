@@ -11,6 +11,7 @@ A file holds one policy, several YAML documents (``---``), or ``policies: [ ... 
     boot_check_every: 7              # boot-check every 7th point (optional)
     limits: {max_concurrent_jobs: 2, bandwidth_mbps: 100}
     exclude_disks: [vdc, share]      # devices not backed up, by target (disk, filesystem tag, hostdev alias)
+    full_every: 7d                   # a periodic full: 7 (every 7th backup) or 7d (days); default: incremental forever
 
 The tree comes from ``yaml.compose`` so every value keeps its line, and scalars are read from their source
 text (an unquoted ``22:00`` is not turned into the YAML 1.1 sexagesimal 1320).
@@ -39,11 +40,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 AGE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-TOP_FIELDS = ("name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks")
+TOP_FIELDS = (
+    "name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks", "full_every"
+)
 #: a device target to exclude: a disk target (vdc, sdb), a <filesystem> target tag, a hostdev alias (hostdev0)
 EXCLUDE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RETENTION_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "max_age")
 LIMIT_FIELDS = ("max_concurrent_jobs", "bandwidth_mbps")
+FULL_EVERY_RE = re.compile(r"^(\d+)\s*(d?)$")
+MAX_FULL_EVERY_BACKUPS = 10000
+MAX_FULL_EVERY_DAYS = 3650
 
 
 class _Src:
@@ -197,7 +203,24 @@ def _policy(src: _Src, node: yaml.Node) -> Policy:
             bw = src.number(lim["bandwidth_mbps"], "limits.bandwidth_mbps")
     retention = _retention(src, f["retention"]) if "retention" in f else Retention()
     exclude = _exclude_disks(src, f["exclude_disks"]) if "exclude_disks" in f else ()
-    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude)
+    full_every = _full_every(src, f["full_every"]) if "full_every" in f else None
+    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude, full_every)
+
+
+def _full_every(src: _Src, node: yaml.Node) -> str:
+    """full_every: N (a full every Nth backup) or Nd (a full when the chain's full is N days old), normalized."""
+    text = src.scalar(node, "full_every")
+    m = FULL_EVERY_RE.match(text.lower())
+    hi = MAX_FULL_EVERY_DAYS if m and m.group(2) else MAX_FULL_EVERY_BACKUPS
+    if not m or not 1 <= int(m.group(1)) <= hi:
+        raise src.fail(
+            node,
+            "full_every",
+            f"got {text!r}; allowed: a number of backups from 1 to {MAX_FULL_EVERY_BACKUPS} (e.g. 7: every 7th "
+            f"backup is a full) or of days from 1d to {MAX_FULL_EVERY_DAYS}d (e.g. 7d: a full once the chain's "
+            "full is 7 days old); leave it out for incremental forever",
+        )
+    return f"{int(m.group(1))}{m.group(2)}"
 
 
 def _exclude_disks(src: _Src, node: yaml.Node) -> tuple[str, ...]:
@@ -341,4 +364,6 @@ def to_yaml(p: Policy) -> str:
         doc["limits"] = lim
     if p.exclude_disks:
         doc["exclude_disks"] = list(p.exclude_disks)
+    if p.full_every:
+        doc["full_every"] = int(p.full_every) if p.full_every.isdigit() else p.full_every
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

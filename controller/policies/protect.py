@@ -41,6 +41,7 @@ def run_backup_now(settings: Settings, reg: Registration, policy: Policy) -> str
         policy=policy.name,
         min_consistency=policy.min_consistency,
         exclude_disks=policy.exclude_disks,
+        full_every=policy.full_every,
     )
     with BackupEngine(settings) as engine:
         return engine.run(req).point_id

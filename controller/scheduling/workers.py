@@ -188,11 +188,12 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
         policy=pol.name if pol else None,
         min_consistency=pol.min_consistency if pol else None,
         exclude_disks=pol.exclude_disks if pol else (),
+        full_every=pol.full_every if pol else None,
     )
     with BackupEngine(settings, progress=pacer) as engine:
         r = engine.run(req)
     window = f"{r.freeze_window_ms:.0f} ms" if r.freeze_window_ms is not None else "-"
-    return r.job_id, r.point_id, f"{r.consistency}, freeze {window}, {r.bytes_copied / 2**20:.1f} MiB"
+    return r.job_id, r.point_id, f"{r.point_type}, {r.consistency}, freeze {window}, {r.bytes_copied / 2**20:.1f} MiB"
 
 
 def run_boot_check(settings: Settings, task: Task) -> RunResult:
