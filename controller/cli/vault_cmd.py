@@ -1,4 +1,4 @@
-"""`vmbackup vault verify [POINT] [--json]` and `vmbackup vault usage [--json]`."""
+"""`vmbackup vault verify [POINT] [--json]`, `vmbackup vault usage [--json]` and `vmbackup vault delete POINT`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def _record(v: Vault, p: RecoveryPoint, res: VerifyResult) -> None:
         output.err_console.print(f"warning: could not record the verify result on {p.point_id}: {e}", markup=False)
 
 
+def run_delete(args: argparse.Namespace) -> int:
+    """Delete one point; when another point is built on it, it is merged into that child (said in the output)."""
+    from controller.vault.merge import resume_merges
+
+    v = Vault()
+    finished = resume_merges(v)  # merges a crash interrupted (the point asked for may be one of them)
+    out = next((o for o in finished if o.point_id == args.point), None) or v.delete_point(v.get_point(args.point))
+    if args.json:
+        output.print_json(out.to_dict())
+        return 0
+    for o in finished:
+        if o is not out:
+            print(f"finished an interrupted merge: {o.describe()}")
+    print(out.describe())
+    return 0
+
+
 def run_usage(args: argparse.Namespace) -> int:
     """Bytes per VM and in total."""
     u = Vault().usage()
@@ -69,7 +86,7 @@ def run_usage(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `vault verify` and `vault usage`."""
+    """Register `vault verify`, `vault usage` and `vault delete`."""
     p = sub.add_parser("vault", help="check and measure the vault")
     vs = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
     ver = vs.add_parser(
@@ -81,3 +98,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     use = vs.add_parser("usage", help="bytes used per VM and in total")
     output.add_json_flag(use)
     use.set_defaults(func=run_usage)
+    dele = vs.add_parser(
+        "delete", help="delete one point (merged into the point built on it, if any: later points stay restorable)"
+    )
+    dele.add_argument("point", help="the point id (`vmbackup points`)")
+    output.add_json_flag(dele)
+    dele.set_defaults(func=run_delete)

@@ -177,3 +177,15 @@ class ChainBroken(VmBackupError):
         "This point cannot be restored: a point it is built on is gone from the vault. Restore an older or newer "
         "point whose chain is whole (`vmbackup points VM`, `vmbackup vault verify`); the next backup is a full."
     )
+
+
+class MergeFailed(VmBackupError):
+    """Merging a point into its child (deleting a point another one depends on) could not finish."""
+
+    code = "MERGE_FAILED"
+    operation = "prune"
+    remediation = (
+        "The point is hidden (not listed, not restorable) and its child stays restorable. Fix the cause in the "
+        "message (space, permissions, a missing file), then run `vmbackup prune` or `vmbackup vault delete POINT` "
+        "again: the merge resumes from its intent file VAULT/<vm>/.merge-<point>.json."
+    )

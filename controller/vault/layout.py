@@ -18,6 +18,7 @@ MANIFEST = "manifest.json"
 DOMAIN_XML = "domain.xml"
 DISKS_DIR = "disks"
 SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
+MERGE_PREFIX = ".merge-"  #: VAULT/<vm>/.merge-<point>.json: a merge of that point into its child
 
 
 def new_point_id(now: dt.datetime | None = None) -> str:
@@ -80,6 +81,11 @@ def point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
 def tmp_point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
     """VAULT/<vm-uuid>/.tmp-<point-id> (being written, never listed)."""
     return inside(root, check_uuid(vm_uuid), TMP_PREFIX + check_point_id(point_id))
+
+
+def merge_intent_path(root: Path, vm_uuid: str, point_id: str) -> Path:
+    """VAULT/<vm-uuid>/.merge-<point-id>.json: the durable intent of merging that point into its child."""
+    return inside(root, check_uuid(vm_uuid), f"{MERGE_PREFIX}{check_point_id(point_id)}.json")
 
 
 def disk_file_name(target: str, fmt: str) -> str:

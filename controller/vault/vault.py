@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
@@ -31,6 +31,9 @@ from controller.vault.manifest import (
     read_manifest,
 )
 from controller.vault.writer import PointWriter
+
+if TYPE_CHECKING:
+    from controller.vault.merge import DeleteOutcome
 
 __all__ = ["DiskVerify", "PointWriter", "Vault", "VerifyResult", "new_point_id"]
 
@@ -156,8 +159,10 @@ class Vault:
 
     def list_points(self, vm_uuid: str | None = None, include_broken: bool = False) -> list[RecoveryPoint]:
         """Published points, newest first; skips .tmp-*, foreign entries, symlinked VM directories, and
-        unreadable points or points whose manifest ids differ from their directories (unless include_broken)."""
+        unreadable points or points whose manifest ids differ from their directories (unless include_broken), and
+        points being merged into their child (a .merge-<id>.json intent, see merge.py)."""
         points = [p for vd in self._vm_dirs(vm_uuid) for p in self._points_in(vd, include_broken)]
+        points = [p for p in points if not layout.merge_intent_path(self.root, p.vm_uuid, p.point_id).exists()]
         points.sort(key=lambda p: p.point_id, reverse=True)
         return points
 
@@ -167,6 +172,8 @@ class Vault:
         for vd in self._vm_dirs(None):
             pd = layout.point_dir(self.root, vd.name, point_id)
             if pd.is_dir():
+                if layout.merge_intent_path(self.root, vd.name, point_id).exists():
+                    raise PointNotFound(f"recovery point {point_id} is being merged into the point built on it")
                 return RecoveryPoint(pd, read_manifest(pd))
         raise PointNotFound(f"no recovery point {point_id} in {self.root}")
 
@@ -257,23 +264,28 @@ class Vault:
             )
         return DiskVerify(rec.target, rec.file, "ok", chk.summary)
 
-    def delete_point(self, point: RecoveryPoint) -> None:
-        """Remove the directory the point was loaded from (delete_by_id of its directory names).
+    def delete_point(self, point: RecoveryPoint) -> DeleteOutcome:
+        """Remove the point loaded from point.path: deleted (delete_by_id of its directory names), or, when another
+        point is built on it, merged into that child (merge.py: every later point stays restorable).
 
-        The manifest's ids are never used to find what to delete: a point whose manifest ids differ from its
-        directories (MANIFEST_ID_MISMATCH) is refused unless it is a broken placeholder from list_points.
+        Interrupted merges of the VM are finished first. The manifest's ids are never used to find what to delete:
+        a point whose manifest ids differ from its directories (MANIFEST_ID_MISMATCH) is refused unless it is a
+        broken placeholder from list_points (deleted only when no point depends on it).
         """
+        from controller.vault import merge  # merge uses Vault (and chain): imported here, not at module load
+
         vm_uuid, point_id = point.path.parent.name, point.path.name
         if (point.vm_uuid, point.point_id) != (vm_uuid, point_id):
             raise ManifestIdMismatch(
                 f"refusing to delete {point.path}: its manifest names point {point.point_id} of VM "
                 f"{point.vm_uuid}, not its directory {vm_uuid}/{point_id}"
             )
-        self.delete_by_id(vm_uuid, point_id)
+        return merge.delete_or_merge(self, vm_uuid, point_id)
 
     def delete_by_id(self, vm_uuid: str, point_id: str) -> None:
         """Remove VAULT/<vm_uuid>/<point_id>, built by layout from the arguments (a real directory, no symlink):
-        renamed to .tmp-<id> first (atomic unpublish), then deleted. Its manifest is not read."""
+        renamed to .tmp-<id> first (atomic unpublish), then deleted. Its manifest is not read, and a point built on
+        it is not looked for: delete_point merges instead when one is."""
         pdir = layout.point_dir(self.root, vm_uuid, point_id)
         if not pdir.is_dir() or pdir.is_symlink():
             raise PointNotFound(f"no recovery point {point_id} for VM {vm_uuid}")
