@@ -7,6 +7,9 @@ Usage::
     svc.unprotect("web1", delete_data=False)                      # row stays as unprotected-retain
     svc.unprotect("db1", delete_data=True)                        # stop-protection job; points deleted
 
+Unprotecting (retain or delete) resets the VM's incremental chain: its vmbackup checkpoints are deleted and a later
+backup is a full (controller.backup.chainreset).
+
 ``--now`` starts a backup through :func:`run_backup_now`, the seam to the backup engine
 (``BackupEngine(settings).run(BackupRequest(...))``, engine closed after); tests pass their own runner.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import VmBackupError
+from controller.jobs.run import JobRun
 from controller.jobs.store import JobStore, VmRef
 from controller.policies import store
 from controller.policies.exceptions import NotProtected, ProtectRequiresRegistration
@@ -27,6 +31,8 @@ from controller.registration.store import Registration, get_registration, list_r
 from controller.settings import Settings
 from controller.state import State, StateUser
 
+#: why an unprotected VM's next backup is a full
+UNPROTECT_REASON = "VM unprotected"
 #: backup seam: (settings, registration, policy) -> the new recovery point's id
 BackupRunner = Callable[[Settings, Registration, Policy], str]
 
@@ -180,9 +186,11 @@ class ProtectionService(StateUser):
             if not delete_data:
                 with run.phase("retain"):
                     store.set_retain(self.conn, uuid)
+                self._reset_chain(run, uuid, uri)
                 return out
             with run.phase("stop"):
                 store.set_retain(self.conn, uuid)  # the schedule stops before any point goes
+            self._reset_chain(run, uuid, uri)
             with run.phase("delete-points"):
                 for p in self.vault.list_points(uuid):
                     self.vault.delete_point(p)
@@ -192,6 +200,13 @@ class ProtectionService(StateUser):
             with run.phase("unbind"):
                 store.remove_protection(self.conn, uuid)
         return out
+
+    def _reset_chain(self, run: JobRun, uuid: str, uri: str) -> None:
+        """Break the VM's incremental chain (its vmbackup checkpoints go; a later backup is a full)."""
+        from controller.backup.chainreset import detail, reset_vm_chain  # lazy: needs libvirt
+
+        with run.phase("reset-chain"):
+            run.detail("chain_reset", detail(UNPROTECT_REASON, reset_vm_chain(self.conn, uri, uuid, UNPROTECT_REASON)))
 
     def _protected_vm(self, vm: str) -> tuple[str, str, str]:
         """(uuid, name, host uri) of a VM with a protection row, by uuid or name (registered or not)."""

@@ -1,14 +1,18 @@
 """Unregister a VM: stop + disable the agent, remove its venv/config/unit, revoke its certificate, forget it.
 
 r = Unregistrar(state)               # a State (borrowed), or Settings (opens one; close() or `with`)
-r.unregister("web1")                 # a job with phases connect, remove, revoke
+r.unregister("web1")                 # a job with phases connect, remove, reset-chain, revoke
 r.unregister("web1", force=True)     # guest unreachable: skip the guest removal, still revoke and forget
+
+Either way the VM's incremental chain is reset (controller.backup.chainreset): vmbackup's checkpoints are deleted
+and a later backup of the VM is a full.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.backup.chainreset import detail, reset_vm_chain
 from controller.errors import VmBackupError
 from controller.jobs.store import JobStore, VmRef
 from controller.pki import CertificateAuthority
@@ -21,6 +25,9 @@ from controller.settings import Settings
 from controller.state import State, StateUser
 from controller.virt.connection import connection, lookup
 from controller.virt.exceptions import DomainNotFound
+
+#: why an unregistered VM's next backup (should it be registered again) is a full
+UNREGISTER_REASON = "VM unregistered"
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,9 @@ class Unregistrar(StateUser):
                 with session, run.phase("remove"):
                     guest.remove_agent(session)
                     cleaned = True
+            with run.phase("reset-chain"):  # before the registration goes: a crash after it still leaves the mark
+                deleted = reset_vm_chain(self.conn, ref.host_uri, ref.uuid, UNREGISTER_REASON)
+                run.detail("chain_reset", detail(UNREGISTER_REASON, deleted))
             with run.phase("revoke"):
                 self.ca.revoke(int(reg.cert_serial, 16))
                 delete(self.conn, ref.uuid)

@@ -5,12 +5,14 @@ asks on the terminal) is called before anything is touched and a False answer en
 Each disk is first copied (verified) next to the VM's current file as ``<file>.vmb-restore-<job>``. Only when
 every copy is good are the current files renamed aside to ``<file>.vmb-replaced-<job>`` and the copies renamed
 into place. On any failure the current files are moved back; after success they are kept (listed in the
-result's ``kept_old``) unless ``discard_old``. The VM's definition is not changed.
+result's ``kept_old``) unless ``discard_old``. The VM's definition is not changed. Right before the swap the VM's
+incremental chain is reset (``cbt.reset_chain``): its vmbackup checkpoints are deleted and its next backup is a full.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Protocol
 
 import libvirt
 
+from controller.backup import cbt, chainreset
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.restore.exceptions import PointFromOtherVm, RestoreDeclined, RestoreTargetInvalid, VmRunning
 from controller.restore.result import RestoreResult
@@ -127,6 +130,7 @@ def _replace(
                 run.add_bytes(rec.logical_size)
         with run.phase("define"):
             refuse_unless_shut_off(dom)  # it must not have been started meanwhile
+            reset_chain(r.jobs.conn, run, point, dom)
             swap(targets, incoming, run.job_id)
     except BaseException:
         for p in incoming.values():
@@ -148,6 +152,19 @@ def _replace(
     res.duration_s = time.monotonic() - t0
     run.detail("result", res.to_dict())
     return res
+
+
+def reset_chain(conn: sqlite3.Connection, run: JobRun, point: RecoveryPoint, dom: libvirt.virDomain) -> None:
+    """Break the VM's incremental chain: its disks are about to be replaced, so its checkpoints no longer describe
+    them. Done right before the swap (a crash between the swap and the mark would leave a chain over foreign disks;
+    a swap that fails and is undone costs only one full backup)."""
+    reason = replaced_reason(point)
+    run.detail("chain_reset", chainreset.detail(reason, cbt.reset_chain(conn, dom, dom.UUIDString(), reason)))
+
+
+def replaced_reason(point: RecoveryPoint) -> str:
+    """The full_reason of the first backup after a replace-restore from ``point``."""
+    return f"VM restored or replaced from point {point.point_id}"
 
 
 def refuse_unless_shut_off(dom: libvirt.virDomain) -> None:
