@@ -1,4 +1,9 @@
-"""`vmbackup points [VM] [--json]`: the recovery points in the vault, newest first."""
+"""`vmbackup points [VM] [--json]`: the recovery points in the vault, newest first.
+
+The type column is "full", or for an incremental "incr", its chain depth and the bytes that changed since its
+parent (its disks' ``changed_bytes``): "incr 2, +160.0 MiB"; the parent column names the point it is built on.
+--json adds ``changed_bytes`` (null for a full) to the manifest's own ``type``, ``parent`` and ``chain_depth``.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,20 @@ def matches(p: RecoveryPoint, vm: str | None) -> bool:
     return vm is None or vm.lower() == p.vm_uuid or vm == p.vm_name
 
 
+def changed_bytes(p: RecoveryPoint) -> int | None:
+    """Bytes the point's incremental disks changed since the parent (None for a full point)."""
+    incr = [d.changed_bytes or 0 for d in p.manifest.disks if d.kind == "incremental"]
+    return sum(incr) if incr else None
+
+
+def _chain(p: RecoveryPoint) -> list[str]:
+    """The type ("full" | "incr <depth>, +<changed>") and parent columns."""
+    m = p.manifest
+    if m.type != "incremental":
+        return ["full", "-"]
+    return [f"incr {m.chain_depth}, +{human_size(changed_bytes(p) or 0)}", m.parent or "?"]
+
+
 def _row(p: RecoveryPoint) -> list[Any]:
     """One table row."""
     m = p.manifest
@@ -43,6 +62,7 @@ def _row(p: RecoveryPoint) -> list[Any]:
         m.vm_name or m.vm_uuid,
         m.created,
         m.consistency,
+        *_chain(p),
         freeze,
         guest,
         disks,
@@ -55,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     """List points, optionally only one VM's."""
     points = [p for p in Vault().list_points() if matches(p, args.vm)]
     if args.json:
-        output.print_json([p.to_dict() for p in points])
+        output.print_json([{**p.to_dict(), "changed_bytes": changed_bytes(p)} for p in points])
         return 0
-    columns = ["point", "VM", "time (UTC)", "consistency", "freeze ms", "guest frozen ms", "disks", "size",
-               "boot-check"]
+    columns = ["point", "VM", "time (UTC)", "consistency", "type", "parent", "freeze ms", "guest frozen ms",
+               "disks", "size", "boot-check"]
     output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, [_row(p) for p in points])
     return 0
 

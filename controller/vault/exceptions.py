@@ -189,3 +189,14 @@ class MergeFailed(VmBackupError):
         "message (space, permissions, a missing file), then run `vmbackup prune` or `vmbackup vault delete POINT` "
         "again: the merge resumes from its intent file VAULT/<vm>/.merge-<point>.json."
     )
+
+
+class ChainMismatch(VaultError):
+    """An incremental disk does not fit the point it is to be built on (no such disk, another size, wrong backing)."""
+
+    code = "CHAIN_MISMATCH"
+    operation = "backup"
+    remediation = (
+        "The parent point does not match this disk (it lacks the disk, its size changed, or the written image does "
+        "not name it as backing): take a full backup (`vmbackup backup VM --full`); report it if it repeats."
+    )

@@ -1,4 +1,4 @@
-"""The few qemu-img calls the vault needs: info, convert (flatten a backing chain) and check."""
+"""The few qemu-img calls the vault needs: info, convert (flatten a backing chain), check, bitmap removal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class ImageInfo:
     actual_size: int
     backing_file: str | None
     backing_format: str | None = None  # the format the image records for its backing file, if any
+    backing_name: str | None = None  # the backing file exactly as written in the header (may be relative)
+    bitmaps: list[str] = field(default_factory=list)  # names of the persistent dirty bitmaps (qcow2)
 
 
 def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
@@ -65,7 +67,20 @@ def info(path: Path, force_share: bool = False, fmt: str | None = None) -> Image
         actual_size=int(d.get("actual-size", 0)),
         backing_file=d.get("full-backing-filename") or d.get("backing-filename"),
         backing_format=d.get("backing-filename-format"),
+        backing_name=d.get("backing-filename"),
+        bitmaps=[str(b["name"]) for b in d.get("format-specific", {}).get("data", {}).get("bitmaps", [])],
     )
+
+
+def remove_bitmaps(path: Path, prefix: str) -> list[str]:
+    """Remove the qcow2's persistent bitmaps whose name starts with prefix; returns the names removed."""
+    names = [b for b in info(path, fmt="qcow2").bitmaps if b.startswith(prefix)]
+    for name in names:
+        cmd = [QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", str(path), name]
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            raise _fail(f"qemu-img bitmap --remove {name} failed for", path, p.stderr)
+    return names
 
 
 def convert(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.locks import flocked
-from controller.vault import digest, layout, qemuimg, sparse, sums
+from controller.vault import chain, digest, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
     ManifestFieldReadOnly,
     ManifestIdMismatch,
@@ -45,8 +45,9 @@ SPACE_MARGIN = 64 << 20
 class DiskVerify:
     """One disk's verification outcome.
 
-    status: ok | invalid-path | missing | checksum-mismatch | check-failed | has-backing, or not-in-manifest for a
-    file in disks/ that the manifest does not list (target is then the file's stem).
+    status: ok | invalid-path | missing | checksum-mismatch | check-failed | has-backing (a full disk with a backing
+    file) | backing-mismatch (an incremental's backing is not the recorded one), or not-in-manifest for a file in
+    disks/ that the manifest does not list (target is then the file's stem).
     """
 
     target: str
@@ -58,7 +59,8 @@ class DiskVerify:
 @dataclass
 class VerifyResult:
     """A point's verification: ok only if every disk is present, matches its checksum, passes qemu-img check,
-    disks/ holds nothing else, and manifest.json and domain.xml match SHA256SUMS.
+    disks/ holds nothing else, manifest.json and domain.xml match SHA256SUMS, and (incremental) every point it is
+    built on exists and verifies (problems then holds "depends on point X, which failed verification").
 
     A VM directory that cannot be entered (a symlink: PATH_ESCAPE) is one result with point_id "" and error set.
     """
@@ -186,10 +188,19 @@ class Vault:
         return layout.disk_path(self.point_path(point), rec.file)
 
     def verify(self, point: RecoveryPoint) -> VerifyResult:
-        """Check SHA256SUMS, recompute each disk's checksum, run qemu-img check, and cross-check disks/.
+        """Check SHA256SUMS, recompute each disk's checksum, run qemu-img check, and cross-check disks/; for an
+        incremental point the same for every point it is built on, and their chain (CHAIN_BROKEN problems).
 
         Never raises for a damaged point: every problem is in the result, naming its file or disk.
         """
+        by_id = chain.points_by_id(self, point.vm_uuid) if point.manifest.parent else {}
+        res = self._verify_point(point, by_id)
+        up = [(p, self._verify_point(p, by_id)) for p in chain.ancestors(self, point, by_id)]
+        chain.mark_dependents([*up, (point, res)])
+        return res
+
+    def _verify_point(self, point: RecoveryPoint, by_id: dict[str, RecoveryPoint]) -> VerifyResult:
+        """verify() of the point's own files, plus how it hangs in its chain (by_id: the VM's points)."""
         res = VerifyResult(point.point_id, point.vm_uuid, point.vm_name)
         try:
             pdir = self.point_path(point)
@@ -207,6 +218,7 @@ class Vault:
             except (VmBackupError, OSError) as e:
                 res.disks.append(DiskVerify(rec.target, rec.file, "check-failed", str(e)))
         res.disks += _unlisted_disks(pdir, m)
+        res.problems += chain.chain_problems(self, RecoveryPoint(pdir, m), by_id)
         return res
 
     def verify_all(
@@ -216,28 +228,35 @@ class Vault:
     ) -> list[VerifyResult]:
         """Verify every point (or one VM's), each reported separately, newest first.
 
-        A point that cannot be loaded (unreadable manifest, ids that differ from its directories, a symlink) and
-        a VM directory that is a symlink (PATH_ESCAPE, point_id "") are failing results; the others are still
-        verified. on_point(point, result) is called for each point that could be loaded and verified.
+        Each file is checked once; a point whose chain holds a failing point fails too, naming it (a VM's points
+        are checked parents first, so on_point sees the final result). A point that cannot be loaded (unreadable
+        manifest, ids that differ from its directories, a symlink) and a VM directory that is a symlink
+        (PATH_ESCAPE, point_id "") are failing results; the others are still verified. on_point(point, result)
+        is called for each point that could be loaded and verified.
         """
         results: list[VerifyResult] = []
         for name, vd, why in self._vm_entries(vm_uuid):
             if vd is None:
                 results.append(VerifyResult("", name, "", error=why))
                 continue
-            for p in self._points_in(vd, include_broken=True):
+            points = self._points_in(vd, include_broken=True)
+            by_id = {p.point_id: p for p in points if not p.error}
+            failed: dict[str, str] = {}
+            for p in chain.parents_first(points):
                 if p.error:
-                    results.append(VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error))
-                    continue
-                res = self.verify(p)
+                    res = VerifyResult(p.point_id, p.vm_uuid, p.vm_name, error=p.error)
+                else:
+                    res = self._verify_point(p, by_id)
+                chain.mark_dependent(p, res, failed)
                 results.append(res)
-                if on_point is not None:
+                if on_point is not None and not p.error:
                     on_point(p, res)
         results.sort(key=lambda r: (r.point_id, r.vm_uuid), reverse=True)
         return results
 
     def _verify_disk(self, pdir: Path, rec: DiskRecord) -> DiskVerify:
-        """One stored disk: ok, invalid-path, missing, checksum-mismatch, check-failed or has-backing."""
+        """One stored disk: ok, invalid-path, missing, checksum-mismatch, check-failed, has-backing or
+        backing-mismatch (an incremental's backing must be exactly the recorded one, a qcow2)."""
         try:
             path = layout.disk_path(pdir, rec.file)
         except VmBackupError as e:
@@ -255,12 +274,15 @@ class Vault:
         if not chk.ok:
             return DiskVerify(rec.target, rec.file, "check-failed", chk.summary)
         try:
-            backing = qemuimg.info(path, fmt=rec.format).backing_file
+            inf = qemuimg.info(path, fmt=rec.format)
         except VmBackupError as e:
             return DiskVerify(rec.target, rec.file, "check-failed", str(e))
-        if backing:
+        if rec.backing and (inf.backing_name, inf.backing_format) != (rec.backing, "qcow2"):
+            detail = f"backing file {inf.backing_name!r} ({inf.backing_format}), recorded {rec.backing!r} (qcow2)"
+            return DiskVerify(rec.target, rec.file, "backing-mismatch", detail)
+        if inf.backing_file and not rec.backing:
             return DiskVerify(
-                rec.target, rec.file, "has-backing", f"not self-contained: backing file {backing}"
+                rec.target, rec.file, "has-backing", f"not self-contained: backing file {inf.backing_file}"
             )
         return DiskVerify(rec.target, rec.file, "ok", chk.summary)
 

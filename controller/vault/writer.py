@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agent.contract import CONSISTENCY_LEVELS
 from controller import locks
-from controller.vault import layout, qemuimg, sparse, sums
+from controller.errors import VmBackupError
+from controller.vault import chain, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
+    ChainMismatch,
     DiskAlreadyStored,
     DiskCopyFailed,
     InvalidConsistency,
@@ -32,6 +36,8 @@ from controller.vault.manifest import (
 
 #: how qemu-img (strerror(ENOSPC)) says the destination filesystem is full
 _NO_SPACE = "No space left on device"
+#: write(dst, backing) -> changed bytes: creates dst as a qcow2 over `backing` and fills in the changed clusters
+IncrementalWrite = Callable[[Path, str], int]
 
 
 class PointWriter:
@@ -58,6 +64,7 @@ class PointWriter:
         self.disks: list[DiskRecord] = []
         self.published: RecoveryPoint | None = None
         self._aborted = False
+        self._parent: str | None = None  # the point the incremental disks are backed by
 
     def __enter__(self) -> PointWriter:
         return self
@@ -79,10 +86,7 @@ class PointWriter:
         fmt is the source's format from the domain XML (qcow2/raw); None lets qemu-img probe it. force_share
         (-U) is only for images a VM still holds open for writing, which are not consistent: avoid it.
         """
-        self._check_open()
-        layout.check_target(target)
-        if any(d.target == target for d in self.disks):
-            raise DiskAlreadyStored(f"disk {target} is already stored in point {self.point_id}")
+        self._check_new_target(target)
         src = Path(src_path)
         inf = qemuimg.info(src, force_share, fmt)
         fmt = "qcow2" if inf.backing_file or inf.format == "qcow2" else "raw"
@@ -90,28 +94,14 @@ class PointWriter:
             fmt = "qcow2"  # anything else is converted
         rel = layout.disk_file_name(target, fmt)
         dst = layout.inside(self.tmp, *rel.split("/"))
-        try:
+        with self._storing(target, str(src), dst):
             if inf.backing_file or inf.format not in ("qcow2", "raw"):
                 qemuimg.convert(src, dst, progress, force_share, inf.format)
-                res = sparse.stream(dst)
-                res.stored_bytes = dst.stat().st_blocks * 512
+                res = _hash_stored(dst)
                 method = "qemu-img-convert"
             else:
                 res = sparse.stream(src, dst, progress)
                 method = "sparse-copy"
-        except OSError as e:
-            dst.unlink(missing_ok=True)
-            if e.errno == errno.ENOSPC:
-                raise self._full(target, src) from e
-            raise DiskCopyFailed(f"copying disk {target} from {src} failed: {e}") from e
-        except DiskCopyFailed as e:
-            dst.unlink(missing_ok=True)
-            if _NO_SPACE in str(e.details.get("stderr", "")):
-                raise self._full(target, src) from e
-            raise
-        except BaseException:
-            dst.unlink(missing_ok=True)
-            raise
         rec = DiskRecord(
             target=target,
             file=rel,
@@ -126,7 +116,99 @@ class PointWriter:
         self.disks.append(rec)
         return rec
 
-    def _full(self, target: str, src: Path) -> VaultFull:
+    def add_incremental_disk(
+        self,
+        target: str,
+        parent: RecoveryPoint,
+        write: IncrementalWrite,
+        source_path: str,
+        virtual_size: int,
+        method: str = "qsd-blockdev-backup",
+    ) -> DiskRecord:
+        """Store one disk as a qcow2 holding only the changed clusters, backed by `parent`'s copy of the disk.
+
+        The writer picks the file (disks/<target>.qcow2) and its backing (chain.backing_name: relative, so it
+        resolves the same from .tmp-<id>/ and <id>/); write(dst, backing) creates it and returns the changed bytes.
+        CHAIN_MISMATCH before writing when the parent has no qcow2 of this disk or another virtual size, and after
+        when the written file is not a qcow2 over exactly that backing.
+        """
+        self._check_new_target(target)
+        prec = parent.manifest.disk(target)
+        if parent.vm_uuid != self.vm_uuid or prec is None or prec.format != "qcow2":
+            raise ChainMismatch(
+                f"disk {target} cannot be stored as an incremental on point {parent.point_id}: that point "
+                f"{'belongs to another VM' if parent.vm_uuid != self.vm_uuid else 'has no qcow2 copy of it'}",
+                details={"target": target, "parent": parent.point_id},
+            )
+        if prec.virtual_size != virtual_size:
+            raise ChainMismatch(
+                f"disk {target} is {virtual_size} B, its copy in parent point {parent.point_id} is "
+                f"{prec.virtual_size} B: an incremental needs the same size",
+                details={"target": target, "parent": parent.point_id},
+            )
+        if self._parent is not None and self._parent != parent.point_id:
+            raise ChainMismatch(f"point {self.point_id} already builds on {self._parent}, not {parent.point_id}")
+        backing = chain.backing_name(parent.point_id, target)
+        rel = layout.disk_file_name(target, "qcow2")
+        dst = layout.inside(self.tmp, *rel.split("/"))
+        with self._storing(target, source_path, dst):
+            changed = write(dst, backing)
+            inf = qemuimg.info(dst, fmt="qcow2")
+            want = ("qcow2", backing, "qcow2", virtual_size)
+            if (inf.format, inf.backing_name, inf.backing_format, inf.virtual_size) != want:
+                raise ChainMismatch(
+                    f"the incremental copy of disk {target} is a {inf.format} of {inf.virtual_size} B over "
+                    f"{inf.backing_name!r} ({inf.backing_format}), expected a qcow2 of {virtual_size} B over "
+                    f"{backing!r} (qcow2)",
+                    details={"target": target, "backing": inf.backing_name, "expected": backing},
+                )
+            res = _hash_stored(dst)
+        rec = DiskRecord(
+            target=target,
+            file=rel,
+            format="qcow2",
+            virtual_size=virtual_size,
+            logical_size=res.logical_size,
+            stored_bytes=res.stored_bytes,
+            digest=res.digest,
+            source_path=source_path,
+            method=method,
+            kind="incremental",
+            backing=backing,
+            changed_bytes=int(changed),
+        )
+        self._parent = parent.point_id
+        self.disks.append(rec)
+        return rec
+
+    def _check_new_target(self, target: str) -> None:
+        """Refuse a closed point, a bad target name, or a target already stored in this point."""
+        self._check_open()
+        layout.check_target(target)
+        if any(d.target == target for d in self.disks):
+            raise DiskAlreadyStored(f"disk {target} is already stored in point {self.point_id}")
+
+    @contextlib.contextmanager
+    def _storing(self, target: str, src: str, dst: Path) -> Iterator[None]:
+        """Around writing dst: any failure removes it; running out of space is VAULT_FULL, other I/O errors
+        DISK_COPY_FAILED."""
+        try:
+            yield
+        except OSError as e:
+            dst.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise self._full(target, src) from e
+            raise DiskCopyFailed(f"copying disk {target} from {src} failed: {e}") from e
+        except VmBackupError as e:
+            dst.unlink(missing_ok=True)
+            if _NO_SPACE in f"{e.message} {e.details.get('stderr', '')}":
+                raise self._full(target, src) from e
+            raise
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
+
+    def _full(self, target: str, src: str | Path) -> VaultFull:
         """VAULT_FULL for a copy that ran out of space (another writer filled the vault after the space check)."""
         st = os.statvfs(self.tmp)
         return VaultFull(
@@ -147,6 +229,7 @@ class PointWriter:
         if not (self.tmp / layout.DOMAIN_XML).is_file():
             raise VaultError(f"point {self.point_id} has no domain.xml; call write_domain_xml first")
         m = self._manifest(fields)
+        self._check_chain(m)
         write_manifest(self.tmp, m)
         sums.seal(self.tmp)  # SHA256SUMS: manifest.json + domain.xml
         fsync_dir(self.tmp / layout.DISKS_DIR)
@@ -175,6 +258,22 @@ class PointWriter:
         if self.published is not None or self._aborted:
             raise VaultError(
                 f"point {self.point_id} is already {'published' if self.published else 'aborted'}"
+            )
+
+    def _check_chain(self, m: Manifest) -> None:
+        """CHAIN_MISMATCH unless an incremental point names its parent and every incremental disk is backed by it
+        (and a full point names none)."""
+        incr = [d for d in m.disks if d.kind == "incremental"]
+        if not incr:
+            if m.parent:
+                raise ChainMismatch(f"point {self.point_id} has no incremental disk but names parent {m.parent}")
+            return
+        wrong = [d.target for d in incr if not m.parent or d.backing != chain.backing_name(m.parent, d.target)]
+        if not m.parent or wrong:
+            raise ChainMismatch(
+                f"incremental point {self.point_id} names parent {m.parent!r}, but the backing of its disks "
+                f"{', '.join(wrong)} does not name that point",
+                details={"parent": m.parent, "disks": wrong},
             )
 
     def _manifest(self, f: dict[str, Any]) -> Manifest:
@@ -211,3 +310,10 @@ class PointWriter:
             chain_depth=int(f.get("chain_depth") or 0),
             full_reason=f.get("full_reason"),
         )
+
+
+def _hash_stored(dst: Path) -> sparse.StreamResult:
+    """Checksum a file a tool wrote into the vault, with what it occupies there."""
+    res = sparse.stream(dst)
+    res.stored_bytes = dst.stat().st_blocks * 512
+    return res
