@@ -1,4 +1,6 @@
-"""`vmbackup prune [VM] [--dry-run] [--json]`: apply retention to the vault (a prune job per VM)."""
+"""`vmbackup prune [VM] [--dry-run] [--json]`: apply retention to the vault (a prune job per VM).
+
+A pruned point that a kept incremental is built on is merged into its child: the action says "merge into C"."""
 
 from __future__ import annotations
 
@@ -26,9 +28,13 @@ def run(args: argparse.Namespace) -> int:
         for v in r.selection.keep:
             rows.append([r.vm_name, r.policy or "-", v.point.id, "keep", ", ".join(v.reasons)])
         for v in r.selection.prune:
-            action = "would prune" if args.dry_run else "pruned"
+            into = v.merge_into if args.dry_run else r.merged.get(v.point.id)
+            if into:
+                action = f"{'would merge' if args.dry_run else 'merged'} into {into}"
+            else:
+                action = "would prune" if args.dry_run else "pruned"
             rows.append([r.vm_name, r.policy or "-", v.point.id, action, ", ".join(v.reasons)])
-    title = "prune (dry run: nothing deleted)" if args.dry_run else "prune"
+    title = "prune (dry run: nothing deleted or merged)" if args.dry_run else "prune"
     output.table(title, ["VM", "policy", "point", "action", "why"], rows)
     return 0
 
@@ -37,6 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     """Register `prune`."""
     p = sub.add_parser("prune", help="delete recovery points that the VMs' retention no longer keeps")
     p.add_argument("vm", nargs="?", metavar="VM", help="only this VM (name or uuid)")
-    p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted, delete nothing")
+    p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted or merged, change nothing")
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -1,7 +1,9 @@
 """`vmbackup prune`: apply each protected VM's retention to its points in the vault (a prune job per VM).
 
 VMs without a protection row, or unprotected with --retain-data, are never pruned. The protection is re-read
-inside the job (which holds the VM's operation lock), so an unprotect racing with a prune wins. Usage::
+inside the job (which holds the VM's operation lock), so an unprotect racing with a prune wins. A pruned point that
+a kept incremental is built on is merged into its child (``Verdict.merge_into``; retention.execution_order), and
+the job first finishes merges a crash interrupted (merge.resume_merges). Usage::
 
     reports = prune(settings, vm=None, dry_run=True)     # or prune(state, ...): borrows an open State
     for r in reports: print(r.vm_name, r.skipped or [v.point.id for v in r.selection.prune])
@@ -19,11 +21,12 @@ from controller.jobs.store import JobStore, VmRef
 from controller.policies import store
 from controller.policies.model import Policy
 from controller.scheduling.exceptions import PruneFailed
-from controller.scheduling.retention import PointRecord, Selection, select_prunable
+from controller.scheduling.retention import PointRecord, Selection, execution_order, select_prunable
 from controller.settings import Settings
 from controller.state import State, using
 from controller.vault import RecoveryPoint, Vault
 from controller.vault.exceptions import VaultError
+from controller.vault.merge import resume_merges
 from controller.vault.verdicts import boot_checked_ok, verified_ok
 
 
@@ -37,7 +40,8 @@ class PruneReport:
     selection: Selection | None = None
     skipped: str = ""
     job_id: str | None = None
-    deleted: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # every point removed (plain deletes and merges)
+    merged: dict[str, str] = field(default_factory=dict)  # point id -> the child it was merged into
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,8 +55,11 @@ class PruneReport:
             "job_id": self.job_id,
             "dry_run": self.dry_run,
             "deleted": self.deleted,
+            "merged": self.merged,
             "keep": [v.to_dict() for v in sel.keep] if sel else [],
-            "prune": [v.to_dict() for v in sel.prune] if sel else [],
+            "prune": [
+                {**v.to_dict(), "action": "merge" if v.merge_into else "delete"} for v in (sel.prune if sel else [])
+            ],
         }
 
 
@@ -70,6 +77,7 @@ def record_of(p: RecoveryPoint) -> PointRecord:
         ref=p,
         verified=verified_ok(p.manifest),
         boot_checked=boot_checked_ok(p.manifest),
+        parent=p.manifest.parent,
     )
 
 
@@ -124,12 +132,16 @@ def prune(
 
 
 def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: str, now: datetime) -> None:
-    """The prune job of one VM: re-plan under the VM lock, then delete the prunable points."""
+    """The prune job of one VM: finish interrupted merges, re-plan under the VM lock, then delete (or merge into
+    their child) the prunable points."""
     jobs = JobStore(conn)
     job = jobs.create("prune", vm=VmRef(report.vm_uuid, report.vm_name, uri))
     report.job_id = job.id
     with jobs.run(job.id) as run:
         with run.phase("plan"):
+            resumed = resume_merges(vault, report.vm_uuid)
+            if resumed:
+                run.detail("resumed_merges", {o.point_id: o.into for o in resumed})
             fresh, policy = plan_vm(conn, report.vm_uuid, vault.list_points(report.vm_uuid), now)
             report.selection, report.skipped = fresh.selection, fresh.skipped
             run.detail("policy", report.policy)
@@ -137,12 +149,15 @@ def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: s
             run.detail("skipped", report.skipped)
             return
         with run.phase("delete"):
-            for v in report.selection.prune:
+            for v in execution_order(report.selection.prune):
                 try:
-                    vault.delete_point(v.point.ref)
+                    out = vault.delete_point(v.point.ref)
                 except (VaultError, OSError) as e:
                     raise PruneFailed(f"deleting point {v.point.id} of {report.vm_name} failed: {e}") from e
                 report.deleted.append(v.point.id)
+                if out.into is not None:
+                    report.merged[v.point.id] = out.into
                 run.check_cancelled()
         run.detail("deleted", report.deleted)
+        run.detail("merged", report.merged)
         run.detail("kept", [v.point.id for v in report.selection.keep])

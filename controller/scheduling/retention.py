@@ -17,6 +17,12 @@ first, and a point is kept if any rule keeps it (the union; like restic's ``forg
 
 Applying it to what it kept prunes nothing more (idempotent). Unprotected-with-retain VMs are not pruned at
 all: that is decided by the caller (controller.scheduling.prune), not here.
+
+Chains (incremental points, ``PointRecord.parent``): the rules select points as above; a pruned point that a kept
+point needs (its child, or its child's child ...) gets ``Verdict.merge_into`` = its child: it is merged into the
+child (``Vault.delete_point``), never deleted with the points built on it. :func:`execution_order` gives the order
+that keeps every step valid: plain deletions newest first (each has no child left when it goes), then the merges
+oldest first (each into its child; a run of pruned points folds forward one by one into the kept point).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class PointRecord:
     ref: Any = None
     verified: bool | None = None  # last verify: passed, failed, or never verified
     boot_checked: bool | None = None  # last boot-check: passed, failed, or never boot-checked
+    parent: str | None = None  # the point an incremental is built on (None: a full)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Verdict:
 
     point: PointRecord
     reasons: tuple[str, ...]
+    merge_into: str | None = None  # a pruned point a kept point depends on: merged into this child, not deleted
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""
@@ -57,6 +65,8 @@ class Verdict:
             "verified": self.point.verified,
             "boot_checked": self.point.boot_checked,
             "reasons": list(self.reasons),
+            "parent": self.point.parent,
+            "merge_into": self.merge_into,
         }
 
 
@@ -149,9 +159,38 @@ def select_prunable(
         else:
             reasons[guard.id].append(why)
     keep = [Verdict(p, tuple(reasons[p.id])) for p in ordered if p.id in keep_ids]
+    into = merge_targets(ordered, keep_ids)
     prune = [
-        Verdict(p, tuple(reasons[p.id]) or ("not selected by any rule",))
+        Verdict(p, tuple(reasons[p.id]) or ("not selected by any rule",), into.get(p.id))
         for p in ordered
         if p.id not in keep_ids
     ]
     return Selection(keep, prune)
+
+
+def merge_targets(points: Iterable[PointRecord], keep_ids: set[str]) -> dict[str, str]:
+    """{pruned point id: its child's id} for each pruned point that a kept point is built on (directly or not)."""
+    by_id = {p.id: p for p in points}
+    child: dict[str, str] = {}
+    for p in sorted(by_id.values(), key=lambda p: p.id, reverse=True):  # the lowest id wins, like chain.child_of
+        if p.parent in by_id:
+            child[p.parent] = p.id
+    out: dict[str, str] = {}
+    for pid in by_id:
+        if pid in keep_ids or pid not in child:
+            continue
+        cur: str | None = child[pid]
+        seen = {pid}
+        while cur is not None and cur not in seen and cur not in keep_ids:
+            seen.add(cur)
+            cur = child.get(cur)
+        if cur is not None and cur in keep_ids:
+            out[pid] = child[pid]
+    return out
+
+
+def execution_order(prune: Iterable[Verdict]) -> list[Verdict]:
+    """The pruned points in the order to remove them: deletions newest first, then merges oldest first."""
+    by_age = sorted(prune, key=lambda v: (_utc(v.point.created), v.point.id))
+    deletes = [v for v in reversed(by_age) if v.merge_into is None]
+    return deletes + [v for v in by_age if v.merge_into is not None]

@@ -41,10 +41,12 @@ def add_point(
     writes: list[tuple[int | str, int, int]],
     index: int,
     full_disks: dict[str, Path] | None = None,
+    vm: str = VM,
+    name: str = "chain",
 ) -> RecoveryPoint:
     """Publish point number `index` (its id sorts by it): vdb a full (no parent) or an incremental over parent's
     vdb, holding `writes`; full_disks are copied in full beside it (copy_disk)."""
-    w = vault.new_point(VM, layout.new_point_id(T0 + timedelta(days=index)))
+    w = vault.new_point(vm, layout.new_point_id(T0 + timedelta(days=index)))
     rel = layout.disk_file_name("vdb", "qcow2")
     dst = w.tmp / rel
     if parent is None:
@@ -63,19 +65,19 @@ def add_point(
     ))  # fmt: skip
     for target, src in (full_disks or {}).items():
         w.copy_disk(target, src)
-    w.write_domain_xml(f"<domain><name>chain</name><uuid>{VM}</uuid></domain>")
+    w.write_domain_xml(f"<domain><name>{name}</name><uuid>{vm}</uuid></domain>")
     return w.publish({
-        "vm": {"uuid": VM, "name": "chain", "host": "qemu:///system"}, "consistency": "CRASH",
+        "vm": {"uuid": vm, "name": name, "host": "qemu:///system"}, "consistency": "CRASH",
         "created": (T0 + timedelta(days=index)).isoformat(), "parent": parent.point_id if parent else None,
         "chain_depth": parent.manifest.chain_depth + 1 if parent else 0,
     })  # fmt: skip
 
 
-def build_chain(vault: Vault, n: int = 6) -> list[RecoveryPoint]:
-    """A full point and n - 1 incrementals on vdb, oldest first."""
+def build_chain(vault: Vault, n: int = 6, vm: str = VM, name: str = "chain") -> list[RecoveryPoint]:
+    """A full point and n - 1 incrementals on vdb, oldest first, one a day from T0."""
     points: list[RecoveryPoint] = []
     for i in range(n):
-        points.append(add_point(vault, points[-1] if points else None, WRITES[i % len(WRITES)], i))
+        points.append(add_point(vault, points[-1] if points else None, WRITES[i % len(WRITES)], i, vm=vm, name=name))
     return points
 
 

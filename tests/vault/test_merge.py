@@ -45,7 +45,8 @@ def _backing(vault: Vault, p: RecoveryPoint) -> str | None:
     rec = p.manifest.disk("vdb")
     assert rec is not None
     info = json.loads(run("qemu-img", "info", "--output=json", str(vault.disk_path(p, rec))))
-    return info.get("backing-filename")
+    name = info.get("backing-filename")
+    return None if name is None else str(name)
 
 
 def test_delete_oldest_full_of_six_merges_and_every_point_restores(vault: Vault, tmp_path: Path) -> None:
