@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import libvirt
@@ -29,14 +30,14 @@ import libvirt
 from controller.backup.exceptions import CheckpointFailed
 from controller.errors import VmBackupError
 from controller.vault import chain, qemuimg
-from controller.vault.manifest import RecoveryPoint
+from controller.vault.manifest import DiskRecord, RecoveryPoint
 from controller.vault.vault import Vault
 from controller.virt.connection import translate
 from controller.virt.domain import Disk, disks
 
 PREFIX = "vmb-"
-#: the reason a shut-off VM's backup is a full (libvirt 9.0: "cannot create checkpoint for inactive domain")
-SHUT_OFF_REASON = "VM not running: libvirt cannot create a checkpoint for an inactive domain"
+#: full reasons that are a normal part of the schedule, not a broken chain: no warning on the job
+_EXPECTED = ("no previous point", "--full requested", "policy full_every")
 
 
 def checkpoint_name(job_id: str) -> str:
@@ -128,6 +129,12 @@ def mark_reset(conn: sqlite3.Connection, vm_uuid: str, reason: str) -> None:
         )
 
 
+def clear_reset(conn: sqlite3.Connection, vm_uuid: str) -> None:
+    """A full point started a new chain: the reset is done with."""
+    with conn:
+        conn.execute("DELETE FROM chain_resets WHERE vm_uuid = ?", (vm_uuid,))
+
+
 def last_reset(conn: sqlite3.Connection, vm_uuid: str) -> tuple[str, str] | None:
     """(at, reason) of the VM's last chain reset, or None."""
     row = conn.execute("SELECT at, reason FROM chain_resets WHERE vm_uuid = ?", (vm_uuid,)).fetchone()
@@ -157,11 +164,45 @@ class ChainPlan:
     checkpoint: str | None = None  # the parent's checkpoint: the bitmap to copy from
     full_reason: str | None = None  # set when the whole point is a full (an incremental was possible in principle)
     disk_reasons: dict[str, str] = field(default_factory=dict)  # per disk copied in full inside an incremental
+    new_checkpoint: str | None = None  # the checkpoint the new point names (made by this job, or carried on)
+    notes: list[str] = field(default_factory=list)  # warnings for the job
 
     @property
     def incremental(self) -> bool:
         """True when at least some disks can be copied incrementally."""
         return self.parent is not None
+
+    def copies_changes(self, target: str) -> bool:
+        """True when this disk is to be copied incrementally (so far: the copy may still find its bitmap bad)."""
+        return self.parent is not None and target not in self.disk_reasons
+
+    def virtual_size(self, target: str) -> int:
+        """The parent's virtual size of a disk (plan_chain checked the disk still has it)."""
+        rec = self.parent.manifest.disk(target) if self.parent else None
+        if rec is None:
+            raise KeyError(target)
+        return rec.virtual_size
+
+    def manifest_fields(self, stored: list[DiskRecord]) -> dict[str, Any]:
+        """The point's chain fields, from what was actually stored (a disk may have fallen back to a full copy)."""
+        if self.parent is not None and any(r.kind == "incremental" for r in stored):
+            depth = self.parent.manifest.chain_depth + 1
+            return {"parent": self.parent.point_id, "checkpoint": self.new_checkpoint, "chain_depth": depth}
+        if self.parent is not None and not self.full_reason:  # every disk fell back
+            self.full_reason = "; ".join(sorted(set(self.disk_reasons.values())))
+        return {"parent": None, "checkpoint": self.new_checkpoint, "chain_depth": 0, "full_reason": self.full_reason}
+
+    def warnings(self) -> list[str]:
+        """What the job should warn about: a chain that broke, disks that could not be copied incrementally."""
+        out = list(self.notes)
+        if self.full_reason and not self.full_reason.startswith(_EXPECTED):
+            out.append(f"full backup instead of an incremental: {self.full_reason}")
+        elif self.parent is not None:
+            out += [
+                f"disk {t} copied in full: {why}" for t, why in sorted(self.disk_reasons.items())
+                if not why.startswith("raw disk")
+            ]
+        return out
 
     @classmethod
     def full(cls, reason: str) -> ChainPlan:
@@ -176,14 +217,11 @@ def plan_chain(
     ds: list[Disk],
     force_full: bool = False,
     full_every: str | None = None,
-    running: bool = True,
 ) -> ChainPlan:
     """Decide incremental or full for a VM's next backup from the chain's health; any doubt is a full."""
     vm_uuid = dom.UUIDString()
     if force_full:
         return ChainPlan.full("--full requested")
-    if not running:
-        return ChainPlan.full(SHUT_OFF_REASON)
     parent = chain.latest(vault, vm_uuid)
     if parent is None:
         return ChainPlan.full("no previous point")

@@ -18,6 +18,7 @@ from pathlib import Path
 import libvirt
 
 from controller.agentclient import open_agent
+from controller.backup import cbt, qsd
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
 from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
@@ -153,7 +154,11 @@ def _recover_one(settings: Settings, conn: sqlite3.Connection, intent: Intent, r
             return  # the VM is gone; nothing to put back (its overlays stay on disk, unmerged)
         if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, conn, intent):
             report.thawed.append(intent.vm_name)
-        put_back(dom, intent.originals, intent.job_id, report, overlay_dir(settings.home, intent.vm_uuid))
+        work = overlay_dir(settings.home, intent.vm_uuid)
+        qsd.kill_stray(work)  # an incremental copy's storage daemon, if the controller died mid-copy
+        put_back(dom, intent.originals, intent.job_id, report, work)
+        # whatever step it died at, the checkpoints may not match the vault any more: the next backup is a full
+        cbt.reset_chain(conn, dom, intent.vm_uuid, f"backup job {intent.job_id} did not finish (recovered)")
 
 
 def _thaw(settings: Settings, conn: sqlite3.Connection, intent: Intent) -> bool:

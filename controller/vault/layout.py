@@ -21,9 +21,16 @@ SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
 MERGE_PREFIX = ".merge-"  #: VAULT/<vm>/.merge-<point>.json: a merge of that point into its child
 
 
-def new_point_id(now: dt.datetime | None = None) -> str:
-    """A sortable point id: UTC time to the second plus 6 random hex digits, e.g. 20261125T101500Z-3fa9c1."""
+def new_point_id(now: dt.datetime | None = None, after: str | None = None) -> str:
+    """A sortable point id: UTC time to the second plus 6 random hex digits, e.g. 20261125T101500Z-3fa9c1.
+
+    ``after`` (the VM's newest id) keeps a VM's ids in creation order: a point made in the same second (or after
+    the clock stepped back) takes the next second after it. The newest point is the parent of an incremental.
+    """
     t = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    if after is not None:
+        last = dt.datetime.strptime(check_point_id(after)[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        t = max(t, last + dt.timedelta(seconds=1))
     return f"{t:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 

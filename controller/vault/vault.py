@@ -122,7 +122,12 @@ class Vault:
 
     def new_point(self, vm_uuid: str, point_id: str | None = None) -> PointWriter:
         """Start an unpublished point under VAULT/<vm-uuid>/.tmp-<point-id>/."""
-        return PointWriter(self._ensure_root(), layout.check_uuid(vm_uuid), point_id or new_point_id())
+        root, vm_uuid = self._ensure_root(), layout.check_uuid(vm_uuid)
+        if point_id is None:
+            vd = root / vm_uuid
+            ids = [p.name.removeprefix(layout.TMP_PREFIX) for p in vd.iterdir()] if vd.is_dir() else []
+            point_id = new_point_id(after=max((i for i in ids if layout.POINT_ID_RE.fullmatch(i)), default=None))
+        return PointWriter(root, vm_uuid, point_id)
 
     def _vm_entries(self, vm_uuid: str | None) -> list[tuple[str, Path | None, str]]:
         """(uuid, directory, "") per VM directory, or (uuid, None, why) for one that is a symlink (PATH_ESCAPE)."""

@@ -44,7 +44,7 @@ class Tiny:
     def remove(self) -> None:
         if self.dom.isActive():
             self.dom.destroy()
-        self.dom.undefine()
+        self.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)  # incremental tests leave some
 
 
 def qemu_io(path: str, cmd: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,8 @@
 For every fault point the backup runs in its own `vmbackup backup` process that pauses at that step (see
 controller/backup/faults.py); the test kills it there, runs `vmbackup recover`, and checks: the VM runs on its
 original files, no overlay is left, no partial recovery point remains, the guest is not frozen, and the job is
-failed with CONTROLLER_RESTARTED.
+failed with CONTROLLER_RESTARTED. The killed backup is an incremental (a clean backup right before it gives it a
+parent with a checkpoint); after recovery the next backup is a full that says why, and the chain goes on from it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from controller.backup import faults
+from controller.backup import cbt, faults
+from controller.backup.engine import BackupEngine, BackupRequest
 from controller.jobs.store import JobStore
 from controller.virt.domain import disks
 from tests.backup.helpers import cli, wait_for
@@ -30,6 +32,7 @@ def test_kill_at_step_then_recover(step: str, registered_vm: Any, lab_vm: Any, s
     """SIGKILL at `step`; `vmbackup recover` leaves the VM on its files with no overlay, point or freeze behind."""
     dom = libvirt.open(settings.uri).lookupByName(lab_vm.name)
     before = [d.path for d in disks(dom)]
+    BackupEngine(settings).run(BackupRequest(vm=lab_vm.name))  # a parent with a checkpoint for the killed one
     marker = tmp_path / f"fault-{step}"
     proc = cli("backup", lab_vm.name, "--json",
                env={"VMBACKUP_FAULT_PAUSE_AT": step, "VMBACKUP_FAULT_FILE": str(marker)})
@@ -56,3 +59,9 @@ def test_kill_at_step_then_recover(step: str, registered_vm: Any, lab_vm: Any, s
     jobs = JobStore.open(settings.db_path).list(type="backup", vm=lab_vm.uuid, limit=1)
     assert jobs[0].state == "failed", jobs[0].to_dict()
     assert (jobs[0].error or {}).get("code") == "CONTROLLER_RESTARTED", jobs[0].to_dict()
+    assert jobs[0].details["chain"]["parent"], jobs[0].details  # the killed backup was an incremental
+    assert cbt.ours(dom) == [], "recovery resets the chain: no checkpoint of the killed job (or older) is left"
+
+    after = BackupEngine(settings).run(BackupRequest(vm=lab_vm.name))
+    assert after.point_type == "full" and "did not finish" in (after.full_reason or ""), after
+    assert cbt.ours(dom) == [cbt.checkpoint_name(after.job_id)]
