@@ -204,6 +204,8 @@ def _plan(vault: Vault, point: RecoveryPoint, child: RecoveryPoint) -> Intent:
                 details={"point_id": point.point_id, "child": child.point_id, "target": rec.target},
             )
         cfile, pfile = vault.disk_path(child, rec), vault.disk_path(point, prec)
+        if not pfile.is_file():
+            raise MergeFailed(f"{pfile} is missing: point {child.point_id} cannot be merged with it (not merged)")
         if _backing_of(cfile) != os.path.normpath(pfile):
             raise MergeFailed(f"{cfile} is not backed by {pfile} as its manifest says: not merged")
         it.disks[rec.target] = DiskMerge(PENDING, prec.backing, prec.changed_bytes)

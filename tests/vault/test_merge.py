@@ -15,7 +15,7 @@ import pytest
 
 from controller.cli.main import main
 from controller.vault import RecoveryPoint, Vault, digest, layout, merge, sparse, sums
-from controller.vault.exceptions import PointNotFound
+from controller.vault.exceptions import MergeFailed, PointNotFound
 from tests.vault.chain_helpers import VM, add_point, build_chain, restore, same_content
 from tests.vault.helpers import run
 
@@ -208,3 +208,36 @@ def test_merge_cost_is_the_childs_changed_bytes(vault: Vault, tmp_path: Path) ->
     # 1 MiB of C's data overwrote clusters A already had: the merged file is about A's size, not A + a copy
     assert rec.stored_bytes <= rec_a.stored_bytes + rec_b.stored_bytes
     assert rec.stored_bytes < rec_a.stored_bytes + (2 << 20)
+
+
+def test_vault_delete_cli_finishes_an_interrupted_merge(
+    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vault delete P` for a point whose merge was interrupted finishes it (the point is hidden meanwhile)."""
+    pts = build_chain(vault, 3)
+    before = _views(vault, pts, tmp_path / "before")
+    real = merge._commit_disk
+
+    def crash(*args: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(merge, "_commit_disk", crash)
+    with pytest.raises(Crash):
+        vault.delete_point(pts[1])
+    monkeypatch.setattr(merge, "_commit_disk", real)
+    assert main(["vault", "delete", pts[1].point_id]) == 0
+    assert f"merged point {pts[1].point_id} into {pts[2].point_id}" in capsys.readouterr().out
+    assert [p.point_id for p in vault.list_points(VM)] == [pts[2].point_id, pts[0].point_id]
+    _check_restores(vault, before, tmp_path)
+
+
+def test_missing_parent_file_refuses_before_anything_changes(vault: Vault) -> None:
+    """A point whose disk file is gone is not merged (MERGE_FAILED, no intent): the child keeps its manifest."""
+    pts = build_chain(vault, 2)
+    rec = pts[0].manifest.disk("vdb")
+    assert rec is not None
+    vault.disk_path(pts[0], rec).unlink()
+    with pytest.raises(MergeFailed, match="missing"):
+        vault.delete_point(pts[0])
+    assert not layout.merge_intent_path(vault.root, VM, pts[0].point_id).exists()
+    assert vault.get_point(pts[1].point_id).manifest == pts[1].manifest
