@@ -85,10 +85,41 @@ def _scale(r: dict[str, Any]) -> list[str]:
     return rows
 
 
-RENDER = {"freeze": _freeze, "copy": _copy, "full_backup": _full, "restore": _restore, "scale": _scale}
+def _mib(x: Any) -> str:
+    """Bytes as MiB for a table cell ('-' for None)."""
+    return "-" if x is None else f"{x / 2**20:.1f}"
+
+
+def _incremental(r: dict[str, Any]) -> list[str]:
+    """Table of benchmark 6."""
+    v, n = r["vmbackup"], r["virtnbdbackup"]
+    rows = [f"Data disk {_mib(r['data_bytes'])} MiB, {_mib(r['rewrite_bytes'])} MiB rewritten before each "
+            "incremental.\n", "| tool | full wall s | full stored MiB | inc wall p50 s | inc changed p50 MiB "
+            "| inc stored p50 MiB |", "|---|---|---|---|---|---|",
+            f"| vmbackup | {_f(v['full']['wall_s'])} | {_mib(v['full']['stored_bytes'])} | "
+            f"{_f(v['inc_wall_s']['median'], 2)} | {_mib(v['inc_changed_bytes']['median'])} | "
+            f"{_mib(v['inc_stored_bytes']['median'])} |"]
+    if n.get("status") == "ok":
+        rows.append(f"| virtnbdbackup | {_f(n['full']['wall_s'])} | {_mib(n['full']['stored_bytes'])} | "
+                    f"{_f(n['inc_wall_s']['median'], 2)} | - | {_mib(n['inc_stored_bytes']['median'])} |")
+    else:
+        rows.append(f"| virtnbdbackup | {n.get('status')} | | | | |")
+    rows.append(f"\nIdle incremental: wall p50 {_f(v['idle_wall_s']['median'], 2)} s, beyond freeze + snapshot + "
+                f"thaw + commit p50 {_f(v['idle_overhead_s']['median'], 2)} s.\n")
+    rows += ["| ratio | measured | target | met |", "|---|---|---|---|"]
+    for k, limit in r["targets"].items():
+        met = r["met"].get(k)
+        rows.append(f"| {k} | {_f(r['ratios'].get(k), 3)} | <= {limit} | {'-' if met is None else met} |")
+    rows.append(f"| stored_over_written | {_f(r['ratios'].get('stored_over_written'), 3)} | | |")
+    rows += [""] + [f"- {x}" for x in r.get("notes", [])]
+    return rows
+
+
+RENDER = {"freeze": _freeze, "copy": _copy, "full_backup": _full, "restore": _restore, "scale": _scale,
+          "incremental": _incremental}
 TITLES = {"freeze": "1. Freeze window", "copy": "2. Vault copy throughput",
           "full_backup": "3. Full backup of a running VM", "restore": "4. Restore + boot-check vs cold boot",
-          "scale": "5. Controller scale"}
+          "scale": "5. Controller scale", "incremental": "6. Incremental backups (full, 1 % rewritten, idle)"}
 
 
 def markdown(res: dict[str, Any]) -> str:

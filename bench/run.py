@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import contenders, copyspeed, freeze, hostinfo, report, restore_boot, scale
+from bench import contenders, copyspeed, freeze, hostinfo, incremental, report, restore_boot, scale
 from bench.env import Plan, make_plan, setup_home
 from bench.guest import boot_vm, destroy_vm, register
 from controller.settings import Settings
 
-NAMES = ("freeze", "copy", "full_backup", "restore", "scale")
+NAMES = ("freeze", "copy", "full_backup", "restore", "scale", "incremental")
+VM_NAMES = {"freeze", "full_backup", "restore"}  # share one registered VM (vm_benchmarks)
 VM_LOCK = Path("/tmp/vmbackup-vm.lock")
 CACHE_STATE = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every measured backup, copy, "
                "restore and boot, for every contender alike; the lab base image is shared by all VMs")
@@ -139,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             out = guarded(res, "scale", scale.run_bench, plan.scale_ns, plan.scale_reps, work / "scale")
             if out:
                 res["benchmarks"]["scale"] = out
-        if want & {"freeze", "full_backup", "restore"}:
+        if want & (VM_NAMES | {"incremental"}):
             with vm_lock():
-                vm_benchmarks(res, s, plan, want, work)
+                if want & VM_NAMES:
+                    vm_benchmarks(res, s, plan, want, work)
+                if "incremental" in want:  # its own two VMs, one after the other
+                    out = guarded(res, "incremental", incremental.run_bench, s, a.smoke,
+                                  shutil.disk_usage(s.home).free, work / "incremental")
+                    if out:
+                        res["benchmarks"]["incremental"] = out
     finally:
         res.pop("_out", None)
         exc = sys.exc_info()[1]

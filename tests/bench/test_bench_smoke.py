@@ -1,7 +1,8 @@
 """The benchmark harness keeps working: unit checks of its statistics and report, and the real smoke run.
 
 The smoke run (``python -m bench.run --smoke``) boots one lab VM, registers it, backs it up with vmbackup and the
-contenders, copies a small image three ways and plans a day for 100 simulated VMs; it takes the VM lock
+contenders, copies a small image three ways and plans a day for 100 simulated VMs, then runs the incremental
+benchmark on two more VMs, one after the other; it takes the VM lock
 (/tmp/vmbackup-vm.lock) itself, so do NOT run this test under ``flock`` on that file.
 """
 
@@ -82,3 +83,12 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
         assert m["mb_per_s"] > 0 and m["stored_bytes"] >= 60 << 20  # random data cannot shrink
     assert b["scale"]["ns"]["100"]["planned_runs"] >= 100
     assert b["restore"].startswith("not run in smoke mode")
+    inc = b["incremental"]["vmbackup"]  # a full, then an incremental after 1 % of /data1 was rewritten
+    assert inc["full"]["point_type"] == "full" and inc["full"]["stored_bytes"] > 256 << 20
+    written = inc["incrementals"][0]["written_bytes"]
+    assert inc["incrementals"][0]["point_type"] == "incremental"
+    assert written <= inc["inc_changed_bytes"]["median"] < inc["full"]["stored_bytes"] // 10
+    assert written <= inc["inc_stored_bytes"]["median"] < inc["full"]["stored_bytes"] // 10
+    assert inc["idle"][0]["point_type"] == "incremental" and inc["idle_overhead_s"]["median"] > 0
+    vnbd = b["incremental"]["virtnbdbackup"]
+    assert vnbd["status"] == "ok" or vnbd["status"].startswith("not run: ")
