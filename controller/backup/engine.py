@@ -49,6 +49,7 @@ from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
 from controller.state import State, StateUser
+from controller.vault import merge
 from controller.vault.manifest import DiskRecord
 from controller.vault.vault import PointWriter
 from controller.virt.connection import connection, is_this_host, lookup
@@ -126,7 +127,8 @@ class BackupEngine(StateUser):
             dom = lookup(lv, req.vm)
             ref = VmRef(uuid=dom.UUIDString(), name=dom.name(), host_uri=uri)
             job = self.jobs.create("backup", vm=ref)
-            with self.jobs.run(job.id) as run:
+            # the chain lock: no prune or delete touches this VM's points while a backup may build on the newest
+            with self.jobs.run(job.id) as run, merge.chain_lock(self.vault, ref.uuid):
                 return self._backup(run, dom, ref, req)
 
     def _backup(self, run: JobRun, dom: libvirt.virDomain, ref: VmRef, req: BackupRequest) -> BackupResult:

@@ -167,6 +167,19 @@ def pending_merges(vault: Vault, vm_uuid: str) -> list[Path]:
 
 
 @contextlib.contextmanager
+def chain_lock(vault: Vault, vm_uuid: str) -> Iterator[None]:
+    """Hold the VM's chain still while a backup builds on it: no point of the VM is merged or deleted meanwhile
+    (a deleted newest point would leave the new incremental without its backing). Finishes interrupted merges
+    first. A VM without a vault directory has no chain yet: nothing to hold."""
+    if not layout.vm_dir(vault.root, vm_uuid).is_dir():
+        yield
+        return
+    with _vm_lock(vault, vm_uuid):
+        _resume_vm(vault, vm_uuid)
+        yield
+
+
+@contextlib.contextmanager
 def _vm_lock(vault: Vault, vm_uuid: str) -> Iterator[None]:
     """flock on VAULT/<vm>: one merge (or resume) at a time per VM, across processes."""
     with flocked(layout.vm_dir(vault.root, vm_uuid), directory=True):

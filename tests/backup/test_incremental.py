@@ -73,7 +73,7 @@ def big_tiny(tiny: Any, size: str = "256M") -> Any:
     return t
 
 
-def test_full_then_five_incrementals_each_restores_identically(settings: Any, tiny: Any) -> None:
+def test_full_then_five_incrementals_each_restores_identically(settings: Any, tiny: Any, tmp_path: Path) -> None:
     t = big_tiny(tiny)
     register_without_agent(settings, t.uuid, t.name)
     t.dom.create()
@@ -104,6 +104,31 @@ def test_full_then_five_incrementals_each_restores_identically(settings: Any, ti
         # only the newest checkpoint is left in libvirt
         assert cbt.ours(t.dom) == [m.checkpoint]
         prev = res
+
+    # retention drops the chain's full: it is merged into the next point, and every other point still restores
+    # exactly as before (compared with flat copies taken before the delete)
+    vault = Vault(settings.vault)
+    points = sorted(vault.list_points(t.uuid), key=lambda p: p.point_id)
+    assert [p.manifest.type for p in points] == ["full"] + ["incremental"] * 5
+    flat = {}
+    for p in points[1:]:
+        flat[p.point_id] = tmp_path / f"{p.point_id}.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(p.path / p.manifest.disks[0].file),
+                        str(flat[p.point_id])], check=True)
+    out = vault.delete_point(points[0])
+    assert (out.action, out.into) == ("merged", points[1].point_id), out
+    after = vault.get_point(points[1].point_id)
+    assert after.manifest.type == "full" and after.manifest.parent is None, after.manifest
+    for pid, copy in flat.items():
+        p = vault.get_point(pid)
+        c = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(copy),
+                            str(p.path / p.manifest.disks[0].file)], capture_output=True, text=True)
+        assert c.returncode == 0, f"{pid} changed by the merge: {c.stdout}{c.stderr}"
+        assert vault.verify(p).ok, vault.verify(p).to_dict()
+    # and the chain goes on over the merged point
+    guest_write(t.dom, 0, 1 * MiB, 0x77)
+    nxt, _ = paused_backup(settings, t)
+    assert nxt.point_type == "incremental" and nxt.parent == prev.point_id, nxt
 
 
 def test_chain_breaks_give_a_full_with_the_reason(settings: Any, tiny: Any) -> None:
@@ -165,3 +190,33 @@ def test_policy_full_every_n_backups(settings: Any, tiny: Any) -> None:
         res, _ = paused_backup(settings, t, full_every="3")
         types.append(res.point_type)
     assert types == ["full", "incremental", "incremental", "full", "incremental"], types
+
+
+def test_shut_off_vm_carries_the_parents_checkpoint_on(settings: Any, tiny: Any) -> None:
+    """libvirt cannot make a checkpoint of an inactive domain: the shut-off point is still an incremental (from
+    the parent's bitmap, flushed into the image when QEMU stopped) and names the parent's checkpoint, which the
+    next running backup copies from."""
+    t = big_tiny(tiny, "64M")
+    register_without_agent(settings, t.uuid, t.name)
+    t.dom.create()
+    guest_write(t.dom, 0, 8 * MiB, 0x51)
+    first, _ = paused_backup(settings, t)
+    t.dom.destroy()  # QEMU stops on SIGTERM and stores the persistent bitmaps
+    w = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x52 16M 2M", t.base], capture_output=True, text=True)
+    assert w.returncode == 0, w.stderr
+    off = backup(settings, t.name)
+    assert off.point_type == "incremental" and off.parent == first.point_id, off
+    assert 2 * MiB <= (off.changed_bytes or 0) <= 3 * MiB, off
+    vault = Vault(settings.vault)
+    p_off = vault.get_point(off.point_id)
+    assert p_off.manifest.checkpoint == vault.get_point(first.point_id).manifest.checkpoint
+    c = compare(t.base, p_off.path / p_off.manifest.disks[0].file)
+    assert c.returncode == 0, c.stdout + c.stderr
+
+    t.dom.create()
+    guest_write(t.dom, 32 * MiB, 1 * MiB, 0x53)
+    on, _ = paused_backup(settings, t)
+    assert on.point_type == "incremental" and on.parent == off.point_id, on
+    # the carried checkpoint marked everything since `first`: the shut-off write is copied again (never missed)
+    assert (on.changed_bytes or 0) >= 3 * MiB, on
+    assert cbt.ours(t.dom) == [cbt.checkpoint_name(on.job_id)]
