@@ -162,9 +162,15 @@ CREATE TABLE IF NOT EXISTS chain_resets (
 );
 """
 
+_V3 = """
+-- how backups freeze the guest (controller/backup/quiescers.py): agent | qga | none; rows before 3 had the agent
+ALTER TABLE registrations ADD COLUMN quiescer TEXT NOT NULL DEFAULT 'agent';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of 0.1.0", _V1),
     Migration(2, "chain_resets: incremental chains reset by restore --replace, unprotect, unregister", _V2),
+    Migration(3, "registrations.quiescer: the vmbackup agent, the QEMU guest agent, or none", _V3),
 )
 
 #: The schema version this code reads and writes.

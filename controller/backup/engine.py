@@ -42,6 +42,7 @@ from controller.backup.exceptions import (
     RemoteDataPathUnsupported,
 )
 from controller.backup.intent import IntentStore
+from controller.backup.quiescers import quiescer_for
 from controller.backup.recovery import put_back, recover
 from controller.backup.snapshot import take_snapshot
 from controller.errors import VmBackupError
@@ -227,7 +228,7 @@ class BackupEngine(StateUser):
             except CheckpointFailed as e:
                 chain.notes.append(f"no checkpoint, the next backup is a full: {e.message}")
         faults.checkpoint("before-freeze")
-        agent = quiesce.AgentQuiescer(self.settings, reg, job_id=run.job_id, timeout_s=req.freeze_timeout_s)
+        agent = quiescer_for(self.settings, reg, dom, run.job_id, req.freeze_timeout_s)  # vmbackup agent | qga | none
         with run.phase("freeze"):
             if state_name(dom) == "paused":  # its vCPUs are stopped: the agent cannot answer, nothing is written
                 agent.skip("the VM was paused: snapshot taken without quiescing")
@@ -355,6 +356,7 @@ class BackupEngine(StateUser):
             "freeze_hooks_ms": q.freeze_hooks_ms,
             "thaw_hooks_ms": q.thaw_hooks_ms,
             "agent_version": q.agent_version,
+            "quiescer": q.quiescer,
             "controller_version": controller.__version__,
             "policy": req.policy,
             "job_id": job_id,

@@ -35,6 +35,7 @@ class Quiesce:
     freeze_hooks_ms: int | None = None
     thaw_hooks_ms: int | None = None
     freeze_rpc_ms: float | None = None  # how long the Freeze call took, as the controller saw it
+    quiescer: str | None = None  # who was asked to freeze: "agent", "qga", "none" (None: nothing to quiesce)
 
     def timed(self, th: ThawResult, freeze_rpc_ms: float | None) -> Quiesce:
         """This outcome with the agent's own timings from ``th`` and the Freeze call's duration."""
@@ -79,6 +80,12 @@ class AgentQuiescer:
 
     def thaw(self) -> Quiesce:
         """Thaw (if frozen) and return the consistency reached."""
+        q = self._thaw()
+        q.quiescer = "agent"
+        return q
+
+    def _thaw(self) -> Quiesce:
+        """The thaw call and the verdict."""
         version = self.agent_version
         client, frozen = self._client, self._freeze
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 
 from controller.agentclient import open_agent
-from controller.backup import cbt, qsd
+from controller.backup import cbt, qga, qsd
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
 from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
@@ -152,7 +152,7 @@ def _recover_one(settings: Settings, conn: sqlite3.Connection, intent: Intent, r
             dom = lv.lookupByUUIDString(intent.vm_uuid)
         except libvirt.libvirtError:
             return  # the VM is gone; nothing to put back (its overlays stay on disk, unmerged)
-        if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, conn, intent):
+        if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, conn, intent, dom):
             report.thawed.append(intent.vm_name)
         work = overlay_dir(settings.home, intent.vm_uuid)
         qsd.kill_stray(work)  # an incremental copy's storage daemon, if the controller died mid-copy
@@ -161,11 +161,14 @@ def _recover_one(settings: Settings, conn: sqlite3.Connection, intent: Intent, r
         cbt.reset_chain(conn, dom, intent.vm_uuid, f"backup job {intent.job_id} did not finish (recovered)")
 
 
-def _thaw(settings: Settings, conn: sqlite3.Connection, intent: Intent) -> bool:
-    """Ask the agent to thaw with the recorded token; the agent's watchdog has usually done it already."""
+def _thaw(settings: Settings, conn: sqlite3.Connection, intent: Intent, dom: libvirt.virDomain) -> bool:
+    """Ask the agent to thaw with the recorded token; the agent's watchdog has usually done it already. A qemu-ga
+    freeze has no watchdog: libvirt's fsThaw (bounded) thaws it."""
     token = intent.freeze_token
     if token is None:
         return False
+    if token == qga.QGA_TOKEN:
+        return qga.thaw_now(dom, qga.PING_TIMEOUT_S) is None
     reg = get_registration(conn, intent.vm_uuid)
     if reg is None:
         return False

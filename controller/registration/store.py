@@ -1,10 +1,14 @@
-"""The ``registrations`` table: which VMs have an agent, where to reach it, and its certificate.
+"""The ``registrations`` table: which VMs have an agent, where to reach it, its certificate, and the quiescer.
+
+A VM registered with ``--quiescer qga`` has no vmbackup agent: its agent/SSH endpoint fields are empty ("", 0) and
+its cert_serial is "".
 
 Other layers read it through :func:`get_registration`::
 
     reg = get_registration(conn, vm_uuid)
     if reg is None: ...                      # not registered
     reg.agent_host, reg.agent_port           # where the agent listens (as seen from the controller)
+    reg.quiescer                             # "agent" | "qga" | "none" (controller/backup/quiescers.py)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ _COLUMNS = (
     "agent_version",
     "cert_serial",
     "registered_at",
+    "quiescer",
 )
 
 
@@ -48,6 +53,8 @@ class Registration:
     agent_version: str
     cert_serial: str
     registered_at: str
+    #: how backups freeze the guest: "agent" (vmbackup agent), "qga" (QEMU guest agent via libvirt), "none" (CRASH)
+    quiescer: str = "agent"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -74,6 +81,7 @@ def _from_row(row: sqlite3.Row) -> Registration:
         agent_version=row["agent_version"],
         cert_serial=row["cert_serial"],
         registered_at=row["registered_at"],
+        quiescer=row["quiescer"],
     )
 
 

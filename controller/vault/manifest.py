@@ -65,6 +65,7 @@ class Manifest:
     thaw_hooks_ms: int | None = None  # the agent's thaw hooks, after the last FITHAW
     disks: list[DiskRecord] = field(default_factory=list)
     agent_version: str | None = None
+    quiescer: str | None = None  # who froze the guest: agent | qga | none (None: older points, or a shut-off VM)
     controller_version: str | None = None
     policy: str | None = None
     job_id: str | None = None

@@ -299,6 +299,7 @@ class PointWriter:
             thaw_hooks_ms=f.get("thaw_hooks_ms"),
             disks=list(self.disks),
             agent_version=f.get("agent_version"),
+            quiescer=f.get("quiescer"),
             controller_version=f.get("controller_version"),
             policy=f.get("policy"),
             job_id=f.get("job_id"),
