@@ -2,7 +2,8 @@
 
 Flow (one job of type ``boot-check``)::
 
-    restore as vmb-bootcheck-<id> (isolated: restricted user-mode NIC; SSH + agent forwards on 127.0.0.1)
+    restore as vmb-bootcheck-<id> (isolated: restricted user-mode NIC; SSH + agent forwards on 127.0.0.1), by
+        default instant: a throwaway qcow2 overlay per disk over the vault point (no copy; pinned meanwhile)
     -> boot: the serial console reaches a login prompt or multi-user/graphical target within the timeout
     -> agent: GetInfo over mTLS as the ORIGINAL VM uuid (only if the point's VM was registered)
     -> command: the user's check command over SSH (optional)
@@ -40,7 +41,7 @@ from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
 from controller.state import State, StateUser
-from controller.vault import RecoveryPoint
+from controller.vault import RecoveryPoint, pins
 from controller.virt.connection import connection
 
 PREFIX = "vmb-bootcheck-"
@@ -93,20 +94,39 @@ class BootChecker(StateUser):
         self.restorer = Restorer(state)
 
     def run(
-        self, point_id: str, timeout_s: float = 180.0, command: str | None = None, host_uri: str | None = None
+        self,
+        point_id: str,
+        timeout_s: float = 180.0,
+        command: str | None = None,
+        host_uri: str | None = None,
+        instant: bool = True,
     ) -> BootCheckResult:
-        """Boot-check one point; records the result on the point and raises BOOT_CHECK_FAILED if it failed."""
+        """Boot-check one point; records the result on the point and raises BOOT_CHECK_FAILED if it failed.
+
+        instant (default): the throwaway VM boots the point through overlays (no copy; the point is pinned
+        meanwhile); instant=False copies the disks out first (the old path, kept for comparison).
+        """
         point = self.restorer.point(point_id)
         uri = host_uri or self.settings.uri
         name = PREFIX + secrets.token_hex(4)
         root = self.settings.home / "bootcheck"
         with connection(uri) as lv:
             stale = sweep.sweep(root, lv, PREFIX)
+        for pin in pins.list_pins(self.restorer.vault.root):
+            if pin.purpose == "boot-check" and pin.name in stale:  # a killed boot-check's hold on its point
+                pins.release(self.restorer.vault.root, pin)
         with sweep.hold(root / f"{name}.lock"):
-            return self._run(point, uri, name, timeout_s, command, stale)
+            return self._run(point, uri, name, timeout_s, command, stale, instant)
 
     def _run(
-        self, point: RecoveryPoint, uri: str, name: str, timeout_s: float, command: str | None, stale: list[str]
+        self,
+        point: RecoveryPoint,
+        uri: str,
+        name: str,
+        timeout_s: float,
+        command: str | None,
+        stale: list[str],
+        instant: bool = True,
     ) -> BootCheckResult:
         """The boot-check job, while holding this check's lock."""
         new_uuid = str(uuid_mod.uuid4())
@@ -119,7 +139,10 @@ class BootChecker(StateUser):
             res = BootCheckResult(point.point_id, run.job_id, name)
             t0 = time.monotonic()
             created = Created(uri=uri)
-            spec = NewVmSpec(name, uri, self.settings.home / "bootcheck" / name, isolate=True)
+            spec = NewVmSpec(
+                name, uri, self.settings.home / "bootcheck" / name, isolate=True, instant=instant, purpose="boot-check"
+            )
+            run.detail("path", "instant (overlays over the vault point)" if instant else "copy")
             try:
                 self._check(run, point, spec, new_uuid, created, res, timeout_s, command)
             finally:
@@ -151,7 +174,8 @@ class BootChecker(StateUser):
             res.checks.append(Probe("restore", False, f"{e.code}: {e.message}"))
             res.reason = f"the point could not be restored: {e.message}"
             return
-        res.checks.append(Probe("restore", True, f"{len(restored.disks)} disk(s), {restored.bytes_copied} bytes"))
+        how = "overlays over the vault point (no copy)" if spec.instant else f"{restored.bytes_copied} bytes copied"
+        res.checks.append(Probe("restore", True, f"{len(restored.disks)} disk(s), {how}"))
         res.ports = dict(restored.ports)
         res.dropped_devices = list(restored.dropped_devices)
         console = Path(restored.console_log)
@@ -162,9 +186,9 @@ class BootChecker(StateUser):
             booted = res.boot_seconds is not None
             with run.phase("shutdown"):
                 res.checks.append(shutdown(dom, 90.0 if booted else 0.0))
-        with run.phase("fsck"):
+        with run.phase("fsck"):  # reads through the overlay (or the copy): the vault's files are never written
             for target, path in restored.disks.items():
-                fmt = next(d.format for d in point.manifest.disks if d.target == target)
+                fmt = "qcow2" if spec.instant else next(d.format for d in point.manifest.disks if d.target == target)
                 for fs in fsck.check_image(Path(path), fmt, target, workdir=spec.pool_dir):
                     res.checks.append(Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}"))
         failed = [c for c in res.checks if not c.ok and c.name != "shutdown"]
@@ -205,10 +229,11 @@ class BootChecker(StateUser):
                 res.checks.append(probes.run_command(restored.ports[GUEST_SSH_PORT], user, key, command, remaining))
 
     def _agent_expected(self, point: RecoveryPoint) -> bool:
-        """True when the point's VM had the agent: registered now, or the backup talked to an agent."""
+        """True when the point's VM had the agent: registered with it now, or the backup talked to an agent."""
         from controller.registration.store import get_registration
 
-        return bool(point.manifest.agent_version) or get_registration(self.restorer.conn, point.vm_uuid) is not None
+        reg = get_registration(self.restorer.conn, point.vm_uuid)
+        return bool(point.manifest.agent_version) or (reg is not None and reg.quiescer == "agent")
 
     def _ssh_identity(self, point: RecoveryPoint) -> tuple[str, Path]:
         """The SSH user and key: the registration's, else the lab key as root."""

@@ -87,3 +87,22 @@ class CheckCommandTimeout(VmBackupError):
         "Make the command end on its own (e.g. prefix it with `timeout 60`), or give the boot-check more time "
         "(`vmbackup boot-check POINT --timeout S --check-command CMD`)."
     )
+
+
+class InstantVmNotFound(VmBackupError):
+    """`restore finish` was asked for a VM that is not an instant restore running on the vault."""
+
+    code = "INSTANT_VM_NOT_FOUND"
+    operation = "restore"
+    remediation = "List the instant-restored VMs with `vmbackup restore list` and pass one of their names."
+
+
+class InstantFinishFailed(VmBackupError):
+    """Moving an instant-restored VM's storage out of the vault did not complete; the VM still runs on the vault."""
+
+    code = "INSTANT_FINISH_FAILED"
+    operation = "restore"
+    remediation = (
+        "The point stays pinned and the VM keeps working on its overlays. Fix what the message names (space in "
+        "the pool directory, a block job already running), then run `vmbackup restore finish NAME` again."
+    )

@@ -7,6 +7,7 @@ is removed again (domain, files, directories). Usage::
 
     r = Restorer(state)                  # a State (borrowed), or Settings (opens one; close() or `with`)
     res = r.restore_as_new("20261125T101500Z-3fa9c1", "web1-copy", start=True)
+    res = r.restore_as_new("20261125T101500Z-3fa9c1", "web1-now", start=True, instant=True)  # see instant.py
     res = r.restore_disks("20261125T101500Z-3fa9c1", Path("/srv/disks"))
     res = r.restore_replace("20261125T101500Z-3fa9c1", "web1")           # web1 must be shut off
 """
@@ -16,15 +17,17 @@ from __future__ import annotations
 import re
 import time
 import uuid as uuid_mod
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
+from agent.contract import AGENT_PORT
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
-from controller.restore import domainxml
+from controller.restore import domainxml, instant
 from controller.restore.exceptions import RestoreFailed, RestoreTargetInvalid, VmNameExists
 from controller.restore.replace import replace_disks
 from controller.restore.result import RestoreResult
@@ -32,7 +35,7 @@ from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
 from controller.state import State, StateUser
-from controller.vault import RecoveryPoint, copy_out_disk, verify_point_quick
+from controller.vault import RecoveryPoint, copy_out_disk, merge, pins, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
 from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
@@ -60,6 +63,8 @@ class NewVmSpec:
     pool_dir: Path
     start: bool = False
     isolate: bool = False  # boot-check: only user-mode SSH/agent forwards, restrict=on
+    instant: bool = False  # run from the vault point through overlays (instant.py), pinned as `purpose`
+    purpose: str = "instant-restore"
 
 
 class Restorer(StateUser):
@@ -88,17 +93,22 @@ class Restorer(StateUser):
         host_uri: str | None = None,
         pool_dir: Path | None = None,
         start: bool = False,
+        instant: bool = False,
     ) -> RestoreResult:
-        """Create (and optionally start) a new VM from a point; refuses an existing name."""
+        """Create (and optionally start) a new VM from a point; refuses an existing name.
+
+        instant: no copy; the VM runs on overlays over the point's files, which stay pinned (instant.py).
+        """
         point = self.point(point_id)
         check_name(new_name)
         uri = host_uri or self.settings.uri
-        spec = NewVmSpec(new_name, uri, Path(pool_dir or self.default_pool_dir(new_name)), start)
+        pool = Path(pool_dir or self.default_pool_dir(new_name))
+        spec = NewVmSpec(new_name, uri, pool, start, instant=instant)
         new_uuid = str(uuid_mod.uuid4())
         job = self.jobs.create("restore", vm=VmRef(uuid=new_uuid, name=new_name, host_uri=uri))
         with self.jobs.run(job.id) as run:
             run.detail("point_id", point.point_id)
-            run.detail("mode", "new-vm")
+            run.detail("mode", "instant" if instant else "new-vm")
             res = self.as_new_vm(run, point, spec, new_uuid)
             return res
 
@@ -115,15 +125,20 @@ class Restorer(StateUser):
         Pass ``created`` to learn what was made (boot-check removes it all afterwards, whatever happened).
         """
         t0 = time.monotonic()
-        res = RestoreResult(run.job_id, point.point_id, "new-vm", spec.name, new_uuid, spec.host_uri)
+        mode = "instant" if spec.instant else "new-vm"
+        res = RestoreResult(run.job_id, point.point_id, mode, spec.name, new_uuid, spec.host_uri)
         created = created if created is not None else Created(uri=spec.host_uri)
         with connection(spec.host_uri) as lv:
             try:
-                self._verify(run, point)
-                refuse_existing_name(lv, spec.name)
-                self._copy_all(run, point, spec.pool_dir, created, res, f"{spec.name}-", VM_DIR_MODE)
+                layers: dict[str, instant.Layers] | None = None
+                if spec.instant:
+                    layers = self._instant_overlays(lv, run, point, spec, created, res)
+                else:
+                    self._verify(run, point)
+                    refuse_existing_name(lv, spec.name)
+                    self._copy_all(run, point, spec.pool_dir, created, res, f"{spec.name}-", VM_DIR_MODE)
                 with run.phase("define"):
-                    self._define(lv, point, spec, new_uuid, created, res)
+                    self._define(lv, point, spec, new_uuid, created, res, layers)
                 if spec.start:
                     with run.phase("start"):
                         self._start(lv, spec.name)
@@ -181,6 +196,38 @@ class Restorer(StateUser):
 
     # -- steps ---------------------------------------------------------------------------------------------
 
+    def _instant_overlays(
+        self,
+        lv: libvirt.virConnect,
+        run: JobRun,
+        point: RecoveryPoint,
+        spec: NewVmSpec,
+        created: Created,
+        res: RestoreResult,
+    ) -> dict[str, instant.Layers]:
+        """Verify, create the overlays and pin the chain, holding the VM's chain still meanwhile (instant.py)."""
+        instant.check_local(spec.host_uri)
+        refuse_existing_name(lv, spec.name)
+        virt_type = ET.fromstring((self.vault.point_path(point) / DOMAIN_XML).read_text()).get("type", "kvm")
+        with merge.chain_lock(self.vault, point.vm_uuid):
+            self._verify(run, point)
+            with run.phase("overlay"):
+                make_dir(spec.pool_dir, created, VM_DIR_MODE)
+                layers = instant.make_overlays(self.vault, point, spec.pool_dir, f"{spec.name}-", created, IMAGE_MODE)
+                pin = instant.pin_for(
+                    self.vault, point, spec.name, layers, instant.qemu_uid(lv, virt_type), spec.purpose
+                )
+                pin.host_uri, pin.domain_uuid = spec.host_uri, res.vm_uuid
+                created.pins.append((self.vault.root, pin))
+                pins.hold(self.vault.root, pin)
+        for target, lay in layers.items():
+            res.disks[target] = str(lay.overlay)
+            if self.progress:
+                self.progress(target, 1, 1)
+        res.backing = {t: [str(f) for f, _ in lay.backing] for t, lay in layers.items()}
+        run.detail("pinned", pin.to_dict())
+        return layers
+
     def _verify(self, run: JobRun, point: RecoveryPoint) -> None:
         """Quick whole-point verification before anything is touched (names the bad disk)."""
         with run.phase("verify"):
@@ -218,12 +265,13 @@ class Restorer(StateUser):
         new_uuid: str,
         created: Created,
         res: RestoreResult,
+        layers: dict[str, instant.Layers] | None = None,
     ) -> None:
-        """Rewrite the point's domain XML for the new VM and define it."""
+        """Rewrite the point's domain XML for the new VM and define it (instant: over the overlays' chains)."""
         xml = (self.vault.point_path(point) / DOMAIN_XML).read_text()
         if spec.isolate:
             xml = domainxml.isolate(xml)
-        fmts = {r.target: r.format for r in point.manifest.disks}
+        fmts = {r.target: "qcow2" if layers else r.format for r in point.manifest.disks}
         console = spec.pool_dir / "console.log"
         created.add_file(console)
         guest_ports = sorted(domainxml.hostfwds(xml))
@@ -242,11 +290,13 @@ class Restorer(StateUser):
             out = domainxml.rewrite(xml, plan)
             refuse_existing_name(lv, spec.name)
             try:
-                lv.defineXML(out.xml)
+                lv.defineXML(instant.add_backing(out.xml, layers) if layers else out.xml)
             except libvirt.libvirtError as e:
                 raise translate(e, f"defining restored VM {spec.name!r}") from e
         created.domain = spec.name
         res.ports, res.macs, res.console_log = out.ports, out.macs, str(console)
+        if AGENT_PORT in out.ports:
+            res.agent_endpoint = f"127.0.0.1:{out.ports[AGENT_PORT]}"
         res.ssh_command = self._ssh_command(point, out)
         res.warnings += out.warnings
         res.warnings += [f"disk {t} is not in the point and was left out" for t in out.dropped_disks]

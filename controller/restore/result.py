@@ -12,7 +12,7 @@ class RestoreResult:
 
     job_id: str
     point_id: str
-    mode: str  # new-vm | disks-only | replace
+    mode: str  # new-vm | instant | disks-only | replace
     vm_name: str = ""
     vm_uuid: str = ""
     host_uri: str = ""
@@ -28,6 +28,9 @@ class RestoreResult:
     ssh_command: str = ""  # how to reach the new VM (when it forwards guest port 22)
     #: devices of the original not attached to the new VM, with why (domainxml.RewriteResult.dropped_devices)
     dropped_devices: list[dict[str, str]] = field(default_factory=list)
+    #: instant: target -> the vault files under its overlay (the point's first); they stay pinned until finish
+    backing: dict[str, list[str]] = field(default_factory=dict)
+    agent_endpoint: str = ""  # 127.0.0.1:PORT of the guest agent's forward, when the VM has one
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import libvirt
 
+from controller.errors import VmBackupError
+from controller.vault import pins
+
 
 @dataclass
 class Created:
@@ -19,6 +22,7 @@ class Created:
     domain: str | None = None
     files: list[Path] = field(default_factory=list)
     dirs: list[Path] = field(default_factory=list)
+    pins: list[tuple[Path, pins.Pin]] = field(default_factory=list)  # (vault root, pin) held on the vault
 
     def add_file(self, path: Path) -> Path:
         """Remember a file (and its .part sibling) to remove on failure."""
@@ -26,10 +30,15 @@ class Created:
         return path
 
     def remove_all(self, conn: libvirt.virConnect | None) -> list[str]:
-        """Destroy/undefine the domain, delete files and directories; returns what could not be removed."""
+        """Destroy/undefine the domain, release pins, delete files and directories; returns what was not removed."""
         problems: list[str] = []
         if self.domain and conn is not None:
             problems += remove_domain(conn, self.domain)
+        for root, pin in self.pins:  # after the domain: nothing runs on the vault's files any more
+            try:
+                pins.release(root, pin)
+            except (OSError, VmBackupError) as e:
+                problems.append(f"pin {pin.name} on {pin.point_id}: {e}")
         for f in reversed(self.files):
             for p in (f, f.with_name(f.name + ".part")):
                 try:

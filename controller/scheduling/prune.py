@@ -24,7 +24,7 @@ from controller.scheduling.exceptions import PruneFailed
 from controller.scheduling.retention import PointRecord, Selection, execution_order, select_prunable
 from controller.settings import Settings
 from controller.state import State, using
-from controller.vault import RecoveryPoint, Vault
+from controller.vault import RecoveryPoint, Vault, pins
 from controller.vault.exceptions import VaultError
 from controller.vault.merge import resume_merges
 from controller.vault.verdicts import boot_checked_ok, verified_ok
@@ -78,6 +78,7 @@ def record_of(p: RecoveryPoint) -> PointRecord:
         verified=verified_ok(p.manifest),
         boot_checked=boot_checked_ok(p.manifest),
         parent=p.manifest.parent,
+        pinned_by=tuple(pins.holders(p.path.parent.parent, p.vm_uuid, p.point_id)),
     )
 
 

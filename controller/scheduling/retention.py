@@ -14,6 +14,8 @@ first, and a point is kept if any rule keeps it (the union; like restic's ``forg
   newest point whose last boot-check passed ("newest boot-checked point"), and the newest *good* point (the
   newest non-CRASH point not known to have failed verify or boot-check, else the newest), so a corrupt newest
   point can never make prune delete the only point known to be good.
+- Always kept: a pinned point (``pinned_by``: a VM runs on its files, e.g. an instant restore; its whole chain is
+  pinned, so no merge touches it either).
 
 Applying it to what it kept prunes nothing more (idempotent). Unprotected-with-retain VMs are not pruned at
 all: that is decided by the caller (controller.scheduling.prune), not here.
@@ -46,6 +48,7 @@ class PointRecord:
     verified: bool | None = None  # last verify: passed, failed, or never verified
     boot_checked: bool | None = None  # last boot-check: passed, failed, or never boot-checked
     parent: str | None = None  # the point an incremental is built on (None: a full)
+    pinned_by: tuple[str, ...] = ()  # VMs running on this point's files (instant restore): never pruned
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def guarded(points: Iterable[PointRecord]) -> list[tuple[PointRecord, str]]:
     good = newest_good(ordered)
     if good is not None:
         out.append((good, "newest good point"))
+    out += [(p, f"pinned by {', '.join(p.pinned_by)}") for p in ordered if p.pinned_by]
     return out
 
 

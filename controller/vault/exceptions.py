@@ -200,3 +200,14 @@ class ChainMismatch(VaultError):
         "The parent point does not match this disk (it lacks the disk, its size changed, or the written image does "
         "not name it as backing): take a full backup (`vmbackup backup VM --full`); report it if it repeats."
     )
+
+
+class PointPinned(VmBackupError):
+    """A point (or a point built on it) is in use by an instant-restored or boot-checked VM: it must not change."""
+
+    code = "POINT_PINNED"
+    operation = "prune"
+    remediation = (
+        "A VM runs on this point's files. Move its storage out of the vault first (`vmbackup restore finish NAME`), "
+        "or remove that VM; `vmbackup restore list` shows which VMs pin which points."
+    )

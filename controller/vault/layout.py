@@ -19,6 +19,8 @@ DOMAIN_XML = "domain.xml"
 DISKS_DIR = "disks"
 SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
 MERGE_PREFIX = ".merge-"  #: VAULT/<vm>/.merge-<point>.json: a merge of that point into its child
+PIN_PREFIX = ".pin-"  #: VAULT/<vm>/.pin-<point>-<name>.json: VM <name> runs on that point's files (pins.py)
+PIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
 
 
 def new_point_id(now: dt.datetime | None = None, after: str | None = None) -> str:
@@ -93,6 +95,13 @@ def tmp_point_dir(root: Path, vm_uuid: str, point_id: str) -> Path:
 def merge_intent_path(root: Path, vm_uuid: str, point_id: str) -> Path:
     """VAULT/<vm-uuid>/.merge-<point-id>.json: the durable intent of merging that point into its child."""
     return inside(root, check_uuid(vm_uuid), f"{MERGE_PREFIX}{check_point_id(point_id)}.json")
+
+
+def pin_path(root: Path, vm_uuid: str, point_id: str, name: str) -> Path:
+    """VAULT/<vm-uuid>/.pin-<point-id>-<name>.json: VM `name` (instant restore, boot-check) reads the point's chain."""
+    if not PIN_NAME_RE.fullmatch(name):
+        raise InvalidVaultId(f"not a usable pin name: {name!r}")
+    return inside(root, check_uuid(vm_uuid), f"{PIN_PREFIX}{check_point_id(point_id)}-{name}.json")
 
 
 def disk_file_name(target: str, fmt: str) -> str:
