@@ -1,5 +1,8 @@
 """`vmbackup points [VM] [--json]`: the recovery points in the vault, newest first.
 
+The consistency column names the quiescer that froze the guest: "FILE_SYSTEM (qga)", "APPLICATION (agent)"
+(none named: a shut-off VM, or a point older than the manifest's ``quiescer`` field).
+
 The type column is "full", or for an incremental "incr", its chain depth and the bytes that changed since its
 parent (its disks' ``changed_bytes``): "incr 2, +160.0 MiB"; the parent column names the point it is built on.
 --json adds ``changed_bytes`` (null for a full) to the manifest's own ``type``, ``parent`` and ``chain_depth``.
@@ -61,7 +64,7 @@ def _row(p: RecoveryPoint) -> list[Any]:
         p.point_id,
         m.vm_name or m.vm_uuid,
         m.created,
-        m.consistency,
+        f"{m.consistency} ({m.quiescer})" if m.quiescer else m.consistency,
         *_chain(p),
         freeze,
         guest,

@@ -1,4 +1,6 @@
-"""`vmbackup register VM... [--concurrency N]`: install or upgrade the guest agent over SSH; `--list`."""
+"""`vmbackup register VM... [--concurrency N] [--quiescer auto|agent|qga]`: install or upgrade the guest agent over
+SSH (agent, the default), or register the QEMU guest agent through libvirt with no SSH (qga), or whichever works
+(auto); `--list`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 from agent.contract import AGENT_PORT
 from controller.cli import output
 from controller.errors import InvalidArgument, VmBackupError
+from controller.registration.agentless import MODES
 from controller.registration.precheck import DEFAULT_MAX_DATA_DISKS, EndpointOverrides
 from controller.registration.register import RegisterOptions, RegisterResult, Registrar
 from controller.registration.store import list_registrations
@@ -49,6 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="the VM's SSH host key changed and you verified the new one (default: refuse, SSH_HOST_KEY_CHANGED)",
     )
     p.add_argument("--ssh-wait", type=float, default=0.0, help="keep retrying SSH this long (guest booting)")
+    p.add_argument(
+        "--quiescer",
+        choices=MODES,
+        default="agent",
+        help="how backups freeze the guest: agent (install the vmbackup agent over SSH; default), qga (the QEMU "
+        "guest agent through libvirt: nothing installed, no SSH), auto (the agent where it can be installed, else "
+        "qga if it answers, else crash-consistent with a warning)",
+    )
     output.add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -69,6 +80,7 @@ def _options(args: argparse.Namespace) -> RegisterOptions:
         ssh_wait_s=args.ssh_wait,
         accept_new_host_key=args.accept_new_host_key,
         exclude_disks=tuple(args.exclude_disk),
+        quiescer=args.quiescer,
     )
 
 
@@ -86,6 +98,8 @@ def _row(vm: str, r: RegisterResult | VmBackupError) -> dict[str, Any]:
         "hostname": r.info.hostname,
         "kernel": r.info.kernel,
         "timings": {k: round(v, 2) for k, v in r.timings.items()},
+        "quiescer": r.registration.quiescer,
+        "warnings": list(r.warnings),
         "registration": r.registration.to_dict(),
     }
 
@@ -99,14 +113,15 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     output.table(
         "registered VMs",
-        ["VM", "UUID", "agent", "version", "ssh", "registered"],
+        ["VM", "UUID", "quiescer", "agent", "version", "ssh", "registered"],
         [
             (
                 r.vm_name,
                 r.vm_uuid,
-                f"{r.agent_host}:{r.agent_port}",
-                r.agent_version,
-                f"{r.ssh_user}@{r.ssh_host}:{r.ssh_port}",
+                r.quiescer,
+                f"{r.agent_host}:{r.agent_port}" if r.agent_host else "-",
+                r.agent_version or "-",
+                f"{r.ssh_user}@{r.ssh_host}:{r.ssh_port}" if r.ssh_host else "-",
                 r.registered_at,
             )
             for r in regs
@@ -133,20 +148,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         output.table(
             "register",
-            ["VM", "result", "agent", "guest", "install s", "total s", "job"],
+            ["VM", "result", "quiescer", "agent", "guest", "install s", "total s", "job"],
             [
                 (
                     r["vm"],
                     "upgraded" if r.get("upgraded") else "registered",
-                    r["agent_version"],
+                    r["quiescer"],
+                    r["agent_version"] or "-",
                     f"{r['hostname']} {r['kernel']}",
                     r["timings"].get("install_s"),
                     r["timings"].get("total_s"),
                     r["job_id"],
                 )
                 if r["ok"]
-                else (r["vm"], f"error {r['error']['code']}", "", r["error"]["message"], "", "", "")
+                else (r["vm"], f"error {r['error']['code']}", "", "", r["error"]["message"], "", "", "")
                 for r in rows
             ],
         )
+        for r in rows:
+            for w in r.get("warnings", []):
+                print(f"warning: {r['vm']}: {w}")
     return 0 if all(r["ok"] for r in rows) else 1

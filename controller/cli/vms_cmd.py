@@ -1,4 +1,5 @@
-"""`vmbackup vms [--state S] [--host URI] [--json]`: the VM inventory as last discovered."""
+"""`vmbackup vms [--state S] [--host URI] [--json]`: the VM inventory as last discovered; a registered VM shows its
+quiescer (agent, qga, none) in the registered column (--json: ``quiescer``, null when not registered)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 
 from controller.cli import output
 from controller.inventory.store import DiskInfo, list_vms
+from controller.registration.store import list_registrations
 from controller.state import open_state
 
 
@@ -39,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     """Print the inventory."""
     with open_state() as st:
         vms = list_vms(st.db, state=args.state, host_uri=args.host)
+        quiescers = {r.vm_uuid: r.quiescer for r in list_registrations(st.db)}
     if args.json:
-        output.print_json([v.to_dict() for v in vms])
+        output.print_json([{**v.to_dict(), "quiescer": quiescers.get(v.uuid)} for v in vms])
         return 0
     rows = [
         [
@@ -49,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
             v.host_uri,
             v.state,
             disk_summary(v.disks),
-            "yes" if v.registered else "no",
+            quiescers.get(v.uuid, "yes") if v.registered else "no",
             (v.policy or "yes") if v.protected else "no",
             v.last_seen,
         ]
         for v in vms
     ]
-    cols = ["name", "UUID", "host", "state", "disks", "registered", "protected", "last seen (UTC)"]
+    cols = ["name", "UUID", "host", "state", "disks", "registered (quiescer)", "protected", "last seen (UTC)"]
     output.table("VMs", cols, rows)
     return 0

@@ -114,3 +114,21 @@ class RegistrationNotFound(RegistrationError):
     code = "REGISTRATION_NOT_FOUND"
     operation = "unregister"
     remediation = "Nothing to do: the VM is not registered (see `vmbackup register --list`)."
+
+
+class QgaChannelMissing(RegistrationError):
+    code = "QGA_CHANNEL_MISSING"
+    remediation = (
+        "The domain has no qemu-guest-agent channel. Add one (`virsh edit VM`, inside <devices>: <channel "
+        "type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>), restart the VM (virsh "
+        "shutdown VM; virsh start VM), then run `vmbackup register VM --quiescer qga` again."
+    )
+
+
+class QgaNotResponding(RegistrationError):
+    code = "QGA_NOT_RESPONDING"
+    remediation = (
+        "The channel exists but qemu-guest-agent does not answer: install and start it in the guest (Debian/Ubuntu: "
+        "apt-get install qemu-guest-agent; systemctl enable --now qemu-guest-agent; Windows: the virtio-win guest "
+        "tools, with the QEMU Guest Agent VSS Provider), then run `vmbackup register VM --quiescer qga` again."
+    )

@@ -8,6 +8,9 @@ One job per VM, with phases precheck, connect, push, install, configure, start, 
 
 Re-registering a registered VM upgrades the agent in place: the venv is reused, config.yaml is kept, a new
 certificate is installed and the previous one revoked once the agent answers with the new one.
+
+``RegisterOptions(quiescer=...)``: "agent" (the above), "qga" (nothing installed, no SSH: the QEMU guest agent through
+libvirt, see agentless.py) or "auto" (the agent where it can be installed, else qga if it answers, else none).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import libvirt
 
 from controller.agentclient import (
     AgentAddress,
@@ -26,12 +31,13 @@ from controller.agentclient import (
     ClientTLS,
     open_agent,
 )
+from controller.backup.qga import GuestOs
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.pki import CertificateAuthority, IssuedCert
-from controller.registration import guest
+from controller.registration import agentless, guest
 from controller.registration.bundle import Bundle, build_bundle
-from controller.registration.exceptions import AgentNotReady
+from controller.registration.exceptions import AgentNotReady, QgaChannelMissing, QgaNotResponding
 from controller.registration.hostkeys import HostKeyStore
 from controller.registration.precheck import (
     DEFAULT_MAX_DATA_DISKS,
@@ -65,6 +71,7 @@ class RegisterOptions:
     min_agent_version: str = MIN_AGENT_VERSION
     exclude_disks: tuple[str, ...] = ()  # device targets the backups will not copy (pre-check passes them)
     accept_new_host_key: bool = False  # the operator verified a changed SSH host key (see hostkeys.py)
+    quiescer: str = "agent"  # agent | qga | auto (agentless.MODES)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class RegisterResult:
     upgraded: bool
     config_written: bool
     timings: dict[str, float]
+    warnings: tuple[str, ...] = ()  # e.g. auto's fallback: why the agent was not installed
 
 
 def version_tuple(v: str) -> tuple[int, ...]:
@@ -118,12 +126,63 @@ class Registrar(StateUser):
             ref = VmRef(uuid=dom.UUIDString(), name=dom.name(), host_uri=uri)
             job = self.jobs.create("register", vm=ref)
             with self.jobs.run(job.id) as run:
+                run.detail("quiescer_requested", opts.quiescer)
+                ends: Endpoints | None = None
+                why: VmBackupError | None = None
                 with run.phase("precheck"):
                     check_data_disks(dom, opts.max_data_disks)
                     check_devices(dom, opts.exclude_disks)
                     check_running(dom)
-                    ends = resolve_endpoints(dom, opts.endpoints)
-                return self._install(run, job.id, ref, ends, opts)
+                    if opts.quiescer == "qga":
+                        gos = agentless.check_qga(dom)
+                        return self._agentless(run, job.id, ref, "qga", gos, [])
+                    try:
+                        ends = resolve_endpoints(dom, opts.endpoints)
+                    except agentless.NOT_INSTALLABLE as e:
+                        if opts.quiescer != "auto":
+                            raise
+                        why = e
+                if ends is not None:
+                    try:
+                        return self._install(run, job.id, ref, ends, opts)
+                    except agentless.NOT_INSTALLABLE as e:
+                        if opts.quiescer != "auto":
+                            raise
+                        why = e
+                assert why is not None
+                return self._fallback(run, job.id, ref, dom, why)
+
+    def _fallback(
+        self, run: JobRun, job_id: str, ref: VmRef, dom: libvirt.virDomain, why: VmBackupError
+    ) -> RegisterResult:
+        """--quiescer auto when the agent cannot be installed: qga if it answers, else none (CRASH backups)."""
+        warnings = [f"vmbackup agent not installed ({why.code}: {why.message})"]
+        try:
+            with run.phase("qga"):
+                gos = agentless.check_qga(dom)
+        except (QgaChannelMissing, QgaNotResponding) as e:
+            warnings.append(f"no qemu-guest-agent either ({e.code}: {e.message}): backups will be CRASH-consistent")
+            return self._agentless(run, job_id, ref, "none", None, warnings)
+        warnings.append("using qemu-guest-agent: backups FILE_SYSTEM-consistent at best")
+        return self._agentless(run, job_id, ref, "qga", gos, warnings)
+
+    def _agentless(
+        self, run: JobRun, job_id: str, ref: VmRef, quiescer: str, gos: GuestOs | None, warnings: list[str]
+    ) -> RegisterResult:
+        """Save a registration without the vmbackup agent; a previous agent's certificate is revoked (the agent
+        itself stays in the guest: nothing here reaches it; `vmbackup unregister` first removes it)."""
+        start = time.monotonic()
+        with run.phase("save"):
+            previous = get_registration(self.conn, ref.uuid)
+            reg = agentless.registration(ref.uuid, ref.name, ref.host_uri, quiescer)
+            save(self.conn, reg)
+            if previous is not None and previous.cert_serial:
+                self.ca.revoke(int(previous.cert_serial, 16))
+        for w in warnings:
+            run.warn(w)
+        run.detail("quiescer", quiescer)
+        t = {"total_s": time.monotonic() - start}
+        return RegisterResult(job_id, reg, agentless.info(gos, quiescer), False, False, t, tuple(warnings))
 
     def _push(self, run: JobRun, s: SshSession, py: str) -> tuple[float, str, Bundle]:
         """Build (or reuse) the bundle for the guest's Python and push it; returns (seconds, staged dir, bundle)."""
@@ -193,10 +252,11 @@ class Registrar(StateUser):
                 registered_at=now_iso(),
             )
             save(self.conn, reg)
-            if previous is not None and previous.cert_serial != issued.serial_hex:
+            if previous is not None and previous.cert_serial and previous.cert_serial != issued.serial_hex:
                 self.ca.revoke(int(previous.cert_serial, 16))
         t["total_s"] = time.monotonic() - start
         run.detail("agent_version", info.agent_version)
+        run.detail("quiescer", "agent")
         run.detail("timings", {k: round(v, 2) for k, v in t.items()})
         return RegisterResult(job_id, reg, info, upgraded, config_written, t)
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from controller.backup.chainreset import detail, reset_vm_chain
 from controller.errors import VmBackupError
-from controller.jobs.store import JobStore, VmRef
+from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.pki import CertificateAuthority
 from controller.registration import guest
 from controller.registration.exceptions import RegistrationNotFound
 from controller.registration.hostkeys import HostKeyStore
 from controller.registration.ssh import SshEndpoint, connect
-from controller.registration.store import delete, get_registration, list_registrations
+from controller.registration.store import Registration, delete, get_registration, list_registrations
 from controller.settings import Settings
 from controller.state import State, StateUser
 from controller.virt.connection import connection, lookup
@@ -66,6 +66,26 @@ class Unregistrar(StateUser):
             raise RegistrationNotFound(f"VM {name!r} ({uuid}) is not registered")
         return VmRef(uuid=uuid, name=name, host_uri=uri)
 
+    def _remove_agent(self, run: JobRun, ref: VmRef, reg: Registration, force: bool) -> bool:
+        """Stop and remove the agent over SSH; False when the guest is unreachable and ``force`` is set."""
+        endpoint = SshEndpoint(reg.ssh_host, reg.ssh_port, reg.ssh_user, reg.ssh_key)
+        try:
+            with run.phase("connect"):
+                session = connect(endpoint)
+                try:  # never run commands on a guest that presents another host key than the registered one
+                    HostKeyStore.of(self.settings).check(ref.uuid, ref.name, session.host_key())
+                    guest.check_privilege(session)
+                except VmBackupError:
+                    session.close()
+                    raise
+        except VmBackupError:
+            if not force:
+                raise
+            return False
+        with session, run.phase("remove"):
+            guest.remove_agent(session)
+        return True
+
     def unregister(self, vm: str, uri: str | None = None, force: bool = False) -> UnregisterResult:
         """Unregister one VM as a job; with ``force`` an unreachable guest does not stop it."""
         ref = self._find(vm, uri or self.settings.uri)
@@ -74,27 +94,13 @@ class Unregistrar(StateUser):
         job = self.jobs.create("unregister", vm=ref)
         cleaned = False
         with self.jobs.run(job.id) as run:
-            endpoint = SshEndpoint(reg.ssh_host, reg.ssh_port, reg.ssh_user, reg.ssh_key)
-            try:
-                with run.phase("connect"):
-                    session = connect(endpoint)
-                    try:  # never run commands on a guest that presents another host key than the registered one
-                        HostKeyStore.of(self.settings).check(ref.uuid, ref.name, session.host_key())
-                        guest.check_privilege(session)
-                    except VmBackupError:
-                        session.close()
-                        raise
-            except VmBackupError:
-                if not force:
-                    raise
-            else:
-                with session, run.phase("remove"):
-                    guest.remove_agent(session)
-                    cleaned = True
+            if reg.ssh_host:  # registered without the vmbackup agent (qga, none): nothing to remove in the guest
+                cleaned = self._remove_agent(run, ref, reg, force)
             with run.phase("reset-chain"):  # before the registration goes: a crash after it still leaves the mark
                 deleted = reset_vm_chain(self.conn, ref.host_uri, ref.uuid, UNREGISTER_REASON)
                 run.detail("chain_reset", detail(UNREGISTER_REASON, deleted))
             with run.phase("revoke"):
-                self.ca.revoke(int(reg.cert_serial, 16))
+                if reg.cert_serial:
+                    self.ca.revoke(int(reg.cert_serial, 16))
                 delete(self.conn, ref.uuid)
         return UnregisterResult(job.id, ref.uuid, ref.name, cleaned, reg.cert_serial)

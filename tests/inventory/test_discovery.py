@@ -33,7 +33,7 @@ def test_discover_lists_domains_with_disks_and_flags(conn: sqlite3.Connection, d
     two = domains.two.UUIDString()
     conn.execute(
         "INSERT INTO registrations VALUES"
-        " (?, ?, ?, '127.0.0.1', 7470, '127.0.0.1', 22, 'root', NULL, '1', 'ab', 'now')",
+        " (?, ?, ?, '127.0.0.1', 7470, '127.0.0.1', 22, 'root', NULL, '1', 'ab', 'now', 'agent')",
         (two, domains.prefix + "two", URI),
     )
     conn.execute(
