@@ -3,6 +3,10 @@ mTLS, thaw everything on SIGTERM/SIGINT.
 
 Everything the freeze/thaw path needs is imported here at startup and bytecode writing is off, so nothing
 lazily writes a .pyc (or a log file) to a filesystem the agent froze. Logs go to stderr (journald).
+
+The agent is Linux-only (FIFREEZE/FITHAW through fcntl): on any other OS it says so and exits with
+:data:`EXIT_UNSUPPORTED_OS` before importing anything Linux-specific. Windows guests are quiesced by the QEMU guest
+agent's VSS provider instead: `vmbackup register VM --quiescer qga`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,25 @@ from __future__ import annotations
 import sys
 
 sys.dont_write_bytecode = True
+
+#: exit status of the agent started on an OS other than Linux
+EXIT_UNSUPPORTED_OS = 3
+
+
+def require_linux(platform: str = sys.platform) -> None:
+    """Exit with EXIT_UNSUPPORTED_OS and a clear error unless ``platform`` is Linux."""
+    if not platform.startswith("linux"):
+        print(
+            f"vmbackup-agent: error: unsupported OS {platform!r}: the vmbackup agent runs in Linux guests only\n"
+            "  remediation: back up this VM through the QEMU guest agent instead (Windows: install the virtio-win "
+            "guest tools, which include qemu-guest-agent and its VSS provider), then on the controller: "
+            "vmbackup register VM --quiescer qga",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_UNSUPPORTED_OS)
+
+
+require_linux()  # before the imports below: they need fcntl, which only exists on POSIX
 
 import argparse  # noqa: E402
 import atexit  # noqa: E402
@@ -55,10 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="vmbackup-agent %(levelname)s %(message)s")
-    guard = None
-    if sys.platform.startswith("linux"):
-        thaw_at_start()
-        guard = ThawGuard()
+    thaw_at_start()
+    guard = ThawGuard()
     try:
         cfg = load_config(args.config)
         check_tls_files(cfg)
@@ -67,12 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     except AgentError as exc:
         print(f"vmbackup-agent: error: {exc}\n  remediation: {exc.remediation}", file=sys.stderr)
         return 2
-    if guard is not None:
-        try:
-            guard.start()
-        except OSError as exc:  # each Freeze starts it again or is refused
-            log.error("thaw guard did not start: %s", exc)
-        atexit.register(guard.close)
+    try:
+        guard.start()
+    except OSError as exc:  # each Freeze starts it again or is refused
+        log.error("thaw guard did not start: %s", exc)
+    atexit.register(guard.close)
     stop = threading.Event()
     atexit.register(manager.shutdown, "exit")  # runs before guard.close (atexit is LIFO)
 
