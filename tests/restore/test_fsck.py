@@ -38,3 +38,21 @@ def test_no_filesystem_is_skipped(tmp_path: Path) -> None:
     _sh("truncate", "-s", "8M", str(raw))
     res = fsck.check_image(raw, "raw", "vdc", workdir=tmp_path)
     assert [(r.status, r.ok) for r in res] == [("skipped", True)]
+
+
+def test_the_checked_image_and_its_backing_are_never_written(tmp_path: Path) -> None:
+    """The check reads through a throwaway overlay: an image and the file under it keep their bytes (sha256)."""
+    import hashlib
+
+    raw = tmp_path / "d.raw"
+    _sh("truncate", "-s", "64M", str(raw))
+    _sh("parted", "-s", str(raw), "mklabel", "msdos", "mkpart", "primary", "ext4", "1MiB", "40MiB")
+    _sh("mkfs.ext4", "-q", "-E", "offset=1048576", str(raw), "39M")
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    _sh("qemu-img", "convert", "-O", "qcow2", str(raw), str(base))
+    _sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top))
+    sums = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, top)}
+    res = fsck.check_image(top, "qcow2", "vda", workdir=tmp_path)
+    assert [(r.name, r.status) for r in res] == [("vda1", "clean")]
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, top)} == sums
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2", "d.raw", "top.qcow2"]
