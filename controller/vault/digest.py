@@ -41,9 +41,26 @@ class Digest:
         self.algo = algo
         self._h = hashlib.sha256()
 
+    @property
+    def parallel(self) -> bool:
+        """Whether chunks can be hashed apart (leaf, in any thread) and fed in order (add_leaf): sha256-4m."""
+        return self.algo == "sha256-4m"
+
+    @staticmethod
+    def leaf(chunk: memoryview | bytes) -> bytes:
+        """sha256-4m: one chunk's own SHA-256 (thread-safe; hashlib releases the GIL on large buffers)."""
+        return hashlib.sha256(chunk).digest()
+
+    def add_leaf(self, leaf: bytes) -> None:
+        """sha256-4m: feed a chunk's leaf(), in file order (data(chunk) == add_leaf(leaf(chunk)))."""
+        self._h.update(leaf)
+
     def data(self, chunk: memoryview | bytes) -> None:
         """Feed one chunk (exactly CHUNK bytes, except at the end of the file)."""
-        self._h.update(hashlib.sha256(chunk).digest() if self.algo == "sha256-4m" else chunk)
+        if self.parallel:
+            self.add_leaf(self.leaf(chunk))
+        else:
+            self._h.update(chunk)
 
     def zeros(self, n: int) -> None:
         """Feed n zero bytes (a hole), chunk-aligned at its start."""

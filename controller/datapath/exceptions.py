@@ -1,0 +1,16 @@
+"""Errors of the byte mover."""
+
+from __future__ import annotations
+
+from controller.errors import VmBackupError
+
+
+class SourceShrank(VmBackupError):
+    """The file or device being copied or checksummed got shorter while it was read."""
+
+    code = "SOURCE_SHRANK"
+    operation = "copy"
+    remediation = (
+        "Something else changed the file or device while it was being copied (a VM or a tool still writing it, "
+        "a volume resized). Stop that writer, then run the backup, restore or verify again."
+    )
