@@ -77,13 +77,35 @@ def copy_out_disk(
 def _flatten_chain(v: Vault, point: RecoveryPoint, target: str, part: Path, progress: sparse.Progress | None) -> None:
     """Verify every stored file `target`'s restore reads (CHECKSUM_MISMATCH naming the point and disk), then
     qemu-img convert the top one into part: a standalone qcow2. Progress covers both passes."""
+    top = point.manifest.disk(target)
+    extra = top.virtual_size if top else 0
+    files = verify_disk_chain(v, point, target, progress, extra=extra)
+    done = sum(r.logical_size for _, r, _ in files)
+    total = done + extra
+
+    def step(n: int, _total: int) -> None:
+        """Report the convert's progress as part of the whole."""
+        if progress:
+            progress(min(total, done + n), total)
+
+    qemuimg.convert(files[-1][2], part, step, fmt="qcow2")
+
+
+def verify_disk_chain(
+    v: Vault, point: RecoveryPoint, target: str, progress: sparse.Progress | None = None, extra: int = 0
+) -> list[tuple[RecoveryPoint, DiskRecord, Path]]:
+    """Hash every stored file a read of `target` from `point` needs (its chain, the self-contained file first)
+    against its manifest: PointCorrupt when one is missing, CHECKSUM_MISMATCH naming the point and disk.
+
+    Returns (point, record, path) per file, in chain order (open the last one: QEMU follows its backing files).
+    progress(done, total) counts the bytes hashed; `extra` is added to total for a caller's later pass.
+    """
     files = [(p, r, v.disk_path(p, r)) for p, r in chain.disk_chain(v, point, target)]
-    top = files[-1][1]
-    total = sum(r.logical_size for _, r, _ in files) + top.virtual_size
+    total = sum(r.logical_size for _, r, _ in files) + extra
     done = 0
 
     def step(n: int, _total: int) -> None:
-        """Report one pass's progress as part of the whole."""
+        """Report one file's progress as part of the whole."""
         if progress:
             progress(min(total, done + n), total)
 
@@ -107,7 +129,7 @@ def _flatten_chain(v: Vault, point: RecoveryPoint, target: str, part: Path, prog
                 },
             )
         done += r.logical_size
-    qemuimg.convert(files[-1][2], part, step, fmt="qcow2")
+    return files
 
 
 def verify_point_quick(point: RecoveryPoint, vault: Vault | None = None) -> None:
