@@ -16,21 +16,15 @@ def _f(x: Any, nd: int = 1) -> str:
 
 def _freeze(r: dict[str, Any]) -> list[str]:
     """Table of benchmark 1."""
-    rows = ["| data on /data1 | backups | guest frozen p50 ms | p95 ms | writer's longest stall p50 ms "
-            "| stall - guest frozen max ms | freeze window p50 ms | p95 ms | of which snapshot p50 ms | thaw p50 ms "
+    rows = ["| data on /data1 | backups | freeze window p50 ms | p95 ms | of which snapshot p50 ms | thaw p50 ms "
             "| Freeze RPC p50 ms (before the window) | backup wall p50 s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|"]
     for s in r.get("sizes", []):
         fw, bw, ph = s["freeze_window_ms"], s["backup_wall_s"], s.get("phase_ms", {})
-        gf, st, over = (s.get(k) or {} for k in ("guest_frozen_ms", "writer_max_stall_ms",
-                                                 "stall_over_guest_frozen_ms"))
         p50 = {k: _f((ph.get(k) or {}).get("median")) for k in ("snapshot", "thaw", "freeze")}
-        rows.append(f"| {s['size']} | {fw['n']} | {_f(gf.get('median'))} | {_f(gf.get('p95'))} "
-                    f"| {_f(st.get('median'))} | {_f(over.get('max'))} | {_f(fw['median'])} | {_f(fw['p95'])} "
-                    f"| {p50['snapshot']} | {p50['thaw']} | {p50['freeze']} | {_f(bw['median'])} |")
-    rows.append(f"\nLargest / smallest median freeze window: {_f(r.get('largest_over_smallest_median'), 2)}; "
-                f"guest frozen: {_f(r.get('guest_frozen_largest_over_smallest_median'), 2)}. Goals (issue #16): "
-                "guest frozen p50 <= 60 ms, p95 <= 150 ms, flat across sizes; stall - guest frozen <= 30 ms.")
+        rows.append(f"| {s['size']} | {fw['n']} | {_f(fw['median'])} | {_f(fw['p95'])} | {p50['snapshot']} "
+                    f"| {p50['thaw']} | {p50['freeze']} | {_f(bw['median'])} |")
+    rows.append(f"\nLargest / smallest median freeze window: {_f(r.get('largest_over_smallest_median'), 2)}")
     return rows
 
 
@@ -74,20 +68,10 @@ def _full(r: dict[str, Any]) -> list[str]:
 def _restore(r: dict[str, Any]) -> list[str]:
     """Table of benchmark 4."""
     c, b = r["restore_bootcheck_s"], r["cold_boot_to_ssh_s"]
-    rows = ["| measure | p50 s | p95 s |", "|---|---|---|",
+    return ["| measure | p50 s | p95 s |", "|---|---|---|",
             f"| restore + boot-check | {_f(c['median'])} | {_f(c['p95'])} |",
-            f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |"]
-    for key, label in (("copy_path_restore_bootcheck_s", "copy path restore + boot-check (old)"),
-                       ("bootcheck_16g_s", "boot-check, 16 GiB point")):
-        if isinstance(r.get(key), dict):
-            rows.append(f"| {label} | {_f(r[key]['median'])} | {_f(r[key]['p95'])} |")
-    rows.append(f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}")
-    if r.get("ratio_16g_to_2g_bootcheck") is not None:
-        rows.append(f"Ratio boot-check 16 GiB / 2 GiB point: {_f(r.get('ratio_16g_to_2g_bootcheck'), 2)}")
-    for key in ("instant_restore_2g", "instant_restore_16g"):
-        if isinstance(r.get(key), dict):
-            rows.append(f"{key}: started in {_f(r[key]['started_s'])} s, SSH after {_f(r[key]['ssh_s'])} s")
-    return rows
+            f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |",
+            f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}"]
 
 
 def _scale(r: dict[str, Any]) -> list[str]:
