@@ -8,6 +8,8 @@ Flow (one job of type ``boot-check``)::
     -> agent: GetInfo over mTLS as the ORIGINAL VM uuid (only if the point's VM was registered)
     -> command: the user's check command over SSH (optional)
     -> shutdown (ACPI, then hard) -> fsck: offline e2fsck/xfs_repair of every restored filesystem
+    instant path: the fsck of the point's filesystems as stored runs while the guest boots (throwaway overlays
+    over the vault files, fsck.py), and the VM is powered off instead of shut down (its overlays are discarded)
     -> cleanup: domain and every file removed, whatever happened
 
 The result goes into the point's manifest (``boot_check``) and the job; a failure raises BOOT_CHECK_FAILED
@@ -23,6 +25,7 @@ import datetime as dt
 import secrets
 import time
 import uuid as uuid_mod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +170,12 @@ class BootChecker(StateUser):
         timeout_s: float,
         command: str | None,
     ) -> None:
-        """Restore, boot, probe, shut down, fsck; fills res (never raises for a failed check)."""
+        """Restore, boot, probe, shut down, fsck; fills res (never raises for a failed check).
+
+        Instant path: the point's filesystems are checked while the guest boots (each through its own throwaway
+        overlay over the vault file: the point as stored, not what the boot changed), and the throwaway VM is
+        powered off rather than shut down (its overlays are discarded; nothing it wrote is kept).
+        """
         try:
             restored = self.restorer.as_new_vm(run, point, spec, new_uuid, created)
         except VmBackupError as e:
@@ -179,22 +187,34 @@ class BootChecker(StateUser):
         res.ports = dict(restored.ports)
         res.dropped_devices = list(restored.dropped_devices)
         console = Path(restored.console_log)
-        with connection(spec.host_uri) as lv:
-            dom = lv.lookupByName(spec.name)
-            self._boot_and_probe(run, dom, point, restored, res, timeout_s, command)
-            res.console_tail = probes.console_tail(console)
-            booted = res.boot_seconds is not None
-            with run.phase("shutdown"):
-                res.checks.append(shutdown(dom, 90.0 if booted else 0.0))
-        with run.phase("fsck"):  # reads through the overlay (or the copy): the vault's files are never written
-            for target, path in restored.disks.items():
-                fmt = "qcow2" if spec.instant else next(d.format for d in point.manifest.disks if d.target == target)
-                for fs in fsck.check_image(Path(path), fmt, target, workdir=spec.pool_dir):
-                    res.checks.append(Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}"))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            early = pool.submit(self._fsck_point, point, spec.pool_dir) if spec.instant else None
+            with connection(spec.host_uri) as lv:
+                dom = lv.lookupByName(spec.name)
+                self._boot_and_probe(run, dom, point, restored, res, timeout_s, command)
+                res.console_tail = probes.console_tail(console)
+                booted = res.boot_seconds is not None
+                with run.phase("shutdown"):
+                    res.checks.append(power_off(dom) if spec.instant else shutdown(dom, 90.0 if booted else 0.0))
+            with run.phase("fsck"):
+                if early is not None:
+                    res.checks += early.result()
+                else:
+                    for target, path in restored.disks.items():
+                        fmt = next(d.format for d in point.manifest.disks if d.target == target)
+                        res.checks += _fs_probes(fsck.check_image(Path(path), fmt, target, workdir=spec.pool_dir))
         failed = [c for c in res.checks if not c.ok and c.name != "shutdown"]
         res.passed = not failed
         if failed and not res.reason:
             res.reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+    def _fsck_point(self, point: RecoveryPoint, workdir: Path) -> list[Probe]:
+        """fsck every disk of the point as stored (read through throwaway overlays; the vault is only read)."""
+        out: list[Probe] = []
+        for rec in point.manifest.disks:
+            image = self.restorer.vault.disk_path(point, rec)
+            out += _fs_probes(fsck.check_image(image, rec.format, rec.target, workdir=workdir))
+        return out
 
     def _boot_and_probe(
         self,
@@ -249,6 +269,21 @@ class BootChecker(StateUser):
         data = res.to_dict()
         run.detail("boot_check", data)
         self.restorer.vault.update_manifest(point, boot_check=data)
+
+
+def _fs_probes(checks: list[fsck.FsCheck]) -> list[Probe]:
+    """fsck results as boot-check probes."""
+    return [Probe(f"fsck:{fs.name}", fs.ok, f"{fs.fstype}: {fs.status}: {fs.detail}") for fs in checks]
+
+
+def power_off(dom: libvirt.virDomain) -> Probe:
+    """Hard power-off of a throwaway instant VM (its overlays are discarded, so nothing needs flushing)."""
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as e:
+        return Probe("shutdown", False, f"libvirt: {e.get_error_message()}")
+    return Probe("shutdown", True, "powered off (throwaway overlays, discarded)")
 
 
 def shutdown(dom: libvirt.virDomain, timeout_s: float) -> Probe:
