@@ -68,10 +68,20 @@ def _full(r: dict[str, Any]) -> list[str]:
 def _restore(r: dict[str, Any]) -> list[str]:
     """Table of benchmark 4."""
     c, b = r["restore_bootcheck_s"], r["cold_boot_to_ssh_s"]
-    return ["| measure | p50 s | p95 s |", "|---|---|---|",
+    rows = ["| measure | p50 s | p95 s |", "|---|---|---|",
             f"| restore + boot-check | {_f(c['median'])} | {_f(c['p95'])} |",
-            f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |",
-            f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}"]
+            f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |"]
+    for key, label in (("copy_path_restore_bootcheck_s", "copy path restore + boot-check (old)"),
+                       ("bootcheck_16g_s", "boot-check, 16 GiB point")):
+        if isinstance(r.get(key), dict):
+            rows.append(f"| {label} | {_f(r[key]['median'])} | {_f(r[key]['p95'])} |")
+    rows.append(f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}")
+    if r.get("ratio_16g_to_2g_bootcheck") is not None:
+        rows.append(f"Ratio boot-check 16 GiB / 2 GiB point: {_f(r.get('ratio_16g_to_2g_bootcheck'), 2)}")
+    for key in ("instant_restore_2g", "instant_restore_16g"):
+        if isinstance(r.get(key), dict):
+            rows.append(f"{key}: started in {_f(r[key]['started_s'])} s, SSH after {_f(r[key]['ssh_s'])} s")
+    return rows
 
 
 def _scale(r: dict[str, Any]) -> list[str]:
