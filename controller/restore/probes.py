@@ -56,6 +56,12 @@ def console_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(console_text(path).rstrip().split("\n")[-lines:])
 
 
+#: how often the console log is read, and the agent asked again, while a boot-check waits (each is cheap; the
+#: boot-check's time is measured against a cold boot, so a coarse poll would show up in it)
+BOOT_POLL_S = 0.25
+AGENT_RETRY_S = 0.5
+
+
 def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
     """Poll the console log until a login prompt / multi-user target shows, the VM stops, or timeout."""
     while True:
@@ -74,7 +80,7 @@ def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
                     "(damaged boot sector / partition table, or no bootable disk)"
                 )
             return Probe("console", False, why)
-        time.sleep(1.0)
+        time.sleep(BOOT_POLL_S)
 
 
 def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -> Probe:
@@ -94,7 +100,7 @@ def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -
                          time.monotonic() - t0)
         except VmBackupError as e:
             last = f"{e.code}: {e.message}"
-        time.sleep(2.0)
+        time.sleep(AGENT_RETRY_S)
     return Probe("agent", False, f"agent not answering GetInfo within {timeout_s:.0f} s ({last})")
 
 
