@@ -42,9 +42,22 @@ class Source:
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             self.dfd = _open_direct(path, os.O_RDONLY) if direct else -1
+            if self.dfd >= 0 and self.size >= ALIGN:
+                self._probe()
         except BaseException:
             self.close()
             raise
+
+    def _probe(self) -> None:
+        """Drop O_DIRECT when the filesystem took it at open but refuses aligned reads (before any worker reads)."""
+        buf = Buffer(ALIGN)
+        try:
+            os.preadv(self.dfd, [buf.view], 0)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            os.close(self.dfd)
+            self.dfd = -1
 
     @property
     def direct(self) -> bool:
@@ -55,16 +68,8 @@ class Source:
         """Fill buf[:n] from offset; SOURCE_SHRANK when the file ends before."""
         direct = self.dfd >= 0 and _aligned(offset, n)
         done = 0
-        while done < n:
-            fd = self.dfd if direct else self.fd
-            try:
-                got = os.preadv(fd, [buf.view[done:n]], offset + done)
-            except OSError as e:
-                if not direct or e.errno != errno.EINVAL:
-                    raise
-                os.close(self.dfd)  # the filesystem took O_DIRECT at open but not for reads: page cache from now on
-                self.dfd, direct = -1, False
-                continue
+        while done < n:  # runs in several worker threads at once
+            got = os.preadv(self.dfd if direct else self.fd, [buf.view[done:n]], offset + done)
             if got == 0:
                 raise SourceShrank(
                     f"{self.path} ended at offset {offset + done} while being read (it was {self.size} bytes)",

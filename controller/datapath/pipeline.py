@@ -1,11 +1,12 @@
-"""The copy pipeline: read a chunk, hash it in a worker thread, write it in another, read the next meanwhile.
+"""The copy pipeline: several chunks read at once, each hashed from the buffer it was read into while it is written.
 
 The file is walked in CHUNK pieces (the checksum's chunks). A piece with no data (``SEEK_DATA``/``SEEK_HOLE``) is
-never read: the checksum is told its length (``zeros``) and the destination keeps a hole there. A data piece is read
-into one of BUFFERS page-aligned buffers (``O_DIRECT`` where allowed), then hashed (``Checksum.leaf`` in a pool of
-HASHERS threads: hashlib releases the GIL on large buffers) and written at the same offset by the writer thread,
-while the main thread reads the next ones. Results are taken in file order: leaves fed to the checksum, progress
-reported, the buffer reused. Memory stays at BUFFERS x CHUNK; the destination is fsynced once, at the end.
+never read: the checksum is told its length (``zeros``) and the destination keeps a hole there. A data piece gets
+one of BUFFERS page-aligned buffers; a worker (WORKERS threads, so several reads are in flight) reads it
+(``O_DIRECT`` where allowed), hands it to the writers (WRITERS threads: ``pwrite`` at the same offset, all-zero
+pieces skipped) and meanwhile hashes it (``Checksum.leaf``: hashlib releases the GIL on large buffers). The calling
+thread takes the results in file order: leaves fed to the checksum, progress reported, the buffer reused. Memory
+stays at BUFFERS x CHUNK; the destination is fsynced once, at the end.
 
 On any failure (a read or write error, the progress callback raising to cancel) the workers are waited for and the
 destination, if any, is removed before the error propagates: a failed copy leaves no file behind.
@@ -13,21 +14,21 @@ destination, if any, is removed before the error propagates: a failed copy leave
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from controller.datapath.buffers import Buffer
 from controller.datapath.extents import chunk_map
 from controller.datapath.files import Dest, Source
 
 CHUNK = 4 << 20  #: one read, one buffer, one checksum chunk
-BUFFERS = 8  #: chunks in flight (32 MiB)
-HASHERS = max(1, min(2, os.cpu_count() or 1))  #: threads hashing chunks in parallel
+BUFFERS = 12  #: chunks in flight (48 MiB)
+WORKERS = 3  #: threads reading and hashing chunks (several reads in flight, hashing on every core)
+WRITERS = 4  #: threads writing chunks: several O_DIRECT writes in flight (the disk needs queue depth)
 HOLE_REPORT = 256 << 20  #: across holes, report progress every 256 MiB (callbacks may touch the job DB)
 
 #: progress(bytes_done, bytes_total); raising from it cancels the copy
@@ -73,11 +74,10 @@ class CopyResult:
 class _Step:
     """One piece in flight, retired in file order."""
 
-    end: int  #: where the piece ends: progress after it is retired
+    start: int
+    end: int  #: progress reported after the piece is retired
     buf: Buffer | None = None  #: data piece: its buffer, reused once retired
-    hashed: Future[Any] | None = None  #: leaf (parallel checksum) or None
-    written: Future[None] | None = None
-    zeros: int = 0  #: hole piece: its length (fed by the caller's thread when the checksum is parallel)
+    work: Future[tuple[bytes | None, Future[None] | None]] | None = None  #: read + leaf, and the write's future
 
 
 def copy(
@@ -115,19 +115,27 @@ def _run(source: Source, dest: Dest | None, checksum: Checksum, progress: Progre
     parallel = checksum.parallel
     free = [Buffer(CHUNK) for _ in range(BUFFERS)]
     steps: deque[_Step] = deque()
-    hashers = ThreadPoolExecutor(HASHERS if parallel else 1, thread_name_prefix="vmb-hash")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="vmb-write") if dest is not None else None
-    hash_fn: Callable[[memoryview], bytes | None] = checksum.leaf if parallel else checksum.data
+    workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="vmb-read-hash")
+    writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="vmb-write") if dest is not None else None
+
+    def work(buf: Buffer, start: int, n: int) -> tuple[bytes | None, Future[None] | None]:
+        """In a worker: read the piece, hand it to the writer, hash it (a parallel checksum) meanwhile."""
+        source.read(buf, start, n)
+        written = writer.submit(dest.write, buf, start, n, CHUNK) if writer and dest else None
+        return (checksum.leaf(buf.view[:n]) if parallel else None), written
 
     def retire(step: _Step) -> None:
-        """Take the oldest piece's results: errors raised, leaf fed, progress reported, buffer freed."""
-        if step.written is not None:
-            step.written.result()
-        got = step.hashed.result() if step.hashed is not None else None
-        if parallel and step.buf is not None and got is not None:
-            checksum.add_leaf(got)
-        elif parallel:
-            checksum.zeros(step.zeros)
+        """Take the oldest piece's results in file order: errors raised, checksum fed, progress, buffer freed."""
+        if step.work is None:
+            checksum.zeros(step.end - step.start)  # a hole piece
+        else:
+            leaf, written = step.work.result()
+            if written is not None:
+                written.result()
+            if step.buf is not None and leaf is None:
+                checksum.data(step.buf.view[: step.end - step.start])  # a serial checksum: in order, in this thread
+            elif leaf is not None:
+                checksum.add_leaf(leaf)
         if step.buf is not None:
             free.append(step.buf)
         if progress:
@@ -139,30 +147,23 @@ def _run(source: Source, dest: Dest | None, checksum: Checksum, progress: Progre
             progress(0, size)
         for start, end, has_data in chunk_map(source.fd, size, CHUNK):
             if not has_data:
-                for a in range(start, end, HOLE_REPORT):
-                    b = min(a + HOLE_REPORT, end)
-                    hz = None if parallel else hashers.submit(checksum.zeros, b - a)
-                    steps.append(_Step(end=b, hashed=hz, zeros=b - a))
+                steps.extend(_Step(a, min(a + HOLE_REPORT, end)) for a in range(start, end, HOLE_REPORT))
                 continue
             while not free or (steps and _done(steps[0])):
                 retire(steps.popleft())
             buf, n = free.pop(), end - start
-            source.read(buf, start, n)
+            steps.append(_Step(start, end, buf, workers.submit(work, buf, start, n)))
             read += n
-            step = _Step(end=end, buf=buf, hashed=hashers.submit(hash_fn, buf.view[:n]))
-            if writer is not None and dest is not None:
-                step.written = writer.submit(dest.write, buf, start, n, CHUNK)
-            steps.append(step)
         while steps:
             retire(steps.popleft())
         stored = dest.finish() if dest is not None else 0
     finally:
-        for pool in (hashers, writer):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)  # no worker may touch a buffer or fd after this
+        workers.shutdown(wait=True, cancel_futures=True)  # no worker may touch a buffer or fd after this
+        if writer is not None:
+            writer.shutdown(wait=True, cancel_futures=True)
     return read, stored
 
 
 def _done(step: _Step) -> bool:
-    """Whether a piece's work is finished (retiring it will not block)."""
-    return all(f is None or f.done() for f in (step.hashed, step.written))
+    """Whether retiring a piece will not block (its read and hash are done; its write may still run)."""
+    return step.work is None or step.work.done()
