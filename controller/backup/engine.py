@@ -18,6 +18,7 @@ Any failure (or a cancel) takes the same undo path: thaw, merge the overlays bac
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from controller.backup.exceptions import (
 from controller.backup.intent import IntentStore
 from controller.backup.quiescers import quiescer_for
 from controller.backup.recovery import put_back, recover
-from controller.backup.snapshot import take_snapshot
+from controller.backup.snapshot import SnapshotInFlight, prepare_snapshot
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import Registration, get_registration
@@ -218,7 +219,13 @@ class BackupEngine(StateUser):
         reg: Registration,
         chain: cbt.ChainPlan,
     ) -> quiesce.Quiesce:
-        """Checkpoint, freeze, snapshot, thaw; returns the consistency reached and the freeze window."""
+        """Checkpoint, prepare the snapshot, freeze, snapshot, thaw; returns the consistency reached and the window.
+
+        Between the Freeze reply and the Thaw call only libvirt's snapshot call is waited for: its overlay files and
+        XML are made before the freeze, the intent and phase records are written while libvirt works (two phase rows,
+        a few microseconds each, between its end and the Thaw call; the rest after the thaw), the agent's connection
+        is the one the Freeze went over, and no garbage collection runs.
+        """
         self.intents.begin(run.job_id, ref.uuid, ref.name, ref.host_uri, {d.target: d.path for d in ds})
         # before the freeze (and so before the snapshot): a write in between is in this point AND marked in the new
         # checkpoint, copied again next time (a duplicate, never a loss); crash recovery resets the chain
@@ -227,30 +234,43 @@ class BackupEngine(StateUser):
                 chain.new_checkpoint = cbt.create(dom, run.job_id, ds)
             except CheckpointFailed as e:
                 chain.notes.append(f"no checkpoint, the next backup is a full: {e.message}")
+        with run.phase("prepare"):  # overlays named after the job: undo and crash recovery delete them
+            prep = prepare_snapshot(dom, ds, run.job_id, overlay_dir(self.settings.home, ref.uuid))
         faults.checkpoint("before-freeze")
         agent = quiescer_for(self.settings, reg, dom, run.job_id, req.freeze_timeout_s)  # vmbackup agent | qga | none
-        with run.phase("freeze"):
-            if state_name(dom) == "paused":  # its vCPUs are stopped: the agent cannot answer, nothing is written
-                agent.skip("the VM was paused: snapshot taken without quiescing")
-            else:
-                agent.freeze()
-            if agent.token:
-                self.intents.step(run.job_id, "frozen", freeze_token=agent.token)
+        snap: SnapshotInFlight | None = None
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
-            faults.checkpoint("while-frozen")
-            with run.phase("snapshot"):
-                overlays = take_snapshot(dom, ds, run.job_id, overlay_dir(self.settings.home, ref.uuid))
-                snap_time = _utcnow()
+            with run.phase("freeze"):
+                if state_name(dom) == "paused":  # its vCPUs are stopped: the agent cannot answer, nothing is written
+                    agent.skip("the VM was paused: snapshot taken without quiescing")
+                else:
+                    agent.freeze()
+                snap = SnapshotInFlight(dom, prep)  # libvirt works from here; the records below are written meanwhile
+            try:
+                if agent.token:  # durable before the Thaw call: recovery thaws by this token
+                    self.intents.step(run.job_id, "frozen", freeze_token=agent.token)
+                faults.checkpoint("while-frozen")
+                with run.phase("snapshot"):  # its row is written while libvirt works; ends when libvirt's call does
+                    overlays = snap.wait()
+                    snap_time = _utcnow()
+            finally:
+                with run.phase("thaw"):
+                    q = agent.thaw()
         finally:
-            with run.phase("thaw"):
-                q = agent.thaw()
-        # recorded after the thaw, to keep an fsync out of the freeze window: a crash before this line is recovered
+            if snap is not None:
+                snap.join()  # never leave (to undo) while libvirt may still switch the VM to the overlays
+            if gc_was_enabled:
+                gc.enable()
+        # recorded after the thaw, to keep it out of the freeze window: a crash before this line is recovered
         # from the "frozen" step (thaw by token) plus the overlays found by their job-named files (recovery.py)
         self.intents.step(run.job_id, "snapshotted", overlays=overlays)
         q.created = snap_time
         self.intents.step(run.job_id, "thawed")
         run.detail("freeze_window_ms", q.window_ms)
-        for key in ("guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms", "freeze_rpc_ms"):
+        run.detail("snapshot_ms", snap.duration_ms if snap is not None else None)
+        for key in ("guest_frozen_ms", "freeze_hooks_ms", "thaw_hooks_ms", "freeze_rpc_ms", "thaw_rpc_ms"):
             run.detail(key, getattr(q, key))
         faults.checkpoint("after-snapshot")
         return q

@@ -35,13 +35,15 @@ class Quiesce:
     freeze_hooks_ms: int | None = None
     thaw_hooks_ms: int | None = None
     freeze_rpc_ms: float | None = None  # how long the Freeze call took, as the controller saw it
+    thaw_rpc_ms: float | None = None  # how long the Thaw call took (the window's last part), as the controller saw it
     quiescer: str | None = None  # who was asked to freeze: "agent", "qga", "none" (None: nothing to quiesce)
 
-    def timed(self, th: ThawResult, freeze_rpc_ms: float | None) -> Quiesce:
-        """This outcome with the agent's own timings from ``th`` and the Freeze call's duration."""
+    def timed(self, th: ThawResult, freeze_rpc_ms: float | None, thaw_rpc_ms: float | None = None) -> Quiesce:
+        """This outcome with the agent's own timings from ``th`` and the Freeze and Thaw calls' durations."""
         self.guest_frozen_ms = th.guest_frozen_ms or None  # 0.0: an agent that does not measure it
         self.freeze_hooks_ms, self.thaw_hooks_ms = th.freeze_hooks_ms, th.thaw_hooks_ms
         self.freeze_rpc_ms = freeze_rpc_ms
+        self.thaw_rpc_ms = thaw_rpc_ms
         return self
 
 
@@ -58,6 +60,7 @@ class AgentQuiescer:
         self._failure: str | None = None
         self._t_frozen = 0.0
         self._freeze_rpc_ms: float | None = None
+        self._thaw_rpc_ms: float | None = None
         self._client: AgentClient | None = None
         self.agent_version: str | None = None
 
@@ -92,9 +95,12 @@ class AgentQuiescer:
             if self.token is None or frozen is None or client is None:
                 reason = self._failure or "agent did not freeze"
                 return Quiesce("CRASH", reason, None, version, [f"crash-consistent: {reason}"])
+            t_call = time.monotonic()
             try:
                 th = client.thaw(self.token)
-                window = (time.monotonic() - self._t_frozen) * 1000
+                t_end = time.monotonic()
+                window = (t_end - self._t_frozen) * 1000
+                self._thaw_rpc_ms = (t_end - t_call) * 1000
             except VmBackupError as e:
                 window = (time.monotonic() - self._t_frozen) * 1000
                 reason = f"thaw not confirmed ({e.code}: {e.message}); snapshot result inconsistent"
@@ -105,7 +111,7 @@ class AgentQuiescer:
         if not th.held:
             reason = "the freeze did not hold for the whole window (auto-thawed early): snapshot result inconsistent"
             crash = Quiesce("CRASH", reason, window, version, [f"crash-consistent: {reason}"])
-            return crash.timed(th, self._freeze_rpc_ms)
+            return crash.timed(th, self._freeze_rpc_ms, self._thaw_rpc_ms)
         hooks = [*frozen.hooks, *th.hooks]
         failed = [f"hook {h.name} ({h.action}) failed: exit {h.exit_code}{' (timed out)' if h.timed_out else ''}"
                   for h in hooks if not h.ok]
@@ -117,4 +123,4 @@ class AgentQuiescer:
         else:
             reason = f"{len(frozen.frozen)} file system(s) frozen; no application hooks installed"
         return Quiesce(consistency, reason, window, version, failed + [f"agent: {e}" for e in th.errors]).timed(
-            th, self._freeze_rpc_ms)
+            th, self._freeze_rpc_ms, self._thaw_rpc_ms)

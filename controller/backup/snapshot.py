@@ -4,6 +4,9 @@ Overlays are created next to each disk as ``<stem>.vmb-<job-id>.qcow2`` so they 
 id; the snapshot is taken with ``NO_METADATA`` so libvirt keeps no snapshot object behind::
 
     overlays = take_snapshot(dom, disks, job_id)          # {target: overlay path}; VM now writes to the overlays
+    # or, to keep everything but libvirt's snapshot call out of a guest freeze:
+    prep = prepare_snapshot(dom, disks, job_id)           # before the freeze: overlay files created, XML built
+    overlays = take_prepared(dom, prep)                   # while frozen: one libvirt call (REUSE_EXT)
     ...copy each disk.path (now read-only) into the vault...
     for d in disks:
         commit_back(dom, d.target, d.path)                 # shallow active commit + pivot; VM back on d.path
@@ -15,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -75,12 +81,24 @@ def snapshot_xml(ds: list[Disk], overlays: dict[str, str], name: str) -> str:
     )
 
 
-def take_snapshot(
-    dom: libvirt.virDomain, ds: list[Disk], job_id: str, block_dir: Path | None = None
-) -> dict[str, str]:
-    """Atomically snapshot every disk to a fresh overlay file; returns {target: overlay path}.
+@dataclass(frozen=True)
+class PreparedSnapshot:
+    """An external snapshot ready to be taken by one libvirt call: its overlay files exist, its XML is built."""
 
-    block_dir holds the overlays of block-device disks (see overlay_path); it is created when needed.
+    overlays: dict[str, str]  # {target: overlay path}, each an empty qcow2 over the disk's current image
+    xml: str
+    flags: int
+
+
+def prepare_snapshot(
+    dom: libvirt.virDomain, ds: list[Disk], job_id: str, block_dir: Path | None = None
+) -> PreparedSnapshot:
+    """Everything of a snapshot that can happen before a freeze: create each overlay (an empty qcow2 whose backing
+    is the disk's current image, at the disk's virtual size) and build the XML that makes libvirt reuse them.
+
+    libvirt then skips creating and formatting the files inside the freeze (half of its snapshot call's time).
+    block_dir holds the overlays of block-device disks (see overlay_path); it is created when needed. An overlay
+    left behind by a failure is named after the job, so the job's undo or crash recovery deletes it.
     """
     check_disks(ds)
     overlays = {d.target: overlay_path(d.path, job_id, block_dir) for d in ds}
@@ -90,12 +108,81 @@ def take_snapshot(
     for path in overlays.values():
         if os.path.exists(path):
             raise SnapshotFailed(f"overlay {path} already exists", details={"overlay": path})
+    for d in ds:
+        _create_overlay(dom, d, overlays[d.target])
+    flags = SNAPSHOT_FLAGS | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+    return PreparedSnapshot(overlays, snapshot_xml(ds, overlays, f"vmb-{job_id}"), flags)
+
+
+def _create_overlay(dom: libvirt.virDomain, d: Disk, path: str) -> None:
+    """``qemu-img create`` an empty qcow2 over ``d``'s image (not opened: QEMU holds it; the size is libvirt's)."""
     try:
-        dom.snapshotCreateXML(snapshot_xml(ds, overlays, f"vmb-{job_id}"), SNAPSHOT_FLAGS)
+        size = int(dom.blockInfo(d.target)[0])
+    except libvirt.libvirtError as e:
+        err = translate(e, f"size of disk {d.target}")
+        raise SnapshotFailed(err.message, details={**err.details, "target": d.target}) from e
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", d.path, "-F", d.format, path, str(size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise SnapshotFailed(f"creating overlay {path} failed: {proc.stderr.strip()}",
+                             details={"overlay": path, "target": d.target})
+
+
+def take_prepared(dom: libvirt.virDomain, prep: PreparedSnapshot) -> dict[str, str]:
+    """Atomically switch every disk to its prepared overlay (nothing but libvirt's call); returns {target: overlay}."""
+    try:
+        dom.snapshotCreateXML(prep.xml, prep.flags)
     except libvirt.libvirtError as e:
         err = translate(e, "external snapshot")
         raise SnapshotFailed(err.message, details=err.details) from e
-    return overlays
+    return prep.overlays
+
+
+class SnapshotInFlight:
+    """:func:`take_prepared` started in its own thread (libvirt releases the GIL), so the caller can write the records
+    it must write while libvirt works instead of before it. ``wait`` joins it; leave no path without joining."""
+
+    def __init__(self, dom: libvirt.virDomain, prep: PreparedSnapshot) -> None:
+        self.prep = prep
+        self.duration_ms: float | None = None
+        self._overlays: dict[str, str] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(dom,), name="snapshot", daemon=True)
+        self._thread.start()
+
+    def _run(self, dom: libvirt.virDomain) -> None:
+        """The thread: libvirt's call, its duration, its result or error."""
+        t0 = time.monotonic()
+        try:
+            self._overlays = take_prepared(dom, self.prep)
+        except BaseException as e:  # handed to wait(), in the caller's thread
+            self._error = e
+        finally:
+            self.duration_ms = (time.monotonic() - t0) * 1000
+
+    def join(self) -> None:
+        """Wait until libvirt's call returned, whatever its outcome."""
+        self._thread.join()
+
+    def wait(self) -> dict[str, str]:
+        """Join; {target: overlay path}, or raise what the call raised (SnapshotFailed)."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._overlays is not None
+        return self._overlays
+
+
+def take_snapshot(
+    dom: libvirt.virDomain, ds: list[Disk], job_id: str, block_dir: Path | None = None
+) -> dict[str, str]:
+    """Atomically snapshot every disk to a fresh overlay file; returns {target: overlay path}.
+
+    block_dir holds the overlays of block-device disks (see overlay_path); it is created when needed.
+    """
+    return take_prepared(dom, prepare_snapshot(dom, ds, job_id, block_dir))
 
 
 def active_path(dom: libvirt.virDomain, target: str) -> str | None:
