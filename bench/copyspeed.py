@@ -17,6 +17,7 @@ from bench.common import GiB, allocated, drop_caches, mb_per_s, ratio, run, summ
 from bench.env import Plan
 from bench.guest import filled_data_disk, random_stream
 from controller.vault import Vault, copy_out_disk
+from controller.vault.writer import PointWriter
 
 NAME = "copy"
 VM_UUID = "00000000-0000-4000-8000-00000000b0c1"
@@ -24,12 +25,14 @@ RESTORE_VM = "00000000-0000-4000-8000-00000000b0c2"
 GOAL_FILLED_BYTES = 4 * GiB  #: issue #16's goals are on a filled 4 GiB qcow2 (a full run uses at least this)
 DIRECT = "qemu-img convert -t none -T none"
 RESTORE = "vmbackup restore"
+MIN_REPS = 5  #: a full run repeats each copy at least this often (medians of a shared machine's disk)
 NOTE = ("page cache dropped (sync; echo 3 > drop_caches) before every copy; timed until the output file is fsynced. "
         "vmbackup's copy also computes the checksum of the full logical content (sha256-4m) and its restore "
         "verifies it while reading; vmbackup reads and writes with O_DIRECT (4 MiB requests) where the "
         "filesystem allows it, qemu-img -t none -T none bypasses the cache on both sides (the disk's practical "
         "limit), cp and plain qemu-img convert go through the page cache")
 Copier = Callable[[Path, Path], None]
+_PENDING: list[PointWriter] = []  #: vmbackup's unpublished points, dropped once the copy is timed
 
 
 def sparse_raw(dest: Path, virtual: int, data: int) -> None:
@@ -64,12 +67,14 @@ def copiers(vault_dir: Path, src: Path, fmt: str) -> dict[str, Copier]:
         w = vault.new_point(VM_UUID)
         try:
             w.copy_disk("vdb", src, fmt=fmt)
-            # dst is where the stored file was (measured before the unpublished point is dropped)
-            stored = next((w.tmp / "disks").iterdir())
-            _fsync(stored)
-            dst.write_text(str(allocated(stored)))
-        finally:
+        except BaseException:
             w.abort()
+            raise
+        _PENDING.append(w)  # dropped after the clock stops, as the other methods' outputs are
+        # dst is where the stored file was (its size, measured before the unpublished point is dropped)
+        stored = next((w.tmp / "disks").iterdir())
+        _fsync(stored)
+        dst.write_text(str(allocated(stored)))
 
     def restore(_src: Path, dst: Path) -> None:
         copy_out_disk(point, "vdb", dst, vault=vault, overwrite=True)
@@ -96,9 +101,11 @@ def measure(src: Path, fmt: str, reps: int, work: Path) -> dict[str, Any]:
     methods = copiers(work / "vault", src, fmt)
     times: dict[str, list[float]] = {m: [] for m in methods}
     stored: dict[str, int] = {}
+    names = list(methods)
     try:
-        for _ in range(reps):
-            for name, copy in methods.items():
+        for rep in range(reps):
+            for name in names[rep % len(names):] + names[: rep % len(names)]:  # each rep starts with another method
+                copy = methods[name]
                 dst = work / "dst.img"
                 dst.unlink(missing_ok=True)
                 drop_caches()
@@ -107,7 +114,11 @@ def measure(src: Path, fmt: str, reps: int, work: Path) -> dict[str, Any]:
                 times[name].append(time.monotonic() - t0)
                 stored[name] = int(dst.read_text()) if name == "vmbackup" else allocated(dst)
                 dst.unlink(missing_ok=True)
+                while _PENDING:
+                    _PENDING.pop().abort()
     finally:
+        while _PENDING:
+            _PENDING.pop().abort()
         shutil.rmtree(work / "vault", ignore_errors=True)
     out: dict[str, Any] = {"source_format": fmt, "virtual_bytes": _virtual(src, fmt), "source_allocated": data,
                            "methods": {}}
@@ -152,12 +163,13 @@ def run_bench(plan: Plan, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     filled, sparse = work / "filled.qcow2", work / "sparse.raw"
     size = plan.copy_bytes if plan.smoke else max(plan.copy_bytes, GOAL_FILLED_BYTES)
+    reps = plan.copy_reps if plan.smoke else max(plan.copy_reps, MIN_REPS)
     try:
         filled_data_disk(filled, size)
         sparse_raw(sparse, plan.sparse_virtual, plan.sparse_data)
         res: dict[str, Any] = {
-            "filled_qcow2": measure(filled, "qcow2", plan.copy_reps, work),
-            "sparse_raw": measure(sparse, "raw", plan.copy_reps, work),
+            "filled_qcow2": measure(filled, "qcow2", reps, work),
+            "sparse_raw": measure(sparse, "raw", reps, work),
             "note": NOTE,
         }
         res["goals"] = goals(res["filled_qcow2"], res["sparse_raw"])

@@ -98,6 +98,7 @@ class Dest:
         try:
             os.ftruncate(self.fd, size)
             self.dfd = _open_direct(path, os.O_WRONLY) if direct else -1
+            self.use_direct = self.dfd >= 0
         except BaseException:
             self.close()
             raise
@@ -106,23 +107,23 @@ class Dest:
         """Write buf[:n] at offset, skipping all-zero SUB pieces (runs in the writer thread)."""
         for a, b in nonzero_runs(buf, n, SUB):
             self._pwrite_all(buf, a, b, offset)
-        if self.dfd < 0:  # buffered: start writeback now, drop what was written WRITEBACK_LAG chunks ago
+        if not self.use_direct:  # buffered: start writeback now, drop what was written WRITEBACK_LAG chunks ago
             os.posix_fadvise(self.fd, offset, n, os.POSIX_FADV_DONTNEED)
             behind = offset - WRITEBACK_LAG * chunk
             if behind >= 0:
                 os.posix_fadvise(self.fd, behind, chunk, os.POSIX_FADV_DONTNEED)
 
     def _pwrite_all(self, buf: Buffer, a: int, b: int, offset: int) -> None:
-        """pwrite buf[a:b] at offset + a until every byte is written (O_DIRECT when aligned)."""
+        """pwrite buf[a:b] at offset + a until every byte is written (O_DIRECT when aligned; several writer
+        threads at once)."""
         while a < b:
-            direct = self.dfd >= 0 and _aligned(offset + a, b - a)
+            direct = self.use_direct and _aligned(offset + a, b - a)
             try:
                 a += os.pwrite(self.dfd if direct else self.fd, buf.view[a:b], offset + a)
             except OSError as e:
                 if not direct or e.errno != errno.EINVAL:
                     raise
-                os.close(self.dfd)
-                self.dfd = -1
+                self.use_direct = False  # refused after all: page cache from now on (dfd stays open until close)
 
     def finish(self) -> int:
         """fsync (the one flush of the copy), drop the file's cached pages; the bytes it occupies."""

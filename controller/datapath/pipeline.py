@@ -26,8 +26,8 @@ from controller.datapath.extents import chunk_map
 from controller.datapath.files import Dest, Source
 
 CHUNK = 4 << 20  #: one read, one buffer, one checksum chunk
-BUFFERS = 12  #: chunks in flight (48 MiB)
-WORKERS = 3  #: threads reading and hashing chunks (several reads in flight, hashing on every core)
+BUFFERS = 16  #: chunks in flight (64 MiB)
+WORKERS = 4  #: threads reading and hashing chunks (several reads in flight, hashing on every core)
 WRITERS = 4  #: threads writing chunks: several O_DIRECT writes in flight (the disk needs queue depth)
 HOLE_REPORT = 256 << 20  #: across holes, report progress every 256 MiB (callbacks may touch the job DB)
 

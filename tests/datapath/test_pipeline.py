@@ -4,6 +4,7 @@ progress monotonic, and a cancelled or failed copy (in the reader, the writer, t
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import itertools
 import os
@@ -203,3 +204,22 @@ def test_memory_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     src = make(tmp_path / "s", [(0, os.urandom(64 * MiB))], 64 * MiB)
     value, _ = copy(src, tmp_path / "d")
     assert value == recipe(src) and made == [pipeline.CHUNK] * pipeline.BUFFERS
+
+
+def test_o_direct_refused_on_write_falls_back_to_the_page_cache(
+    holey: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that opens O_DIRECT but refuses its writes (EINVAL): the copy goes on through the page cache."""
+    real = os.pwrite
+    refused: list[int] = []
+
+    def picky(fd: int, data: memoryview, off: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(off)
+            raise OSError(errno.EINVAL, "injected: no O_DIRECT here")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(os, "pwrite", picky)
+    dst = tmp_path / "copy"
+    value, _ = copy(holey, dst)
+    assert refused and value == recipe(holey) and dst.read_bytes() == holey.read_bytes()
