@@ -37,7 +37,25 @@ from controller.virt.domain import Disk, disks
 
 PREFIX = "vmb-"
 #: full reasons that are a normal part of the schedule, not a broken chain: no warning on the job
-_EXPECTED = ("no previous point", "--full requested", "policy full_every")
+_EXPECTED = ("no previous point", "--full requested", "policy full_every", "raw disk: no dirty bitmap")
+
+
+RAW_REASON = "raw disk: no dirty bitmap"
+V2_REASON = (
+    "qcow2 v2 image (compat 0.10) cannot hold a dirty bitmap; with the VM shut off, "
+    "`qemu-img amend -f qcow2 -o compat=1.1 FILE` enables incrementals"
+)
+
+
+def bitmap_problem(d: Disk) -> str | None:
+    """Why a disk cannot carry a dirty bitmap (raw, qcow2 v2, unreadable), or None."""
+    if d.format != "qcow2":
+        return RAW_REASON
+    try:
+        compat = qemuimg.info(Path(d.path), force_share=True, fmt="qcow2").compat
+    except VmBackupError as e:
+        return f"disk {d.target} unreadable: {e.message}"
+    return None if compat == "1.1" else V2_REASON
 
 
 def checkpoint_name(job_id: str) -> str:
@@ -57,11 +75,10 @@ def bitmap_targets(dom: libvirt.virDomain, name: str) -> set[str]:
 
 
 def create(dom: libvirt.virDomain, job_id: str, ds: list[Disk]) -> str | None:
-    """Create ``vmb-<job id>`` tracking every qcow2 disk of ``ds`` (every other disk: no bitmap); its name.
-
-    None when no disk of ``ds`` is qcow2 (raw disks have no bitmaps). CHECKPOINT_FAILED if libvirt refuses.
+    """Create ``vmb-<job id>`` tracking every disk of ``ds`` that can hold a bitmap (qcow2 v3; every other disk:
+    no bitmap); its name. None when no disk can (raw, qcow2 v2). CHECKPOINT_FAILED if libvirt refuses.
     """
-    tracked = {d.target for d in ds if d.format == "qcow2"}
+    tracked = {d.target for d in ds if bitmap_problem(d) is None}
     if not tracked:
         return None
     name = checkpoint_name(job_id)
@@ -200,7 +217,7 @@ class ChainPlan:
         elif self.parent is not None:
             out += [
                 f"disk {t} copied in full: {why}" for t, why in sorted(self.disk_reasons.items())
-                if not why.startswith("raw disk")
+                if why not in (RAW_REASON, V2_REASON)
             ]
         return out
 
@@ -222,6 +239,9 @@ def plan_chain(
     vm_uuid = dom.UUIDString()
     if force_full:
         return ChainPlan.full("--full requested")
+    problems = [bitmap_problem(d) for d in ds]
+    if all(problems):  # not one disk can carry a bitmap: every backup is a full, for that reason
+        return ChainPlan.full("; ".join(sorted({p for p in problems if p})))
     parent = chain.latest(vault, vm_uuid)
     if parent is None:
         return ChainPlan.full("no previous point")
@@ -240,15 +260,17 @@ def plan_chain(
         rec = m.disk(d.target)
         assert rec is not None  # same disk set
         if d.format != "qcow2" or rec.format != "qcow2":
-            plan.disk_reasons[d.target] = "raw disk: no dirty bitmap"
+            plan.disk_reasons[d.target] = RAW_REASON
             continue
         try:
-            size = qemuimg.info(Path(d.path), force_share=True, fmt=d.format).virtual_size
+            inf = qemuimg.info(Path(d.path), force_share=True, fmt=d.format)
         except VmBackupError as e:
-            return ChainPlan.full(f"disk {d.target} unreadable: {e}")
-        if size != rec.virtual_size:
+            return ChainPlan.full(f"disk {d.target} unreadable: {e.message}")
+        if inf.virtual_size != rec.virtual_size:
             return ChainPlan.full(f"disk {d.target} virtual size changed since {pid}")
-        if d.target not in tracked:
+        if inf.compat != "1.1":
+            plan.disk_reasons[d.target] = V2_REASON
+        elif d.target not in tracked:
             plan.disk_reasons[d.target] = f"checkpoint {m.checkpoint} does not track disk {d.target}"
     if all(d.target in plan.disk_reasons for d in ds):
         return ChainPlan.full("; ".join(sorted(set(plan.disk_reasons.values()))))

@@ -41,6 +41,7 @@ class ImageInfo:
     backing_format: str | None = None  # the format the image records for its backing file, if any
     backing_name: str | None = None  # the backing file exactly as written in the header (may be relative)
     bitmaps: list[str] = field(default_factory=list)  # names of the persistent dirty bitmaps (qcow2)
+    compat: str | None = None  # qcow2 version: "1.1" (v3) can hold dirty bitmaps, "0.10" (v2) cannot
 
 
 def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
@@ -69,6 +70,7 @@ def info(path: Path, force_share: bool = False, fmt: str | None = None) -> Image
         backing_format=d.get("backing-filename-format"),
         backing_name=d.get("backing-filename"),
         bitmaps=[str(b["name"]) for b in d.get("format-specific", {}).get("data", {}).get("bitmaps", [])],
+        compat=d.get("format-specific", {}).get("data", {}).get("compat"),
     )
 
 

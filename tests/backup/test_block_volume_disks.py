@@ -95,7 +95,7 @@ def storage_vm(settings: Any, make_lab_vm: Callable[..., Any], lab_prefix: str) 
         )
         vol = pool.createXML(
             "<volume><name>logs.qcow2</name><capacity unit='MiB'>32</capacity>"
-            "<target><format type='qcow2'/></target></volume>",
+            "<target><format type='qcow2'/><compat>1.1</compat></target></volume>",  # v3: can hold bitmaps
             0,
         )
         vm = make_lab_vm("blkvol")
@@ -183,3 +183,18 @@ def test_block_and_volume_disks_backed_up(storage_vm: Storage, settings: Any, tm
         assert hashlib.sha256(f.read(LENGTH_MIB * MiB)).hexdigest() == after
     leftovers = glob.glob(str(overlay_dir(settings.home, s.vm.uuid) / "*")) + glob.glob(str(s.pool_dir / "*.vmb-*"))
     assert leftovers == []
+
+    # the next backup is an incremental: the qcow2 volume carries only its changes, the raw block device (no
+    # dirty bitmap) is copied whole, and both hold the new data
+    want2 = {"vdb": after, "vdc": _guest_write(s.vm, "vmbvol", "/root/vol2.bin")}
+    r2 = BackupEngine(settings).run(BackupRequest(vm=s.vm.name))
+    assert r2.point_type == "incremental" and r2.parent == r.point_id, (r2, r.warnings)
+    p2 = vault.get_point(r2.point_id)
+    vdb2, vdc2 = p2.manifest.disk("vdb"), p2.manifest.disk("vdc")
+    assert vdb2 is not None and vdb2.kind == "full" and vdb2.full_reason == "raw disk: no dirty bitmap", vdb2
+    assert vdc2 is not None and vdc2.kind == "incremental" and vdc2.backing, vdc2
+    assert vault.verify(p2).ok
+    for target, sha in want2.items():
+        rec = p2.manifest.disk(target)
+        assert rec is not None
+        assert _region_sha(vault.disk_path(p2, rec), rec.format, tmp_path) == sha, target

@@ -220,3 +220,20 @@ def test_shut_off_vm_carries_the_parents_checkpoint_on(settings: Any, tiny: Any)
     # the carried checkpoint marked everything since `first`: the shut-off write is copied again (never missed)
     assert (on.changed_bytes or 0) >= 3 * MiB, on
     assert cbt.ours(t.dom) == [cbt.checkpoint_name(on.job_id)]
+
+
+def test_qcow2_v2_disk_is_copied_full_and_says_how_to_fix(settings: Any, tiny: Any) -> None:
+    """A qcow2 v2 (compat 0.10) image cannot hold a dirty bitmap: libvirt would refuse the checkpoint. Such a disk
+    is left out of it and every backup of it is a full that names the fix."""
+    t = tiny()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", t.base, "16M"], check=True)
+    register_without_agent(settings, t.uuid, t.name)
+    t.dom.create()
+    guest_write(t.dom, 0, 1 * MiB, 0x61)
+    first, _ = paused_backup(settings, t)
+    guest_write(t.dom, 0, 1 * MiB, 0x62)
+    second, _ = paused_backup(settings, t)
+    for res in (first, second):
+        assert res.point_type == "full" and res.full_reason == cbt.V2_REASON, res
+    assert any("compat=1.1" in w for w in second.warnings), second.warnings
+    assert cbt.ours(t.dom) == []
