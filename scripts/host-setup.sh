@@ -13,6 +13,7 @@ PKGS=(
   lvm2                      # LVM volumes as block-device disks (tests/backup/test_block_volume_disks.py)
   virtnbdbackup             # a contender in make bench
   libnbd-bin python3-libnbd # dirty-bitmap reads over NBD (bench/cbt_paths.py; the venv loads Debian's nbd module)
+  python3-guestfs libguestfs-tools linux-image-amd64  # vmbackup files: the libguestfs appliance (and its kernel)
 )
 
 log() { printf '[host-setup] %s\n' "$*"; }
