@@ -1,7 +1,8 @@
 """`make demo`: the furthest end-to-end story, on embedded defaults, narrated step by step.
 
     lab image -> lab VM (2 data disks) -> register (agent over SSH, mTLS) -> write a marker in the guest ->
-    back up -> verify the vault -> restore as a new VM -> boot-check the point -> clean up
+    back up (a full) -> the guest writes 16 MiB -> back up again (an incremental: only the changed blocks) ->
+    verify the vault -> restore the incremental point as a new VM -> boot-check it -> clean up
 
 Every step is the real CLI (`vmbackup ...`), so the log shows exactly what a user would type. State goes to
 $VMBACKUP_HOME (default /var/lib/vmbackup); the demo VMs are removed at the end,
@@ -15,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Any
 
 VM = os.environ.get("VMBACKUP_DEMO_VM", "demo-vm")
 RESTORED = f"{VM}-restored"
@@ -55,17 +57,23 @@ def main() -> int:
         step("5. back up the running VM (freeze -> snapshot -> thaw -> copy -> commit)")
         vmbackup("lab", "ssh", VM, "--", "sh", "-c", "echo demo-marker > /data1/marker && sync")
         vmbackup("backup", VM)
+        step("6. the guest writes 16 MiB; the next backup is an incremental (only the changed blocks)")
+        vmbackup("lab", "ssh", VM, "--", "sh", "-c",
+                 "dd if=/dev/urandom of=/data1/demo-16m bs=1M count=16 conv=fsync status=none && sync")
+        vmbackup("backup", VM)
         vmbackup("points", VM)
-        step("6. verify the vault")
+        for p in reversed(_points()[:2]):
+            print(point_line(p))
+        step("7. verify the vault")
         vmbackup("vault", "verify")
-        step("7. restore the point as a new VM, side by side with the original")
+        step("8. restore the incremental point (its chain: the full + the changes) as a new VM")
         point = _latest_point()
         vmbackup("restore", point, "--as", RESTORED, "--start")
         vmbackup("lab", "ssh", RESTORED, "--", "cat", "/data1/marker")  # the marker written before the backup
-        step("8. boot-check the point in an isolated VM")
+        step("9. boot-check the point in an isolated VM")
         vmbackup("boot-check", point)
         vmbackup("points", VM)
-        step("9. jobs of this run")
+        step("10. jobs of this run")
         vmbackup("jobs", "--since", "2h")
     finally:
         step("cleanup: demo VMs removed (the vault and job history stay)")
@@ -77,11 +85,26 @@ def main() -> int:
 
 def _latest_point() -> str:
     """The newest recovery point of the demo VM."""
+    return str(_points()[0]["point_id"])
+
+
+def _points() -> list[dict[str, Any]]:
+    """The demo VM's points, newest first (`vmbackup points VM --json`, not echoed)."""
     import json
 
-    res = vmbackup("points", VM, "--json", capture=True)
-    points = json.loads(res.stdout)
-    return str(points[0]["point_id"])
+    res = subprocess.run([sys.executable, "-m", "controller.cli.main", "points", VM, "--json"], text=True,
+                         capture_output=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"demo: `vmbackup points {VM} --json` failed: {res.stderr.strip()}")
+    points: list[dict[str, Any]] = json.loads(res.stdout)
+    return points
+
+
+def point_line(p: dict[str, Any]) -> str:
+    """One short line: the point's type, the bytes changed since its parent, and what it stores in the vault."""
+    changed = p.get("changed_bytes")
+    what = "every allocated byte" if changed is None else f"{changed / 2**20:.1f} MiB changed since {p.get('parent')}"
+    return f"{p['point_id']}: {p.get('type', 'full')}, {what}, {p['stored_bytes'] / 2**20:.1f} MiB stored"
 
 
 if __name__ == "__main__":
