@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.vault.helpers import MiB, run
 
-__all__ = ["MiB", "ext4_image", "ext4_tree", "partitioned_disk", "sha256", "xfs_disk"]
+__all__ = ["MiB", "ext4_image", "ext4_tree", "lvm_disk", "partitioned_disk", "sha256", "xfs_disk"]
 
 PART1 = 1 * MiB  #: offset of partition 1 (ext4, 40 MiB)
 PART1_SIZE = 40 * MiB
@@ -96,6 +96,36 @@ def xfs_disk(src: Path, work: Path) -> Path:
     run("truncate", "-s", str(320 * MiB), str(raw))
     run("mkfs.xfs", "-q", "-f", "-p", str(proto), str(raw))
     out = work / "vdb.qcow2"
+    run("qemu-img", "convert", "-O", "qcow2", str(raw), str(out))
+    raw.unlink()
+    return out
+
+
+def lvm_disk(work: Path, text: bytes) -> Path:
+    """A qcow2 holding an LVM volume group vg0 with an ext4 LV root holding /lvm.txt (built inside a libguestfs
+    appliance: this host's kernel has no device-mapper)."""
+    from controller.filerestore.appliance import import_guestfs
+
+    raw = work / "lvm.raw"
+    run("truncate", "-s", str(64 * MiB), str(raw))
+    g = import_guestfs().GuestFS(python_return_dict=True)
+    g.set_backend("direct")
+    g.set_backend_settings(["force_tcg"])
+    g.add_drive_opts(str(raw), format="raw")
+    g.launch()
+    try:
+        g.part_disk("/dev/sda", "mbr")
+        g.pvcreate("/dev/sda1")
+        g.vgcreate("vg0", ["/dev/sda1"])
+        g.lvcreate("root", "vg0", 32)
+        g.mkfs("ext4", "/dev/vg0/root")
+        g.mount("/dev/vg0/root", "/")
+        g.write("/lvm.txt", text)
+        g.umount_all()
+        g.shutdown()
+    finally:
+        g.close()
+    out = work / "vdc.qcow2"
     run("qemu-img", "convert", "-O", "qcow2", str(raw), str(out))
     raw.unlink()
     return out

@@ -1,4 +1,4 @@
-"""File-level restore on real images, no VM: ext4 + vfat partitions and a whole-disk xfs in a full point, an
+"""File-level restore on real images, no VM: ext4 + vfat partitions, a whole-disk xfs and LVM in a full point, an
 incremental point over it, and a hostile tree whose links, setuid bits and device nodes must not reach the host.
 
 One appliance per point (libguestfs boots a small VM: ~15-20 s under TCG), so the points are built once per module.
@@ -44,18 +44,21 @@ class Points:
 
 @pytest.fixture(scope="module")
 def points(tmp_path_factory: pytest.TempPathFactory) -> Points:
-    """A full point (vda: ext4 + vfat, vdb: xfs) and an incremental over it whose ext4 gained data/new.bin."""
+    """A full point (vda: ext4 + vfat, vdb: xfs, vdc: LVM vg0/root ext4) and an incremental over it whose ext4
+    gained data/new.bin."""
     work = tmp_path_factory.mktemp("fr")
     tree = work / "tree"
     im.ext4_tree(tree)
     vda = im.partitioned_disk(tree, work)
     vdb = im.xfs_disk(tree / "data" / "owned.txt", work)
+    vdc = im.lvm_disk(work, b"on a logical volume\n")
     vault = Vault(work / "vault")
     vm = str(uuid.uuid4())
     meta = {"vm": {"uuid": vm, "name": "fr", "host": "qemu:///system"}, "consistency": "CRASH"}
     with vault.new_point(vm) as w:
         w.copy_disk("vda", vda)
         w.copy_disk("vdb", vdb)
+        w.copy_disk("vdc", vdc)
         w.write_domain_xml(f"<domain><name>fr</name><uuid>{vm}</uuid></domain>")
         full = w.publish(dict(meta))
     tree2 = work / "tree2"
@@ -78,6 +81,7 @@ def points(tmp_path_factory: pytest.TempPathFactory) -> Points:
     with vault.new_point(vm) as w:
         w.add_incremental_disk("vda", full, write, str(vda), im.DISK_SIZE)
         w.add_incremental_disk("vdb", full, unchanged, str(vdb), 320 * im.MiB)
+        w.add_incremental_disk("vdc", full, unchanged, str(vdc), 64 * im.MiB)
         w.write_domain_xml(f"<domain><name>fr</name><uuid>{vm}</uuid></domain>")
         inc = w.publish({**meta, "parent": full.point_id, "chain_depth": 1})
     (work / "new.bin").write_bytes(new)
@@ -97,9 +101,9 @@ def _digests(v: Vault) -> dict[str, str]:
 
 
 def test_filesystems_are_named_by_disk_and_partition(full_files: PointFiles) -> None:
-    """vda1 ext4, vda2 vfat, vdb xfs; a bare path is ambiguous with no OS on the disks."""
+    """vda1 ext4, vda2 vfat, vdb xfs, vg0/root (LVM) ext4; a bare path is ambiguous with no OS on the disks."""
     got = {f.name: f.fstype for f in full_files.filesystems()}
-    assert got == {"vda1": "ext4", "vda2": "vfat", "vdb": "xfs"}
+    assert got == {"vda1": "ext4", "vda2": "vfat", "vdb": "xfs", "vg0/root": "ext4"}
     with pytest.raises(FilesystemAmbiguous):
         full_files.ls("/etc")
 
@@ -119,7 +123,7 @@ def test_ls_shows_metadata(full_files: PointFiles) -> None:
 
 def test_get_keeps_content_owner_mode_mtime(full_files: PointFiles, points: Points, tmp_path: Path) -> None:
     """Files from ext4, vfat and xfs come out byte-identical with owner, mode and mtime."""
-    res = full_files.get(["vda1:/data", "vda2:/DOS/NOTE.TXT", "vdb:/x/file.bin"], tmp_path / "out")
+    res = full_files.get(["vda1:/data", "vda2:/DOS/NOTE.TXT", "vdb:/x/file.bin", "vg0/root:/lvm.txt"], tmp_path / "out")
     out = tmp_path / "out"
     assert im.sha256(out / "data" / "big.bin") == im.sha256(points.tree / "data" / "big.bin")
     st = (out / "data" / "owned.txt").lstat()
@@ -127,7 +131,8 @@ def test_get_keeps_content_owner_mode_mtime(full_files: PointFiles, points: Poin
     assert int((out / "data").stat().st_mtime) == im.MTIME
     assert (out / "NOTE.TXT").read_bytes() == b"from vfat\n"
     assert (out / "file.bin").read_bytes() == b"mine\n" and (out / "file.bin").stat().st_uid == 7
-    assert (res.files, res.dirs, res.bytes) == (4, 1, 10 * im.MiB + len(b'mine\n') * 2 + len(b'from vfat\n'))
+    assert (out / "lvm.txt").read_bytes() == b"on a logical volume\n"
+    assert (res.files, res.dirs) == (5, 1) and res.bytes == 10 * im.MiB + 5 * 2 + 10 + 20
 
 
 def test_hostile_tree_neither_escapes_nor_is_honoured(full_files: PointFiles, tmp_path: Path) -> None:
