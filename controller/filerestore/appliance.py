@@ -178,11 +178,13 @@ class Appliance:
             self.g = None
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one libguestfs call; its RuntimeError becomes FILE_RESTORE_FAILED naming `what`."""
+        """Run one libguestfs call; its RuntimeError (or an undecodable name) becomes FILE_RESTORE_FAILED."""
         try:
             return fn(*args)
         except RuntimeError as e:
             raise FileRestoreFailed(f"{what}: {e}") from e
+        except UnicodeDecodeError as e:  # a name that is not UTF-8: the bindings cannot return it
+            raise FileRestoreFailed(f"{what}: a file name there is not valid UTF-8 ({e})") from e
 
     def device_name(self, device: str) -> str:
         """The user-facing name of an appliance device: /dev/sdb2 -> vdb2 by drive order, /dev/vg/lv -> vg/lv."""

@@ -124,9 +124,15 @@ def extract(
 ) -> GetResult:
     """Copy each (filesystem, path) into `to` under its own name (directories whole); see the module docstring.
     progress(done, total) counts the bytes of regular files."""
+    created = not os.path.lexists(to)
     root = prepare_dest(Path(to))
     res = GetResult(to=str(root), owners_kept=os.geteuid() == 0)
-    plans = [_plan(app, fs, path, res) for fs, path in specs]
+    try:
+        plans = [_plan(app, fs, path, res) for fs, path in specs]
+    except BaseException:
+        if created:
+            root.rmdir()  # nothing was written yet: leave no empty --to behind
+        raise
     total = sum(e.size for p in plans for _, e in p.items if e.kind == "file")
     stage = Path(tempfile.mkdtemp(prefix=".vmbackup-files-", dir=root))
     made_dirs: set[str] = {""}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli.files_cmd import _safe
 from controller.errors import InvalidArgument
 from controller.filerestore.exceptions import FileRestoreTargetInvalid, FilesystemAmbiguous, GuestPathNotFound
 from controller.filerestore.extract import link_stays_inside, safe_name
@@ -119,6 +120,9 @@ def test_ls_shows_metadata(full_files: PointFiles) -> None:
     assert evil["null"].kind == "char-device" and evil["fifo"].kind == "fifo"
     with pytest.raises(GuestPathNotFound):
         full_files.ls("vda1:/nope")
+    with pytest.raises(GuestPathNotFound):
+        full_files.get(["vda1:/nope"], full_files_out := Path(f"/tmp/vmb-fr-{os.getpid()}"))
+    assert not full_files_out.exists()
 
 
 def test_get_keeps_content_owner_mode_mtime(full_files: PointFiles, points: Points, tmp_path: Path) -> None:
@@ -187,6 +191,11 @@ def test_a_damaged_parent_fails_before_reading(points: Points, tmp_path: Path) -
         assert e.value.details["point_id"] == points.full.point_id
     finally:
         path.write_bytes(bytes(data))
+
+
+def test_names_from_the_point_print_safely() -> None:
+    """Control characters and rich markup in a name are shown escaped, not interpreted."""
+    assert _safe("a\x1b[2Jb\n") == "a\\x1b[2Jb\\x0a" and _safe("[red]x") == "\\[red]x"
 
 
 def test_names_and_links_checked_lexically() -> None:
