@@ -101,6 +101,7 @@ class Dest:
             self.use_direct = self.dfd >= 0
         except BaseException:
             self.close()
+            path.unlink(missing_ok=True)  # created above: a copy that could not start leaves nothing either
             raise
 
     def write(self, buf: Buffer, offset: int, n: int, chunk: int) -> None:
