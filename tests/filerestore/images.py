@@ -27,10 +27,15 @@ def sha256(path: Path) -> str:
 
 
 def ext4_tree(root: Path, extra: dict[str, bytes] | None = None) -> None:
-    """The guest tree: data files (one of 10 MiB, one owned by 1234:2345), and hostile entries under /evil."""
+    """The guest tree: a minimal Linux root (its fstab mounts the vfat at /boot/efi), data files (one of 10 MiB,
+    one owned by 1234:2345), and hostile entries under /evil."""
     (root / "data").mkdir(parents=True)
     (root / "etc").mkdir()
+    (root / "bin").mkdir()
+    (root / "boot" / "efi").mkdir(parents=True)
     (root / "etc" / "hostname").write_bytes(b"point-host\n")
+    (root / "etc" / "fstab").write_text("LABEL=root / ext4 defaults 0 1\nLABEL=EFI /boot/efi vfat defaults 0 2\n")
+    (root / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
     (root / "data" / "big.bin").write_bytes(os.urandom(10 * MiB))
     owned = root / "data" / "owned.txt"
     owned.write_bytes(b"mine\n")
@@ -60,7 +65,7 @@ def ext4_tree(root: Path, extra: dict[str, bytes] | None = None) -> None:
 def ext4_image(tree: Path, out: Path) -> Path:
     """An ext4 filesystem image of PART1_SIZE holding tree."""
     run("truncate", "-s", str(PART1_SIZE), str(out))
-    run("mkfs.ext4", "-q", "-F", "-d", str(tree), str(out))
+    run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(out))
     return out
 
 
@@ -75,7 +80,7 @@ def partitioned_disk(tree: Path, work: Path) -> Path:
     subprocess.run(["sfdisk", "-q", str(raw)], input=table, text=True, check=True, capture_output=True)
     p1 = ext4_image(tree, work / "p1.img")
     p2 = work / "p2.img"
-    run("mkfs.vfat", "-C", str(p2), str(PART2_SIZE // 1024))
+    run("mkfs.vfat", "-n", "EFI", "-C", str(p2), str(PART2_SIZE // 1024))
     note = work / "NOTE.TXT"
     note.write_bytes(b"from vfat\n")
     run("mmd", "-i", str(p2), "::/DOS")

@@ -20,6 +20,7 @@ import pytest
 
 from controller.cli.files_cmd import _safe
 from controller.errors import InvalidArgument
+from controller.filerestore.appliance import Appliance, Filesystem
 from controller.filerestore.exceptions import FileRestoreTargetInvalid, FilesystemAmbiguous, GuestPathNotFound
 from controller.filerestore.extract import link_stays_inside, safe_name
 from controller.filerestore.session import PointFiles, open_point, split_guest_path
@@ -101,12 +102,36 @@ def _digests(v: Vault) -> dict[str, str]:
     return {str(p): im.sha256(p) for p in sorted(v.root.rglob("*.qcow2"))}
 
 
-def test_filesystems_are_named_by_disk_and_partition(full_files: PointFiles) -> None:
-    """vda1 ext4, vda2 vfat, vdb xfs, vg0/root (LVM) ext4; a bare path is ambiguous with no OS on the disks."""
+def test_filesystems_are_named_by_disk_and_partition(full_files: PointFiles, tmp_path: Path) -> None:
+    """vda1 ext4, vda2 vfat, vdb xfs, vg0/root (LVM) ext4; a bare path is the guest's OS view (its fstab mounts
+    the vfat at /boot/efi)."""
     got = {f.name: f.fstype for f in full_files.filesystems()}
     assert got == {"vda1": "ext4", "vda2": "vfat", "vdb": "xfs", "vg0/root": "ext4"}
-    with pytest.raises(FilesystemAmbiguous):
-        full_files.ls("/etc")
+    assert {"etc", "data", "boot"} <= {e.name for e in full_files.ls("/")}
+    full_files.get(["/etc/hostname", "/boot/efi/DOS/NOTE.TXT"], tmp_path / "os")
+    assert (tmp_path / "os" / "hostname").read_bytes() == b"point-host\n"
+    assert (tmp_path / "os" / "NOTE.TXT").read_bytes() == b"from vfat\n"
+
+
+class _FakeG:
+    """A libguestfs handle with no OS found and two filesystems."""
+
+    def umount_all(self) -> None:
+        """Nothing mounted."""
+
+    def inspect_os(self) -> list[str]:
+        """No operating system."""
+        return []
+
+
+def test_a_bare_path_without_an_os_is_ambiguous() -> None:
+    """Several filesystems and no OS: the user must name one (FILESYSTEM_AMBIGUOUS lists them)."""
+    app = Appliance([])
+    app.g = _FakeG()
+    app._fs = [Filesystem("vda1", "/dev/sda1", "ext4", 1, ""), Filesystem("vdb", "/dev/sdb", "xfs", 1, "")]
+    with pytest.raises(FilesystemAmbiguous) as e:
+        app.mount(None)
+    assert e.value.details["filesystems"] == ["vda1", "vdb"]
 
 
 def test_ls_shows_metadata(full_files: PointFiles) -> None:
