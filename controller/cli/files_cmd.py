@@ -33,6 +33,8 @@ def _bar(args: argparse.Namespace) -> Iterator[tuple[ProgressFn, ProgressFn]]:
         console=output.err_console,
         disable=not show,
     ) as bar:
+        if show:
+            output.err_console.print("verifying the point's chain, then starting the file-restore appliance ...")
         verify = bar.add_task("verify chain", total=None, visible=False)
         copy = bar.add_task("copy files", total=None, visible=False)
 
