@@ -47,15 +47,20 @@ V2_REASON = (
 )
 
 
+def probe(d: Disk) -> tuple[str | None, qemuimg.ImageInfo | None]:
+    """Why a disk cannot carry a dirty bitmap (raw, qcow2 v2, unreadable) or None, and its qemu-img info (qcow2)."""
+    if d.format != "qcow2":
+        return RAW_REASON, None
+    try:
+        inf = qemuimg.info(Path(d.path), force_share=True, fmt="qcow2")
+    except VmBackupError as e:
+        return f"disk {d.target} unreadable: {e.message}", None
+    return (None if inf.compat == "1.1" else V2_REASON), inf
+
+
 def bitmap_problem(d: Disk) -> str | None:
     """Why a disk cannot carry a dirty bitmap (raw, qcow2 v2, unreadable), or None."""
-    if d.format != "qcow2":
-        return RAW_REASON
-    try:
-        compat = qemuimg.info(Path(d.path), force_share=True, fmt="qcow2").compat
-    except VmBackupError as e:
-        return f"disk {d.target} unreadable: {e.message}"
-    return None if compat == "1.1" else V2_REASON
+    return probe(d)[0]
 
 
 def checkpoint_name(job_id: str) -> str:
@@ -74,11 +79,13 @@ def bitmap_targets(dom: libvirt.virDomain, name: str) -> set[str]:
     return {d.get("name", "") for d in root.findall("./disks/disk") if d.get("checkpoint") == "bitmap"}
 
 
-def create(dom: libvirt.virDomain, job_id: str, ds: list[Disk]) -> str | None:
+def create(dom: libvirt.virDomain, job_id: str, ds: list[Disk], tracked: set[str] | None = None) -> str | None:
     """Create ``vmb-<job id>`` tracking every disk of ``ds`` that can hold a bitmap (qcow2 v3; every other disk:
     no bitmap); its name. None when no disk can (raw, qcow2 v2). CHECKPOINT_FAILED if libvirt refuses.
+    ``tracked``: the targets known to carry a bitmap (``ChainPlan.trackable``), to skip probing them again.
     """
-    tracked = {d.target for d in ds if bitmap_problem(d) is None}
+    if tracked is None:
+        tracked = {d.target for d in ds if bitmap_problem(d) is None}
     if not tracked:
         return None
     name = checkpoint_name(job_id)
@@ -182,6 +189,7 @@ class ChainPlan:
     full_reason: str | None = None  # set when the whole point is a full (an incremental was possible in principle)
     disk_reasons: dict[str, str] = field(default_factory=dict)  # per disk copied in full inside an incremental
     new_checkpoint: str | None = None  # the checkpoint the new point names (made by this job, or carried on)
+    trackable: set[str] = field(default_factory=set)  # disks that can carry a bitmap (qcow2 v3)
     notes: list[str] = field(default_factory=list)  # warnings for the job
 
     @property
@@ -236,12 +244,28 @@ def plan_chain(
     full_every: str | None = None,
 ) -> ChainPlan:
     """Decide incremental or full for a VM's next backup from the chain's health; any doubt is a full."""
+    probes = {d.target: probe(d) for d in ds}
+    plan = _decide(conn, vault, dom, ds, probes, force_full, full_every)
+    plan.trackable = {t for t, (why, _) in probes.items() if why is None}
+    return plan
+
+
+def _decide(
+    conn: sqlite3.Connection,
+    vault: Vault,
+    dom: libvirt.virDomain,
+    ds: list[Disk],
+    probes: dict[str, tuple[str | None, qemuimg.ImageInfo | None]],
+    force_full: bool,
+    full_every: str | None,
+) -> ChainPlan:
+    """plan_chain's decision, given each disk's probe."""
     vm_uuid = dom.UUIDString()
     if force_full:
         return ChainPlan.full("--full requested")
-    problems = [bitmap_problem(d) for d in ds]
-    if all(problems):  # not one disk can carry a bitmap: every backup is a full, for that reason
-        return ChainPlan.full("; ".join(sorted({p for p in problems if p})))
+    problems = {why for why, _ in probes.values()}
+    if None not in problems:  # not one disk can carry a bitmap: every backup is a full, for that reason
+        return ChainPlan.full("; ".join(sorted(p for p in problems if p)))
     parent = chain.latest(vault, vm_uuid)
     if parent is None:
         return ChainPlan.full("no previous point")
@@ -262,10 +286,9 @@ def plan_chain(
         if d.format != "qcow2" or rec.format != "qcow2":
             plan.disk_reasons[d.target] = RAW_REASON
             continue
-        try:
-            inf = qemuimg.info(Path(d.path), force_share=True, fmt=d.format)
-        except VmBackupError as e:
-            return ChainPlan.full(f"disk {d.target} unreadable: {e.message}")
+        why, inf = probes[d.target]
+        if inf is None:
+            return ChainPlan.full(why or f"disk {d.target} unreadable")
         if inf.virtual_size != rec.virtual_size:
             return ChainPlan.full(f"disk {d.target} virtual size changed since {pid}")
         if inf.compat != "1.1":

@@ -231,7 +231,7 @@ class BackupEngine(StateUser):
         # checkpoint, copied again next time (a duplicate, never a loss); crash recovery resets the chain
         with run.phase("checkpoint"):
             try:
-                chain.new_checkpoint = cbt.create(dom, run.job_id, ds)
+                chain.new_checkpoint = cbt.create(dom, run.job_id, ds, chain.trackable)
             except CheckpointFailed as e:
                 chain.notes.append(f"no checkpoint, the next backup is a full: {e.message}")
         with run.phase("prepare"):  # overlays named after the job: undo and crash recovery delete them

@@ -32,17 +32,28 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _definitions(dom: libvirt.virDomain) -> list[str]:
+    """The live and the inactive XML of a domain (whichever it has)."""
+    xmls = []
+    if dom.isActive():
+        xmls.append(dom.XMLDesc(0))
+    if dom.isPersistent():
+        xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return xmls
+
+
 def referenced_files(conn: libvirt.virConnect) -> set[str]:
     """Every file or block device that any domain of the host names: live and inactive XML, backing chains too."""
     out: set[str] = set()
     try:
         doms = conn.listAllDomains(0)
         for dom in doms:
-            xmls = []
-            if dom.isActive():
-                xmls.append(dom.XMLDesc(0))
-            if dom.isPersistent():
-                xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            try:
+                xmls = _definitions(dom)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since the listing (by another tool): it names nothing any more
+                raise
             for xml in xmls:
                 for src in ET.fromstring(xml).iter("source"):
                     for attr in ("file", "dev"):
