@@ -124,3 +124,22 @@ def _visible(mounts: list[Mount]) -> list[Mount]:
 def normalize(path: str) -> str:
     """A mount point path in the form mountinfo uses (absolute, no trailing slash, symlinks resolved)."""
     return os.path.realpath(path)
+
+
+def on_hardware_devices(plan: list[Mount], sys_dev_block: Path = Path("/sys/dev/block")) -> bool:
+    """True when every filesystem of ``plan`` lives on a (partition of a) hardware-backed disk, so none of them
+    writes through another filesystem and they may all be frozen at the same time.
+
+    A device under /sys/devices/virtual (loop, device-mapper, md, nbd, zram) may sit on a file of another
+    filesystem: freezing that one first would leave this one's sync waiting forever. A filesystem without a block
+    device (major 0: btrfs subvolumes and the like) is not known to be independent either. Any doubt is False.
+    """
+    for m in plan:
+        node = sys_dev_block / f"{m.dev[0]}:{m.dev[1]}"
+        try:
+            real = os.path.realpath(node, strict=True)
+        except OSError:
+            return False
+        if m.dev[0] == 0 or "/devices/virtual/" in real:
+            return False
+    return True
