@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.exceptions import AlreadyFrozen, InvalidRequest, InvalidToken, NotFrozen, ShuttingDown
@@ -82,9 +82,14 @@ class FreezeManager:
         self._closing = False
 
     def freeze(
-        self, mount_points: Sequence[str] | None, timeout_s: float, job_id: str
+        self, mount_points: Sequence[str] | None, timeout_s: float, job_id: str,
+        defer: Callable[[Callable[[], None]], bool] | None = None,
     ) -> tuple[str, Session]:
-        """Freeze and arm the watchdog; refuse when a freeze is held or the agent is stopping."""
+        """Freeze and arm the watchdog; refuse when a freeze is held or the agent is stopping.
+
+        ``defer`` (the RPC's ``add_callback``) may take the watchdog's start and the log line to after the reply
+        has left: it is called with that work and returns False when it cannot run it (then it runs at once).
+        """
         timeout = timeout_s or self.default_timeout_s
         if not 0 < timeout <= self.max_timeout_s:
             raise InvalidRequest(f"timeout {timeout:g} s is outside (0, {self.max_timeout_s:g}] s")
@@ -93,15 +98,30 @@ class FreezeManager:
                 raise ShuttingDown("the agent is stopping")
             if self._session is not None:
                 raise AlreadyFrozen(f"already frozen for job {self._session.job_id!r}")
+            token = secrets.token_urlsafe(24)  # before the freeze: only the ioctls and the reply inside it
             outcome = self.quiescer.freeze(mount_points, timeout)
-            session = Session(secrets.token_urlsafe(24), job_id, timeout, outcome, time.monotonic())
+            session = Session(token, job_id, timeout, outcome, time.monotonic())
             with self._state:
                 self._session = session
-            watchdog = threading.Thread(target=self._watchdog, args=(session,), name="watchdog", daemon=True)
-            watchdog.start()
-        log.info("job %s: froze %s (%s), watchdog %.1f s", job_id, outcome.frozen, outcome.consistency.value,
-                 timeout)
+
+        def settle() -> None:
+            self._settle(session)
+
+        if defer is None or not defer(settle):
+            settle()
         return session.token, session
+
+    def _settle(self, session: Session) -> None:
+        """Start ``session``'s watchdog and log the freeze (a watchdog of an already ended session returns at once).
+
+        The thread's creation and the log line (a wakeup of journald) cost a single-vCPU guest a few milliseconds:
+        the service runs this after the Freeze reply has left; the thaw guard covers the moment in between.
+        """
+        watchdog = threading.Thread(target=self._watchdog, args=(session,), name="watchdog", daemon=True)
+        watchdog.start()
+        o = session.outcome
+        log.info("job %s: froze %s (%s), watchdog %.1f s", session.job_id, o.frozen, o.consistency.value,
+                 session.timeout_s)
 
     def thaw(self, token: str) -> ThawReport:
         """Thaw the session named by ``token``; report an earlier auto-thaw honestly (held=False)."""
@@ -150,8 +170,8 @@ class FreezeManager:
                 self._end(self._session, reason)
 
     def _watchdog(self, session: Session) -> None:
-        """Thaw ``session`` when Thaw has not come within its timeout."""
-        if session.done.wait(session.timeout_s):
+        """Thaw ``session`` when Thaw has not come within its timeout (counted from the freeze)."""
+        if session.done.wait(max(0.0, session.frozen_at + session.timeout_s - time.monotonic())):
             return
         with self._op:
             if self._session is session:

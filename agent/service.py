@@ -85,7 +85,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]  # gener
         """Freeze (hooks first), arm the watchdog, return the token."""
         def run() -> Any:
             mps = list(request.mount_points)
-            token, s = self.manager.freeze(mps, request.timeout_ms / 1000, request.job_id)
+            # the watchdog's start and the log line run once the reply has left (add_callback: on RPC termination)
+            token, s = self.manager.freeze(mps, request.timeout_ms / 1000, request.job_id,
+                                           defer=context.add_callback)
             o = s.outcome
             return agent_pb2.FreezeResponse(
                 token=token, frozen=o.frozen,
