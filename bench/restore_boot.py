@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from bench.common import drop_caches, ratio, summary
-from bench.guest import BenchVm, cold_boot_seconds, swap_data_disk
+from bench.exceptions import BenchSetupFailed
+from bench.guest import BenchVm, cold_boot_seconds, swap_data_disk, wait_agent
 from bench.vmbackup_backup import backup_once
 from controller.lab.sshexec import wait_for_ssh
 from controller.restore import instant
@@ -27,7 +28,7 @@ from controller.virt.connection import connection
 
 NAME = "restore"
 GiB = 1 << 30
-SMALL, BIG = 2 * GiB, 16 * GiB
+BIG = 16 * GiB
 
 
 def boot_checks(settings: Settings, point: str, reps: int, instant_path: bool = True) -> dict[str, Any]:
@@ -69,10 +70,11 @@ def instant_restore_seconds(settings: Settings, point: str, name: str) -> dict[s
 
 
 def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
-    """Points of the VM with 2 GiB then 16 GiB on /data1; instant boot-checks of both, cold boots of the original
+    """Points of the VM as booted (plan.freeze_sizes[0] on /data1, 1 GiB; with its 2 GiB system disk), then with
+    16 GiB on /data1; instant boot-checks of both, cold boots of the original
     (cache dropped before each measurement). The copy path (`BootChecker.run(instant=False)`) is not re-measured:
     it costs ~1.6 x a cold boot (results before issue #18) and would add minutes to every run."""
-    swap_data_disk(settings, vm, SMALL)
+    small_bytes = vm.data_bytes  # the VM as the run booted it (plan.freeze_sizes[0] of data on /data1)
     small = backup_once(settings, vm.name, keep=True)["point_id"]
     checks = boot_checks(settings, small, reps)
     cold = []
@@ -83,9 +85,12 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
     ready_small = instant_restore_seconds(settings, small, f"{vm.name}-i2")
     # the fill needs raw + qcow2 at once (the raw is gone before the backup copies the qcow2 into the vault)
     big_bytes = BIG if shutil.disk_usage(settings.home).free > 2 * BIG + 12 * GiB else BIG // 2
-    swap_data_disk(settings, vm, big_bytes)
+    try:
+        swap_data_disk(settings, vm, big_bytes)
+    except BenchSetupFailed:  # a loaded 2-core host: give the agent more time after that boot
+        wait_agent(vm, settings, timeout=420.0)
     big = backup_once(settings, vm.name, keep=True)["point_id"]
-    checks_big = boot_checks(settings, big, reps)
+    checks_big = boot_checks(settings, big, max(2, reps - 1))
     ready_big = instant_restore_seconds(settings, big, f"{vm.name}-i16")
     c, b, cb = checks["total_s"], summary(cold), checks_big["total_s"]
     return {
@@ -99,13 +104,14 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
         "ratio_restore_bootcheck_to_cold_boot": ratio(c["median"], b["median"]),
         "goal_ratio_to_cold_boot": 1.1,
         "bootcheck_16g_s": cb,
+        "small_point_data_bytes": small_bytes,
         "big_point_data_bytes": big_bytes,
-        "ratio_16g_to_2g_bootcheck": ratio(cb["median"], c["median"]),
+        "ratio_16g_to_2g_bootcheck": ratio(cb["median"], c["median"]),  # see *_point_data_bytes for the sizes
         "goal_ratio_16g_to_2g": 1.1,
         "instant_restore_2g": ready_small,
         "instant_restore_16g": ready_big,
         "note": "boot-check (instant) = verify + overlays + define + boot (console login) with fsck of the point "
                 "through throwaway overlays meanwhile + agent probe + power-off + cleanup; cold boot = start of the "
                 "original VM until SSH "
-                "answers; /data1 holds 2 GiB (16 GiB for the _16g rows, 8 GiB when space is short) of random data",
+                "answers; /data1 holds 1 GiB (16 GiB for the _16g rows, 8 GiB when space is short) of random data",
     }
