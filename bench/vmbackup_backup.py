@@ -12,12 +12,13 @@ from controller.settings import Settings
 from controller.state import open_state
 
 
-def backup_once(settings: Settings, vm: str, keep: bool) -> dict[str, Any]:
-    """Run BackupEngine once; return its numbers; delete the point unless keep."""
+def backup_once(settings: Settings, vm: str, keep: bool, full: bool = True) -> dict[str, Any]:
+    """Run BackupEngine once (a full unless asked: the benchmarks compare full backups; bench/incremental.py
+    measures incrementals); return its numbers; delete the point unless keep."""
     with open_state(settings) as st:
         t0 = time.monotonic()
         with BackupEngine(st) as engine:
-            res = engine.run(BackupRequest(vm=vm))
+            res = engine.run(BackupRequest(vm=vm, full=full))
         wall = time.monotonic() - t0
         vault = st.vault
         phases = {p.name: p.duration_s or 0.0 for p in JobStore(st.db).get(res.job_id).phases}

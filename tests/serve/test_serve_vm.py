@@ -137,7 +137,8 @@ def test_cancel_running_backup_restores_vm(registered_vm: Any, lab_vm: Any, sett
     before = disk_paths(settings, lab_vm.name)
     points_before = {p.point_id for p in Vault(settings.vault).list_points(uuid)}
     t0 = datetime.now(UTC).isoformat(timespec="microseconds")
-    slow = "name: serve-slow\nschedule: {every_minutes: 1}\nlimits: {bandwidth_mbps: 40}\n"
+    # every backup a full (an incremental of an idle VM ends before it can be cancelled), paced to last seconds
+    slow = "name: serve-slow\nschedule: {every_minutes: 1}\nfull_every: 1\nlimits: {bandwidth_mbps: 40}\n"
     protect(settings, uuid, lab_vm.name, slow, since=datetime.now(UTC) - timedelta(hours=2))
     wait_for_slot(settings, uuid, slow)
     proc, log = start_serve(tmp_path, "--once", "--prune-every", "0s", "--verify-every", "0s")
