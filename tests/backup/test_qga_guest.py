@@ -171,5 +171,6 @@ def test_qga_stopped_while_frozen_is_bounded_crash_and_the_guest_thaws(
     assert out == "ok", "the guest stayed frozen after qemu-ga was continued"
     dom = libvirt.open(settings.uri).lookupByName(qga_vm.name)
     assert dom.fsThaw() == 0  # nothing left frozen
+    monkeypatch.setattr(faults, "checkpoint", real)
     ok = backup(settings, qga_vm.name)  # and the next backup through qga is consistent again
     assert ok.consistency == "FILE_SYSTEM", ok.consistency_reason
