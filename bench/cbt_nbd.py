@@ -4,11 +4,9 @@ readers (libnbd block_status, ``nbdinfo --map``, ``qemu-img map`` with ``x-dirty
 
 from __future__ import annotations
 
-import importlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,23 +17,15 @@ from typing import Any
 from bench.cbt_scenario import Extent, merge
 from bench.common import run
 from bench.exceptions import BenchSetupFailed
+from controller.sysimport import import_system_module
 
-# Debian's python3-libnbd installs nbd.py + libnbdmod.cpython-311-*.so here; the project venv (CPython 3.11, no
-# system site-packages) can load them when this directory is on sys.path (appended, so the venv's packages win).
-DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 MAX_REQUEST = 32 * 1024 * 1024  # qemu-nbd's largest read/write request
 
 
 def import_nbd() -> ModuleType:
     """The libnbd Python module: importable directly, or from Debian's dist-packages; BenchSetupFailed if neither."""
     try:
-        return importlib.import_module("nbd")
-    except ImportError:
-        pass
-    if DEBIAN_DIST not in sys.path:
-        sys.path.append(DEBIAN_DIST)
-    try:
-        return importlib.import_module("nbd")
+        return import_system_module("nbd")
     except ImportError as e:
         raise BenchSetupFailed(f"python3-libnbd is not importable ({e}); apt-get install -y python3-libnbd") from e
 

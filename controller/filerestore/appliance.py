@@ -9,11 +9,9 @@ backing chain. The appliance has no network. KVM is used when it works; a host w
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,9 +26,8 @@ from controller.filerestore.exceptions import (
     FilesystemNotFound,
     GuestPathNotFound,
 )
+from controller.sysimport import import_system_module
 
-#: Debian installs python3-guestfs here; the venv (no system site-packages) appends it to sys.path to import it.
-DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 #: names passed to one lstatnslist/readlinklist call (the protocol caps a message at a few MiB)
 BATCH = 500
 #: appliance memory (MiB): enough for the filesystem code, small beside the lab VMs
@@ -53,13 +50,7 @@ def import_guestfs() -> ModuleType:
     """The libguestfs Python module: importable directly, or from Debian's dist-packages; else
     FILE_RESTORE_UNAVAILABLE."""
     try:
-        return importlib.import_module("guestfs")
-    except ImportError:
-        pass
-    if DEBIAN_DIST not in sys.path:
-        sys.path.append(DEBIAN_DIST)
-    try:
-        return importlib.import_module("guestfs")
+        return import_system_module("guestfs")
     except ImportError as e:
         raise FileRestoreUnavailable(f"python3-guestfs is not importable ({e})") from e
 
