@@ -14,8 +14,11 @@ from controller.vault.exceptions import ManifestIdMismatch, ManifestInvalid
 #: 2: "digest" ("sha256-4m:<hex>") replaced format 1's whole-file "sha256";
 #: 3: the point always has a SHA256SUMS covering manifest.json and domain.xml (see sums.py);
 #: 4: incremental points (type, parent, checkpoint, chain_depth, full_reason; per disk kind, backing, changed_bytes)
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+#: 5: stored images may be compressed (per disk "compression") and encrypted (per disk "key_id", never the key)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+#: how a stored qcow2's clusters are compressed: none, or qcow2's own zstd compression (compression_type=zstd)
+COMPRESSIONS = ("none", "zstd")
 POINT_TYPES = ("full", "incremental")
 
 
@@ -38,6 +41,9 @@ class DiskRecord:
     backing: str | None = None
     changed_bytes: int | None = None  # dirty bytes the checkpoint's bitmap marked (incremental only)
     full_reason: str | None = None  # why this disk was copied in full inside an incremental point
+    compression: str = "none"  # one of COMPRESSIONS: how the stored qcow2's clusters are compressed
+    #: id of the vault key the stored qcow2 is LUKS-encrypted with (controller/vault/keys.py); None: plain
+    key_id: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiskRecord:
