@@ -14,6 +14,7 @@ PKGS=(
   virtnbdbackup             # a contender in make bench
   libnbd-bin python3-libnbd # dirty-bitmap reads over NBD (bench/cbt_paths.py; the venv loads Debian's nbd module)
   python3-guestfs libguestfs-tools linux-image-amd64  # vmbackup files: the libguestfs appliance (and its kernel)
+  chromium chromium-driver  # the web dashboard's headless-browser test (tests/web/, selenium)
 )
 
 log() { printf '[host-setup] %s\n' "$*"; }
