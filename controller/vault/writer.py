@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.contract import CONSISTENCY_LEVELS
 from controller import locks
+from controller.datapath import qcow2holes
 from controller.errors import VmBackupError
 from controller.vault import chain, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
@@ -153,6 +154,7 @@ class PointWriter:
         dst = layout.inside(self.tmp, *rel.split("/"))
         with self._storing(target, source_path, dst):
             changed = write(dst, backing)
+            qcow2holes.punch_zero_metadata(dst)  # the mostly-zero L2 tables of a sparse change set: ~1.5 % less
             inf = qemuimg.info(dst, fmt="qcow2")
             want = ("qcow2", backing, "qcow2", virtual_size)
             if (inf.format, inf.backing_name, inf.backing_format, inf.virtual_size) != want:
