@@ -7,8 +7,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.table import Table
-
 from controller.cli import output
 from controller.cli.vms_cmd import size
 from controller.jobs.model import JOB_STATES, JOB_TYPES, Job, parse_duration
@@ -64,15 +62,12 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json([j.to_dict() for j in jobs])
         return 0
-    t = Table(title="jobs")
-    t.add_column("id", no_wrap=True)
-    for c in ("type", "VM / host", "state", "created (UTC)", "duration", "bytes", "error"):
-        t.add_column(c)
-    for j in jobs:
-        nbytes = size(j.bytes_total) if j.bytes_total else ""
-        err = j.error["code"] if j.error else ""
-        t.add_row(j.id, j.type, _vm(j), j.state, j.created_at[:19], _duration(j), nbytes, err)
-    output.console.print(t)
+    rows = [
+        (j.id, j.type, _vm(j), j.state, j.created_at[:19], _duration(j),
+         size(j.bytes_total) if j.bytes_total else "", j.error["code"] if j.error else "")
+        for j in jobs
+    ]  # fmt: skip
+    output.table("jobs", ("id", "type", "VM / host", "state", "created (UTC)", "duration", "bytes", "error"), rows)
     return 0
 
 

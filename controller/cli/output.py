@@ -23,13 +23,35 @@ def print_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a rich table; cells are turned into strings ('' for None)."""
+    """Print a table; cells are turned into strings ('' for None).
+
+    On a terminal: a rich table fitted to its width. Piped or redirected (a log, ``| grep``): plain columns at
+    their full width, never cut, so ids and paths stay whole (rich would fold them into 80 columns).
+    """
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    if not console.is_terminal:
+        console.file.write(plain_table(title, columns, cells))
+        return
     t = Table(title=title, show_lines=False)
     for c in columns:
         t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    for r in cells:
+        t.add_row(*r)
     console.print(t)
+
+
+def plain_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart, a header and a dashed rule; newlines in a cell
+    become spaces (one line per row, for grep)."""
+    head = list(columns)
+    body = [[c.replace("\n", " ") for c in r] for r in rows]
+    widths = [max([len(head[i])] + [len(r[i]) for r in body if i < len(r)]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip() + "\n"
+
+    out = f"{title}\n" if title else ""
+    return out + line(head) + line(["-" * w for w in widths]) + "".join(line(r) for r in body)
 
 
 def error(e: VmBackupError, as_json: bool = False) -> None:
