@@ -87,6 +87,8 @@ def run_usage(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `vault verify`, `vault usage` and `vault delete`."""
+    from controller.cli import vault_keys
+
     p = sub.add_parser("vault", help="check and measure the vault")
     vs = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
     ver = vs.add_parser(
@@ -104,3 +106,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     dele.add_argument("point", help="the point id (`vmbackup points`)")
     output.add_json_flag(dele)
     dele.set_defaults(func=run_delete)
+    vault_keys.add_subparsers(vs)  # vault encryption, vault key
