@@ -1,6 +1,6 @@
 """`vmbackup register VM... [--concurrency N] [--quiescer auto|agent|qga]`: install or upgrade the guest agent over
-SSH (agent, the default), or register the QEMU guest agent through libvirt with no SSH (qga), or whichever works
-(auto); `--list`."""
+SSH (agent), or register the QEMU guest agent through libvirt with no SSH (qga), or whichever works (auto, the
+default: a fallback is printed as a warning); `--list`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Define `vmbackup register`."""
-    p = sub.add_parser("register", help="install or upgrade the guest agent in VMs over SSH")
+    p = sub.add_parser("register", help="install or upgrade the guest agent in VMs over SSH (else use qemu-ga)")
     p.add_argument("vms", nargs="*", metavar="VM", help="VM names or UUIDs")
     p.add_argument("--list", action="store_true", help="list registered VMs instead")
     p.add_argument("--host", dest="uri", help="libvirt URI (default: VMBACKUP_URI or qemu:///system)")
@@ -55,10 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--quiescer",
         choices=MODES,
-        default="agent",
-        help="how backups freeze the guest: agent (install the vmbackup agent over SSH; default), qga (the QEMU "
-        "guest agent through libvirt: nothing installed, no SSH), auto (the agent where it can be installed, else "
-        "qga if it answers, else crash-consistent with a warning)",
+        default="auto",
+        help="how backups freeze the guest: auto (default: the vmbackup agent where it can be installed, else qga "
+        "if it answers, else crash-consistent, with a warning; a VM that has the agent keeps it), agent (install "
+        "the vmbackup agent over SSH; an SSH failure is an error), qga (the QEMU guest agent through libvirt: "
+        "nothing installed, no SSH)",
     )
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -10,7 +10,9 @@ Re-registering a registered VM upgrades the agent in place: the venv is reused, 
 certificate is installed and the previous one revoked once the agent answers with the new one.
 
 ``RegisterOptions(quiescer=...)``: "agent" (the above), "qga" (nothing installed, no SSH: the QEMU guest agent through
-libvirt, see agentless.py) or "auto" (the agent where it can be installed, else qga if it answers, else none).
+libvirt, see agentless.py) or "auto" (the agent where it can be installed, else qga if it answers, else none; the
+CLI's default). "auto" never downgrades a VM that already has the vmbackup agent: re-registering it (an upgrade) while
+its SSH is unreachable fails with that error instead of switching it to qga.
 """
 
 from __future__ import annotations
@@ -127,30 +129,39 @@ class Registrar(StateUser):
             job = self.jobs.create("register", vm=ref)
             with self.jobs.run(job.id) as run:
                 run.detail("quiescer_requested", opts.quiescer)
+                mode = self._mode(ref.uuid, opts.quiescer)
                 ends: Endpoints | None = None
                 why: VmBackupError | None = None
                 with run.phase("precheck"):
                     check_data_disks(dom, opts.max_data_disks)
                     check_devices(dom, opts.exclude_disks)
                     check_running(dom)
-                    if opts.quiescer == "qga":
+                    if mode == "qga":
                         gos = agentless.check_qga(dom)
                         return self._agentless(run, job.id, ref, "qga", gos, [])
                     try:
                         ends = resolve_endpoints(dom, opts.endpoints)
                     except agentless.NOT_INSTALLABLE as e:
-                        if opts.quiescer != "auto":
+                        if mode != "auto":
                             raise
                         why = e
                 if ends is not None:
                     try:
                         return self._install(run, job.id, ref, ends, opts)
                     except agentless.NOT_INSTALLABLE as e:
-                        if opts.quiescer != "auto":
+                        if mode != "auto":
                             raise
                         why = e
                 assert why is not None
                 return self._fallback(run, job.id, ref, dom, why)
+
+    def _mode(self, vm_uuid: str, requested: str) -> str:
+        """The mode to run: "auto" for a VM registered with the vmbackup agent is "agent" (an upgrade never falls
+        back to qga or none: that would drop a working agent because SSH failed once)."""
+        if requested != "auto":
+            return requested
+        previous = get_registration(self.conn, vm_uuid)
+        return "agent" if previous is not None and previous.quiescer == "agent" else "auto"
 
     def _fallback(
         self, run: JobRun, job_id: str, ref: VmRef, dom: libvirt.virDomain, why: VmBackupError

@@ -93,3 +93,35 @@ def test_migration_3_gives_existing_registrations_the_agent(private_settings: Se
     finally:
         conn.close()
     assert reg is not None and reg.quiescer == "agent" and reg.cert_serial == "0a"
+
+
+def test_cli_default_is_auto(private_settings: Settings) -> None:
+    """`register VM` without --quiescer asks for auto (the vmbackup agent where it can be installed)."""
+    from controller.cli import register_cmd
+    from controller.cli.main import build_parser
+
+    args = build_parser().parse_args(["register", "vm1"])
+    assert args.quiescer == "auto" and register_cmd._options(args).quiescer == "auto"
+
+
+def test_auto_never_downgrades_a_vm_that_has_the_agent(private_settings: Settings) -> None:
+    """auto on a VM registered with the vmbackup agent is an upgrade: SSH failing is an error, the row unchanged."""
+    import dataclasses
+
+    conn = db.connect(private_settings.db_path)
+    try:
+        import libvirt
+
+        uuid = libvirt.open(URI).lookupByName("test").UUIDString()
+        before = dataclasses.replace(made_up_registration("test", vm_uuid=uuid), host_uri=URI)
+        save(conn, before)
+    finally:
+        conn.close()
+    with Registrar(private_settings) as r, pytest.raises(Exception) as err:
+        r.register("test", RegisterOptions(uri=URI, endpoints=REFUSING, quiescer="auto"))
+    assert getattr(err.value, "code", None) == "SSH_UNREACHABLE"
+    conn = db.connect(private_settings.db_path)
+    try:
+        assert get_registration(conn, uuid) == before
+    finally:
+        conn.close()
