@@ -6,6 +6,8 @@ The consistency column names the quiescer that froze the guest: "FILE_SYSTEM (qg
 The type column is "full", or for an incremental "incr", its chain depth and the bytes that changed since its
 parent (its disks' ``changed_bytes``): "incr 2, +160.0 MiB"; the parent column names the point it is built on.
 --json adds ``changed_bytes`` (null for a full) to the manifest's own ``type``, ``parent`` and ``chain_depth``.
+The protected column is "yes" for a protected point (`vault protect`, the policy's protect_newest) and "chain" for
+a point a protected one is built on; --json adds ``protected`` (bool) and ``protected_by`` (the reasons).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 from typing import Any
 
 from controller.cli import output
-from controller.vault import RecoveryPoint, Vault
+from controller.vault import RecoveryPoint, Vault, protect
 
 
 def human_size(n: int) -> str:
@@ -54,6 +56,21 @@ def _chain(p: RecoveryPoint) -> list[str]:
     return [f"incr {m.chain_depth}, +{human_size(changed_bytes(p) or 0)}", m.parent or "?"]
 
 
+def protected_by(v: Vault, points: list[RecoveryPoint]) -> dict[str, list[str]]:
+    """point id -> why it is protected (empty: not protected), for the VMs of the points listed."""
+    out: dict[str, list[str]] = {}
+    for vm_uuid in sorted({p.vm_uuid for p in points}):
+        out.update(protect.protectors(v, vm_uuid))
+    return out
+
+
+def _marker(why: list[str]) -> str:
+    """The protected column: yes (its own protection), chain (a protected point is built on it) or -."""
+    if not why:
+        return "-"
+    return "chain" if all("parent of protected point" in w for w in why) else "yes"
+
+
 def _row(p: RecoveryPoint) -> list[Any]:
     """One table row."""
     m = p.manifest
@@ -76,13 +93,20 @@ def _row(p: RecoveryPoint) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     """List points, optionally only one VM's."""
-    points = [p for p in Vault().list_points() if matches(p, args.vm)]
+    v = Vault()
+    points = [p for p in v.list_points() if matches(p, args.vm)]
+    prot = protected_by(v, points)
     if args.json:
-        output.print_json([{**p.to_dict(), "changed_bytes": changed_bytes(p)} for p in points])
+        output.print_json([
+            {**p.to_dict(), "changed_bytes": changed_bytes(p), "protected": bool(prot.get(p.point_id)),
+             "protected_by": prot.get(p.point_id, [])}
+            for p in points
+        ])  # fmt: skip
         return 0
     columns = ["point", "VM", "time (UTC)", "consistency", "type", "parent", "freeze ms", "guest frozen ms",
-               "disks", "size", "boot-check"]
-    output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, [_row(p) for p in points])
+               "disks", "size", "boot-check", "protected"]
+    rows = [[*_row(p), _marker(prot.get(p.point_id, []))] for p in points]
+    output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, rows)
     return 0
 
 

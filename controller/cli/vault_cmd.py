@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import output
+from controller.cli import output, vault_protect
 from controller.cli.points_cmd import human_size
 from controller.errors import VmBackupError
 from controller.vault import RecoveryPoint, Vault, VerifyResult
@@ -106,4 +106,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     dele.add_argument("point", help="the point id (`vmbackup points`)")
     output.add_json_flag(dele)
     dele.set_defaults(func=run_delete)
+    vault_protect.add_subparsers(vs)
     vault_keys.add_subparsers(vs)  # vault encryption, vault key

@@ -130,6 +130,7 @@ class Policy:
     bandwidth_mbps: float | None = None
     exclude_disks: tuple[str, ...] = ()  # device targets a backup does not copy (listed in the manifest)
     full_every: str | None = None  # a periodic full: "7" (every 7th backup) or "7d" (7 days); None: incremental forever
+    protect_newest: int = 0  # the newest N good points of each VM are protected (controller/vault/protect.py)
 
     def describe_chain(self) -> str:
         """How often a backup is a full, e.g. 'full every 7 backups' or 'incremental forever'."""
@@ -149,6 +150,7 @@ class Policy:
             },
             "exclude_disks": list(self.exclude_disks),
             "full_every": self.full_every,
+            "protect_newest": self.protect_newest,
         }
 
     @classmethod
@@ -165,6 +167,7 @@ class Policy:
             lim.get("bandwidth_mbps"),
             tuple(d.get("exclude_disks") or ()),
             d.get("full_every"),
+            protect_newest=int(d.get("protect_newest") or 0),
         )
 
 

@@ -12,6 +12,7 @@ A file holds one policy, several YAML documents (``---``), or ``policies: [ ... 
     limits: {max_concurrent_jobs: 2, bandwidth_mbps: 100}
     exclude_disks: [vdc, share]      # devices not backed up, by target (disk, filesystem tag, hostdev alias)
     full_every: 7d                   # a periodic full: 7 (every 7th backup) or 7d (days); default: incremental forever
+    protect_newest: 3                # the newest 3 good points of each VM cannot be deleted or pruned (default 0)
 
 The tree comes from ``yaml.compose`` so every value keeps its line, and scalars are read from their source
 text (an unquoted ``22:00`` is not turned into the YAML 1.1 sexagesimal 1320).
@@ -41,7 +42,8 @@ TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 AGE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 TOP_FIELDS = (
-    "name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks", "full_every"
+    "name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks", "full_every",
+    "protect_newest",
 )
 #: a device target to exclude: a disk target (vdc, sdb), a <filesystem> target tag, a hostdev alias (hostdev0)
 EXCLUDE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -204,7 +206,9 @@ def _policy(src: _Src, node: yaml.Node) -> Policy:
     retention = _retention(src, f["retention"]) if "retention" in f else Retention()
     exclude = _exclude_disks(src, f["exclude_disks"]) if "exclude_disks" in f else ()
     full_every = _full_every(src, f["full_every"]) if "full_every" in f else None
-    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude, full_every)
+    protect_newest = src.integer(f["protect_newest"], "protect_newest", 0, 1000) if "protect_newest" in f else 0
+    return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude, full_every,
+                  protect_newest=protect_newest)
 
 
 def _full_every(src: _Src, node: yaml.Node) -> str:
@@ -366,4 +370,6 @@ def to_yaml(p: Policy) -> str:
         doc["exclude_disks"] = list(p.exclude_disks)
     if p.full_every:
         doc["full_every"] = int(p.full_every) if p.full_every.isdigit() else p.full_every
+    if p.protect_newest:
+        doc["protect_newest"] = p.protect_newest
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

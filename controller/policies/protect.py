@@ -30,6 +30,7 @@ from controller.policies.model import Policy
 from controller.registration.store import Registration, get_registration, list_registrations
 from controller.settings import Settings
 from controller.state import State, StateUser
+from controller.vault.protect import refuse_if_protected
 
 #: why an unprotected VM's next backup is a full
 UNPROTECT_REASON = "VM unprotected"
@@ -179,6 +180,8 @@ class ProtectionService(StateUser):
     def unprotect(self, vm: str, delete_data: bool) -> UnprotectOutcome:
         """Stop protection (a stop-protection job): keep the points (retain) or delete them all."""
         uuid, name, uri = self._protected_vm(vm)
+        if delete_data:  # a protected point (vault protect, protect_newest) is never deleted: refused up front
+            refuse_if_protected(self.vault, uuid, None, "delete the points of the VM")
         job = self.jobs.create("stop-protection", vm=VmRef(uuid, name, uri))
         out = UnprotectOutcome(uuid, name, job.id, "delete" if delete_data else "retain")
         with self.jobs.run(job.id) as run:

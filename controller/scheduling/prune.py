@@ -3,7 +3,9 @@
 VMs without a protection row, or unprotected with --retain-data, are never pruned. The protection is re-read
 inside the job (which holds the VM's operation lock), so an unprotect racing with a prune wins. A pruned point that
 a kept incremental is built on is merged into its child (``Verdict.merge_into``; retention.execution_order), and
-the job first finishes merges a crash interrupted (merge.resume_merges). Usage::
+the job first finishes merges a crash interrupted (merge.resume_merges). Protected points (controller/vault/protect.py)
+and every point they are built on are kept; the job first brings the policy's ``protect_newest`` records up to date
+(``protect.sync_policy``), which a dry run only shows. Usage::
 
     reports = prune(settings, vm=None, dry_run=True)     # or prune(state, ...): borrows an open State
     for r in reports: print(r.vm_name, r.skipped or [v.point.id for v in r.selection.prune])
@@ -12,7 +14,7 @@ the job first finishes merges a crash interrupted (merge.resume_merges). Usage::
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +26,7 @@ from controller.scheduling.exceptions import PruneFailed
 from controller.scheduling.retention import PointRecord, Selection, execution_order, select_prunable
 from controller.settings import Settings
 from controller.state import State, using
-from controller.vault import RecoveryPoint, Vault, pins
+from controller.vault import RecoveryPoint, Vault, pins, protect
 from controller.vault.exceptions import VaultError
 from controller.vault.merge import resume_merges
 from controller.vault.verdicts import boot_checked_ok, verified_ok
@@ -104,10 +106,30 @@ def plan_vm(
             vm_uuid, name, prot.policy, skipped="unprotected (data retained): never pruned"
         ), None
     policy = store.get_policy(conn, prot.policy).policy
+    why = protections(points, policy)
     sel = select_prunable(
-        [record_of(p) for p in points], policy.retention, now, tz=ZoneInfo(policy.schedule.timezone)
+        [replace(record_of(p), protected_by=why.get(p.point_id, ())) for p in points],
+        policy.retention,
+        now,
+        tz=ZoneInfo(policy.schedule.timezone),
     )
     return PruneReport(vm_uuid, name, policy.name, selection=sel), policy
+
+
+def protections(points: list[RecoveryPoint], policy: Policy) -> dict[str, tuple[str, ...]]:
+    """point id -> why it is protected directly: its user records (an unreadable one too), and the policy's
+    protect_newest as the job applies it (protect.sync_policy), stale policy records aside."""
+    if not points:
+        return {}
+    root, vm_uuid = points[0].path.parent.parent, points[0].vm_uuid
+    out = {
+        pid: [r.describe() for r in recs if r.holder != "policy"]
+        for pid, recs in protect.records(root, vm_uuid).items()
+    }
+    n = policy.protect_newest
+    for p in protect.newest_good(points, n):
+        out.setdefault(p.point_id, []).append(f"protected (policy {policy.name}): {protect.policy_reason(n)}")
+    return {pid: tuple(why) for pid, why in out.items() if why}
 
 
 def prune(
@@ -144,6 +166,9 @@ def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: s
             if resumed:
                 run.detail("resumed_merges", {o.point_id: o.into for o in resumed})
             fresh, policy = plan_vm(conn, report.vm_uuid, vault.list_points(report.vm_uuid), now)
+            if policy is not None:
+                added, dropped = protect.sync_policy(vault, report.vm_uuid, policy.name, policy.protect_newest)
+                run.detail("protect_newest", {"protected": added, "unprotected": dropped})
             report.selection, report.skipped = fresh.selection, fresh.skipped
             run.detail("policy", report.policy)
         if policy is None or report.selection is None:

@@ -16,6 +16,8 @@ first, and a point is kept if any rule keeps it (the union; like restic's ``forg
   point can never make prune delete the only point known to be good.
 - Always kept: a pinned point (``pinned_by``: a VM runs on its files, e.g. an instant restore; its whole chain is
   pinned, so no merge touches it either).
+- Always kept: a protected point (``protected_by``: ``vault protect``, the policy's ``protect_newest``;
+  controller/vault/protect.py) and every point it is built on, back to its full (a merge would rewrite them).
 
 Applying it to what it kept prunes nothing more (idempotent). Unprotected-with-retain VMs are not pruned at
 all: that is decided by the caller (controller.scheduling.prune), not here.
@@ -35,6 +37,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
 from controller.policies.model import Retention, format_duration
+from controller.vault.protect import implied
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class PointRecord:
     boot_checked: bool | None = None  # last boot-check: passed, failed, or never boot-checked
     parent: str | None = None  # the point an incremental is built on (None: a full)
     pinned_by: tuple[str, ...] = ()  # VMs running on this point's files (instant restore): never pruned
+    protected_by: tuple[str, ...] = ()  # why it is protected (vault protect, protect_newest): never pruned
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ def guarded(points: Iterable[PointRecord]) -> list[tuple[PointRecord, str]]:
     if good is not None:
         out.append((good, "newest good point"))
     out += [(p, f"pinned by {', '.join(p.pinned_by)}") for p in ordered if p.pinned_by]
+    protected = implied({p.id: list(p.protected_by) for p in ordered}, {p.id: p.parent for p in ordered})
+    out += [(p, "; ".join(protected[p.id])) for p in ordered if p.id in protected]
     return out
 
 

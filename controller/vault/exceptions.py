@@ -211,3 +211,16 @@ class PointPinned(VmBackupError):
         "A VM runs on this point's files. Move its storage out of the vault first (`vmbackup restore finish NAME`), "
         "or remove that VM; `vmbackup restore list` shows which VMs pin which points."
     )
+
+
+class PointProtected(VmBackupError):
+    """A protected point (`vault protect`, or the policy's protect_newest), or a point a protected one is built on,
+    was to be deleted, merged or pruned."""
+
+    code = "POINT_PROTECTED"
+    operation = "delete"
+    remediation = (
+        "The point is protected (`vmbackup points` marks it). Unprotect it first with `vmbackup vault unprotect "
+        "POINT` (for a parent of a protected incremental: unprotect that point), or lower the policy's "
+        "protect_newest; then retry."
+    )

@@ -21,6 +21,9 @@ SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
 MERGE_PREFIX = ".merge-"  #: VAULT/<vm>/.merge-<point>.json: a merge of that point into its child
 PIN_PREFIX = ".pin-"  #: VAULT/<vm>/.pin-<point>-<name>.json: VM <name> runs on that point's files (pins.py)
 PIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+PROTECT_PREFIX = ".protect-"  #: VAULT/<vm>/.protect-<point>[-policy].json: the point is protected (protect.py)
+#: who holds a protection record: "user" (`vault protect`) or "policy" (the VM's policy's protect_newest)
+PROTECT_HOLDERS = ("user", "policy")
 
 
 def new_point_id(now: dt.datetime | None = None, after: str | None = None) -> str:
@@ -102,6 +105,14 @@ def pin_path(root: Path, vm_uuid: str, point_id: str, name: str) -> Path:
     if not PIN_NAME_RE.fullmatch(name):
         raise InvalidVaultId(f"not a usable pin name: {name!r}")
     return inside(root, check_uuid(vm_uuid), f"{PIN_PREFIX}{check_point_id(point_id)}-{name}.json")
+
+
+def protect_path(root: Path, vm_uuid: str, point_id: str, holder: str = "user") -> Path:
+    """VAULT/<vm-uuid>/.protect-<point-id>.json (user) or .protect-<point-id>-policy.json: the point is protected."""
+    if holder not in PROTECT_HOLDERS:
+        raise InvalidVaultId(f"not a protection holder: {holder!r} (expected one of {', '.join(PROTECT_HOLDERS)})")
+    suffix = "" if holder == "user" else f"-{holder}"
+    return inside(root, check_uuid(vm_uuid), f"{PROTECT_PREFIX}{check_point_id(point_id)}{suffix}.json")
 
 
 def disk_file_name(target: str, fmt: str) -> str:

@@ -18,7 +18,8 @@ intent file ``VAULT/<vm>/.merge-<P>.json`` (``layout.merge_intent_path``) says w
 and whose C file is backed by P's parent's file (or by nothing, when P was a full) was renamed; C's manifest no
 longer naming P as parent means step 4 is done. Disks of C that are not backed by P are never touched.
 One merge at a time per VM: merges and resumes hold a flock on the VM's vault directory.
-A point a VM runs on (a pin, pins.py: instant restore, boot-check) is neither deleted nor merged: POINT_PINNED.
+A point a VM runs on (a pin, pins.py: instant restore, boot-check) is neither deleted nor merged: POINT_PINNED;
+nor is a protected point or one a protected point is built on (protect.py): POINT_PROTECTED.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.locks import flocked
-from controller.vault import chain, digest, layout, pins, qemuimg, sparse, sums
+from controller.vault import chain, digest, layout, pins, protect, qemuimg, sparse, sums
 from controller.vault.exceptions import ManifestInvalid, MergeFailed, PathEscape, PointNotFound
 from controller.vault.manifest import Manifest, RecoveryPoint, fsync_dir, read_manifest, write_file_durable
 from controller.vault.vault import Vault
@@ -108,6 +109,7 @@ def merge_into_child(vault: Vault, point: RecoveryPoint) -> DeleteOutcome:
     with _vm_lock(vault, point.vm_uuid):
         _resume_vm(vault, point.vm_uuid)
         pins.refuse_if_pinned(vault.root, point.vm_uuid, point.point_id, "merge")
+        protect.refuse_if_protected(vault, point.vm_uuid, point.point_id, "merge")
         return _merge(vault, point, _child_or_fail(vault, point))
 
 
@@ -125,6 +127,7 @@ def delete_or_merge(vault: Vault, vm_uuid: str, point_id: str) -> DeleteOutcome:
         if not pdir.is_dir() or pdir.is_symlink():
             raise PointNotFound(f"no recovery point {point_id} for VM {vm_uuid}")
         pins.refuse_if_pinned(vault.root, vm_uuid, point_id, "delete")
+        protect.refuse_if_protected(vault, vm_uuid, point_id, "delete")
         found = RecoveryPoint(pdir, Manifest(point_id, vm_uuid, "", "", "", "CRASH"))  # ids only
         kid = chain.child_of(vault, found)
         if kid is None:

@@ -299,7 +299,7 @@ class Vault:
         a point whose manifest ids differ from its directories (MANIFEST_ID_MISMATCH) is refused unless it is a
         broken placeholder from list_points (deleted only when no point depends on it).
         """
-        from controller.vault import merge  # merge uses Vault (and chain): imported here, not at module load
+        from controller.vault import merge, protect  # they use Vault (and chain): imported here, not at module load
 
         vm_uuid, point_id = point.path.parent.name, point.path.name
         if (point.vm_uuid, point.point_id) != (vm_uuid, point_id):
@@ -307,6 +307,7 @@ class Vault:
                 f"refusing to delete {point.path}: its manifest names point {point.point_id} of VM "
                 f"{point.vm_uuid}, not its directory {vm_uuid}/{point_id}"
             )
+        protect.refuse_if_protected(self, vm_uuid, point_id, "delete")  # soft or not; merge.py re-checks under lock
         return merge.delete_or_merge(self, vm_uuid, point_id)
 
     def delete_by_id(self, vm_uuid: str, point_id: str) -> None:
