@@ -167,10 +167,48 @@ _V3 = """
 ALTER TABLE registrations ADD COLUMN quiescer TEXT NOT NULL DEFAULT 'agent';
 """
 
+_V4 = """
+-- notification incidents (controller/notify/incidents.py): at most one open row per (kind, subject), so an
+-- incident is announced once; a resolved row re-arms it (the next occurrence opens a new row)
+CREATE TABLE IF NOT EXISTS incidents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,          -- job_failed | backup_missed | consistency_low | boot_check_failed | ...
+    subject     TEXT NOT NULL,          -- a vm uuid (job_failed: '<vm uuid>/<job type>'), or 'vault'
+    vm_name     TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL CHECK (state IN ('open', 'resolved')),
+    severity    TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    details_json TEXT NOT NULL DEFAULT '{}',
+    opened_at   TEXT NOT NULL,
+    last_seen   TEXT NOT NULL,
+    resolved_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open ON incidents(kind, subject) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_opened ON incidents(opened_at);
+-- one message per incident per channel: 'opened' (and 'resolved' where the channel wants it)
+CREATE TABLE IF NOT EXISTS notify_deliveries (
+    incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+    channel     TEXT NOT NULL,
+    what        TEXT NOT NULL CHECK (what IN ('opened', 'resolved')),
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at     TEXT NOT NULL,
+    sent_at     TEXT,
+    last_error  TEXT,
+    PRIMARY KEY (incident_id, channel, what)
+);
+-- when each digest channel last got its daily digest
+CREATE TABLE IF NOT EXISTS notify_digests (
+    channel TEXT PRIMARY KEY,
+    sent_at TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of 0.1.0", _V1),
     Migration(2, "chain_resets: incremental chains reset by restore --replace, unprotect, unregister", _V2),
     Migration(3, "registrations.quiescer: the vmbackup agent, the QEMU guest agent, or none", _V3),
+    Migration(4, "incidents, notify_deliveries, notify_digests: notifications (controller/notify/)", _V4),
 )
 
 #: The schema version this code reads and writes.

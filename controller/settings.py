@@ -3,7 +3,7 @@
 =====================  ===============================  ==============================================
 variable               default                          meaning
 =====================  ===============================  ==============================================
-VMBACKUP_HOME          /var/lib/vmbackup                state dir: state.db, pki/, lab/, locks
+VMBACKUP_HOME          /var/lib/vmbackup                state dir: state.db, config.yaml, pki/, lab/, locks
 VMBACKUP_VAULT         $VMBACKUP_HOME/vault             vault directory (recovery points)
 VMBACKUP_URI           qemu:///system                   default libvirt connection URI
 VMBACKUP_VIRT_TYPE     auto                             kvm | qemu | auto (see controller.lab.host)
@@ -32,6 +32,11 @@ class Settings:
     def db_path(self) -> Path:
         """The SQLite state database (jobs, inventory, registrations, policies)."""
         return self.home / "state.db"
+
+    @property
+    def config_path(self) -> Path:
+        """The controller's config file (YAML; its `notify` section: controller/notify/config.py)."""
+        return self.home / "config.yaml"
 
     @property
     def pki_dir(self) -> Path:

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         prune_every=parse_duration(args.prune_every),
         verify_every=parse_duration(args.verify_every),
         once=args.once,
+        metrics=args.metrics,
     )
     configure_logging()
     return Server(settings_mod.load(), opts).serve()
@@ -51,4 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--prune-every", default="24h", help="retention prune interval, e.g. 24h; 0s disables (default 24h)")
     p.add_argument("--verify-every", default="24h", help="vault verify interval, e.g. 7d; 0s disables (default 24h)")
     p.add_argument("--once", action="store_true", help="one planning pass: start what is due, wait for it, exit")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9470 (no auth: keep it local; "
+        "default: off)",
+    )
     p.set_defaults(func=run)

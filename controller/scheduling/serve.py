@@ -22,6 +22,9 @@ Rules (tested in tests/serve/):
   The policy's ``boot_check_every: N`` boot-checks the point of every Nth completed backup of a VM.
 - **Start.** ``backup.recovery.recover()`` (undo backups of a dead controller) and ``recover_orphans()``.
   One serve per VMBACKUP_HOME (a flock on ``$VMBACKUP_HOME/serve.lock``).
+- **Alerts and metrics.** Under the lock, a notifier thread (controller/notify/) evaluates incidents every
+  ``notify.every`` of config.yaml and sends their messages; with ``metrics`` (HOST:PORT) a Prometheus endpoint
+  (controller/metrics/) serves metrics read from the DB and vault. Both stop at shutdown.
 - **Stop (SIGTERM/SIGINT).** No new task starts; running tasks get ``grace_s`` to finish; then every job this
   process owns is cancelled (a backup thaws, commits its overlays back and drops its partial point) and serve
   waits for them to end, then exits 0. A second signal skips the grace period.
@@ -78,6 +81,7 @@ class ServeOptions:
     prune_every: timedelta = timedelta(days=1)
     verify_every: timedelta = timedelta(days=1)
     once: bool = False
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (controller/metrics/); None: none
 
 
 @dataclass
@@ -130,12 +134,15 @@ class Server:
         self._followups: list[Task] = []
         self._said: dict[str, str] = {}
         self._lock_file: IO[str] | None = None
+        self._closers: list[Callable[[], None]] = []  # notifier, metrics endpoint: stopped by shutdown
+        self.metrics_url: str | None = None  # the Prometheus endpoint, once started
 
     # --- start and stop -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Take the serve lock, put back VMs of backups a dead controller left, fail orphaned jobs."""
         self._take_lock(self.settings.home / "serve.lock")
+        self._start_side_services()
         try:
             from controller.backup.recovery import recover
 
@@ -157,6 +164,33 @@ class Server:
             os.getpid(), o.tick_s, o.max_jobs, o.max_per_host, o.grace_s, o.prune_every or "off",
             o.verify_every or "off",
         )
+
+    def _start_side_services(self) -> None:
+        """Notifications (the notify section of config.yaml) and, if asked, the metrics endpoint; all or none."""
+        from controller.notify.notifier import Notifier
+
+        try:
+            notifier = Notifier(self.settings)
+            notifier.start()
+            self._closers.append(notifier.stop)
+            if self.options.metrics:
+                from controller.metrics.server import start as start_metrics
+
+                srv = start_metrics(self.settings, self.options.metrics)
+                self._closers.append(srv.close)
+                self.metrics_url = srv.url
+                log.info("start: Prometheus metrics on %s", srv.url)
+        except BaseException:
+            self._stop_side_services()
+            if self._lock_file is not None:  # serve does not start: let another one take the home
+                self._lock_file.close()
+                self._lock_file = None
+            raise
+
+    def _stop_side_services(self) -> None:
+        """Stop what _start_side_services started, newest first."""
+        while self._closers:
+            self._closers.pop()()
 
     def _take_lock(self, path: Path) -> None:
         """flock the serve lock file (one serve per home) and write our pid into it."""
@@ -198,6 +232,7 @@ class Server:
                 break
         self._reap()
         self.pool.close()
+        self._stop_side_services()
         self.state.close()
         if self._lock_file is not None:
             self._lock_file.close()
