@@ -120,3 +120,15 @@ def test_bad_yaml_names_the_line() -> None:
     with pytest.raises(NotifyConfigInvalid) as e:
         config.parse_text("notify:\n  every: [1\n", "c.yaml")
     assert e.value.message.startswith("c.yaml:3: not valid YAML"), e.value.message
+
+
+def test_readme_example_parses(tmp_path: Path) -> None:
+    """The config example in the README's 'Alerts and metrics' is valid (its secret files made here)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### Alerts and metrics", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "webhook.secret").write_text("k")
+    (tmp_path / "smtp.pass").write_text("p")
+    cfg = config.parse_text(block.replace("/etc/vmbackup/", f"{tmp_path}/"), "README.md")
+    hook, mail = cfg.channels
+    assert isinstance(hook, WebhookChannel) and hook.resolved and hook.secret == b"k"
+    assert isinstance(mail, EmailChannel) and mail.digest and mail.immediate and mail.password == "p"
