@@ -32,11 +32,16 @@ PHASES = ("precheck", "freeze", "snapshot", "copy")
 
 
 def populate(path: Path, n: int) -> None:
-    """N VMs, N protections and N finished backup jobs (4 phases each) in a fresh state.db at path."""
-    from controller.inventory import store as _inv  # noqa: F401
-    from controller.policies import store as _pol  # noqa: F401
+    """N VMs, N protections and N finished backup jobs (4 phases each) in a fresh state.db at path, and the
+    policies p0..p3 (one per schedule of SCHEDULES) that the protections name, so `dashboard` plans every VM."""
+    from controller.policies.model import Policy
+    from controller.policies.parse import to_yaml
+    from controller.policies.store import save_policy
 
     conn = db.connect(path)
+    for k, sched in enumerate(SCHEDULES):
+        pol = Policy(f"p{k}", sched)
+        save_policy(conn, pol, to_yaml(pol))
     now = datetime.now(UTC)
     vms, prots, jobs, phases = [], [], [], []
     for i in range(n):

@@ -51,7 +51,7 @@ from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import Registration, get_registration
 from controller.settings import Settings
 from controller.state import State, StateUser
-from controller.vault import merge
+from controller.vault import compress, merge
 from controller.vault.manifest import DiskRecord
 from controller.vault.vault import PointWriter
 from controller.virt.connection import connection, is_this_host, lookup
@@ -75,6 +75,7 @@ class BackupRequest:
     freeze_timeout_s: float = 10.0
     full: bool = False  # --full: no incremental, whatever the chain's health
     full_every: str | None = None  # the policy's: "7" (backups) or "7d" (days since the chain's full)
+    compression: str = compress.DEFAULT  # "zstd" | "none": how stored images are compressed, where it pays
 
 
 @dataclass
@@ -163,7 +164,7 @@ class BackupEngine(StateUser):
             with contextlib.nullcontext() if running else imagelock.held(ds):
                 if not running and dom.isActive():
                     raise ImageLockFailed(f"VM {ref.name!r} was started before its disks could be locked for the copy")
-                copied = self._copy(run, writer, ds, dom, chain)
+                copied = self._copy(run, writer, ds, dom, chain, req.compression)
             q.created = q.created or _utcnow()
             run.detail("consistency", q.consistency)
             run.detail("consistency_reason", q.reason)
@@ -276,18 +277,26 @@ class BackupEngine(StateUser):
         return q
 
     def _copy(
-        self, run: JobRun, writer: PointWriter, ds: list[Disk], dom: libvirt.virDomain, chain: cbt.ChainPlan
+        self,
+        run: JobRun,
+        writer: PointWriter,
+        ds: list[Disk],
+        dom: libvirt.virDomain,
+        chain: cbt.ChainPlan,
+        compression: str,
     ) -> int:
         """Copy every original disk image into the unpublished point: the changed clusters only where the chain
-        allows (qemu-storage-daemon, bitmap of the parent's checkpoint), the whole image otherwise."""
+        allows (qemu-storage-daemon, bitmap of the parent's checkpoint), the whole image otherwise; compressed
+        where `compression` asks and it pays (controller/vault/compress.py)."""
         total = 0
         with run.phase("copy"):
             self.intents.step(run.job_id, "copying")
             for d in ds:
                 progress = self._copy_progress(run, d.target)
-                rec = self._copy_changes(writer, d, chain, progress) if chain.copies_changes(d.target) else None
+                changes = chain.copies_changes(d.target)
+                rec = self._copy_changes(writer, d, chain, progress, compression) if changes else None
                 if rec is None:
-                    rec = writer.copy_disk(d.target, d.path, progress=progress, fmt=d.format)
+                    rec = writer.copy_disk(d.target, d.path, progress=progress, fmt=d.format, compression=compression)
                     rec.full_reason = chain.disk_reasons.get(d.target) if chain.incremental else None
                 total += rec.stored_bytes
                 run.add_bytes(rec.stored_bytes)
@@ -295,16 +304,22 @@ class BackupEngine(StateUser):
         return total
 
     def _copy_changes(
-        self, writer: PointWriter, d: Disk, chain: cbt.ChainPlan, progress: Callable[[int, int], None]
+        self,
+        writer: PointWriter,
+        d: Disk,
+        chain: cbt.ChainPlan,
+        progress: Callable[[int, int], None],
+        compression: str,
     ) -> DiskRecord | None:
         """The incremental copy of one disk; None (and the reason on the plan) if its bitmap cannot be trusted."""
         assert chain.parent is not None and chain.checkpoint is not None
         workdir = overlay_dir(self.settings.home, chain.parent.vm_uuid)
         workdir.mkdir(mode=0o711, parents=True, exist_ok=True)
         bitmap = chain.checkpoint
+        comp = compress.for_incremental(compression, chain.parent.manifest.disk(d.target))
 
         def write(dst: Path, backing: str) -> int:
-            return qsd.backup_changed(d.path, bitmap, dst, backing, workdir, progress)
+            return qsd.backup_changed(d.path, bitmap, dst, backing, workdir, progress, compression=comp)
 
         try:
             return writer.add_incremental_disk(d.target, chain.parent, write, d.path, chain.virtual_size(d.target))

@@ -33,7 +33,7 @@ from controller.backup.exceptions import (
     IncrementalCopyFailed,
     StorageDaemonFailed,
 )
-from controller.vault.qemuimg import QEMU_IMG, die_with_parent
+from controller.vault.qemuimg import QEMU_IMG, die_with_parent, image_options, option_args
 
 QSD = "qemu-storage-daemon"
 PIDFILE_PREFIX = "qsd-"
@@ -277,10 +277,12 @@ def bitmaps(image: str, fmt: str = "qcow2", *, workdir: Path) -> dict[str, Bitma
         return _states(_node(qmp, "base"))
 
 
-def _create_target(dst: Path, backing: str, size: int) -> None:
-    """An empty qcow2 at dst over `backing` (relative to dst's directory, format qcow2)."""
+def _create_target(dst: Path, backing: str, size: int, compression: str) -> None:
+    """An empty qcow2 at dst over `backing` (relative to dst's directory, format qcow2), with the vault's creation
+    options for `compression` (qemuimg.image_options)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, str(dst), str(size)]
+    opts = option_args(image_options(compression))
+    cmd = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, *opts, str(dst), str(size)]
     p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=CMD_TIMEOUT_S)
     if p.returncode != 0:
         err = p.stderr.strip()
@@ -319,15 +321,18 @@ def _cancel(qmp: Qmp) -> None:
         qmp.cmd("job-dismiss", id=_JOB)
 
 
-def _copy(qmp: Qmp, bitmap: str, dst: Path, deadline: float, progress: Progress | None) -> int:
-    """Open dst as node "target" and run the sync=bitmap backup job from "base" into it; the job's total bytes."""
+def _copy(qmp: Qmp, bitmap: str, dst: Path, deadline: float, progress: Progress | None, compress: bool) -> int:
+    """Open dst as node "target" and run the sync=bitmap backup job from "base" into it; the job's total bytes.
+    compress: the job writes compressed clusters (each in the target's compression_type; QEMU writes a cluster
+    that does not shrink uncompressed)."""
     # dst's backing chain is opened too (read-only, the default): a write covering part of a target cluster then
     # fills the rest from the parent (with backing: null, zeros). The job writes whole clusters, so backing: null
     # measured identical too; the opened chain is the one that is right whatever the cluster sizes.
     _add(qmp, lambda direct: {"driver": "qcow2", "node-name": "target",
                               "file": _file_node(str(dst), direct, read_only=False)})  # fmt: skip
     qmp.cmd("blockdev-backup", **{"job-id": _JOB, "device": "base", "target": "target", "sync": "bitmap",
-                                  "bitmap": bitmap, "bitmap-mode": "never", "auto-dismiss": False})  # fmt: skip
+                                  "bitmap": bitmap, "bitmap-mode": "never", "auto-dismiss": False,
+                                  "compress": compress})  # fmt: skip
     try:
         job = _wait_concluded(qmp, deadline, progress)
     except BaseException:
@@ -348,12 +353,14 @@ def backup_changed(
     workdir: Path,
     progress: Progress | None = None,
     timeout_s: float = 3600,
+    compression: str = "none",
 ) -> int:
     """Copy the clusters `bitmap` marks dirty in the qcow2 `base` into a new qcow2 `dst` whose backing file is
     `backing` (relative to dst's directory): dst over backing then reads like base. Returns the bitmap's count
     (changed bytes). progress(done, total) is called every ~POLL_S; if it raises, the job is cancelled and the
     exception re-raised. dst is left for the caller to remove on any failure. BITMAP_MISSING/BITMAP_INCONSISTENT
-    before any copy; INCREMENTAL_COPY_FAILED with QEMU's message (details["stderr"]) if the copy fails."""
+    before any copy; INCREMENTAL_COPY_FAILED with QEMU's message (details["stderr"]) if the copy fails.
+    compression "zstd": dst is a compression_type=zstd qcow2 and the changed clusters are stored compressed."""
     where = {"disk": base, "bitmap": bitmap, "dst": str(dst)}
     try:
         with daemon(workdir) as qmp:
@@ -364,9 +371,10 @@ def backup_changed(
                 raise BitmapMissing(f"disk {base} has no dirty bitmap {bitmap!r}", details=where)
             if state.inconsistent:
                 raise BitmapInconsistent(f"dirty bitmap {bitmap!r} of disk {base} is inconsistent", details=where)
-            _create_target(dst, backing, int(node["image"]["virtual-size"]))
+            _create_target(dst, backing, int(node["image"]["virtual-size"]), compression)
             # nothing dirty: the empty overlay already reads like the base
-            total = _copy(qmp, bitmap, dst, time.monotonic() + timeout_s, progress) if state.count else 0
+            deadline, compress = time.monotonic() + timeout_s, compression == "zstd"
+            total = _copy(qmp, bitmap, dst, deadline, progress, compress) if state.count else 0
     except IncrementalCopyFailed as e:
         e.details.update(where)
         raise

@@ -13,6 +13,8 @@ from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
 from controller.cli import output
 from controller.errors import VmBackupError
 from controller.state import open_state
+from controller.vault import compress
+from controller.vault.manifest import COMPRESSIONS
 
 
 def chain_line(r: BackupResult) -> str:
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                     min_consistency=args.require,
                     exclude_disks=tuple(args.exclude_disk),
                     full=args.full,
+                    **({"compression": args.compression} if args.compression else {}),
                 )
                 try:
                     r = engine.run(req)
@@ -100,6 +103,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--full",
         action="store_true",
         help="copy every disk in full and start a new chain, even when an incremental is possible",
+    )
+    p.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        help=f"how the stored images are compressed (default {compress.DEFAULT}: zstd where it pays, decided per "
+        "disk by sampling; an incremental follows its chain's full)",
     )
     output.add_json_flag(p)
     p.set_defaults(func=run)

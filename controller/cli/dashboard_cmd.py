@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from controller.cli import output
 from controller.dashboard import Dashboard, build
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     with open_state() as st:
         d = build(st)
     if args.json:
-        output.print_json(d.to_dict())
+        output.print_json(d.to_dict(), indent=2 if sys.stdout.isatty() else None)  # 10,000 VMs: one line is fast
     else:
         _render(d)
     return 0

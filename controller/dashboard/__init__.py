@@ -27,12 +27,16 @@ JSON shape (``to_dict()``; times are UTC ISO 8601, ages and durations in seconds
          "next_run": "..." | null,   # protected VMs: the next slot after the last run
          "attention": ["last backup failed: AGENT_UNREACHABLE", ...]}
       ],
-      "attention": [{"vm_uuid": "...", "vm_name": "web1", "reasons": ["..."]}]
+      "attention": [{"vm_uuid": "...", "vm_name": "web1", "reasons": ["..."],
+                     "remediation": ["..."]}]   # what to do, one per reason (a failed job's own remediation)
     }
 
 Attention rules: the last finished backup job failed; or (protected VMs) the slot after the newest recovery point
 (or after protection began, if there is none) passed more than ``grace`` ago (default 10 min, the time a run
 may take), i.e. the VM's newest point is older than its schedule allows.
+
+Speed: a handful of aggregated SQL statements whatever the number of VMs (queries.py), each policy's schedule
+slots computed once (slots.py); 10,000 VMs build in ~0.1 s (bench/scale.py measures `dashboard --json`).
 """
 
 from controller.dashboard.model import Dashboard, VmRow, build

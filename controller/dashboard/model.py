@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controller.dashboard import queries
 from controller.dashboard.exceptions import DashboardError
+from controller.dashboard.slots import SlotCache
 from controller.jobs.model import parse_time
-from controller.jobs.store import Job, JobStore
 from controller.policies.exceptions import PolicyNotFound
-from controller.policies.model import Policy
 from controller.policies.store import PROTECTED, RETAINED, Protection, get_policy, list_protections
-from controller.registration.store import list_registrations
-from controller.scheduling.schedule import next_run
 from controller.settings import Settings
 from controller.state import State, using
 from controller.vault import RecoveryPoint, Vault
@@ -29,6 +27,13 @@ STATE_BUCKETS = {
     "queued": "in_progress",
     "cancelled": "cancelled",
 }
+#: What to do about each kind of attention (a failed backup's own remediation comes from its job).
+OVERDUE_FIX = (
+    "Check that `vmbackup serve` is running and look at the VM's recent jobs (`vmbackup jobs --vm NAME`);"
+    " `vmbackup backup NAME` takes a point now."
+)
+NO_POLICY_FIX = "Protect the VM with an existing policy: `vmbackup protect NAME --policy POLICY`."
+FAILED_FIX = "See `vmbackup job show JOB` for the error, fix its cause, then `vmbackup backup NAME`."
 
 
 @dataclass
@@ -46,10 +51,25 @@ class VmRow:
     last_backup: dict[str, Any] | None = None
     next_run: str | None = None
     attention: list[str] = field(default_factory=list)
+    remediation: list[str] = field(default_factory=list)  # what to do, one per attention reason (same order)
+
+    def flag(self, reason: str, fix: str, first: bool = False) -> None:
+        """Add an attention reason with its remediation (NAME in the fix is replaced by the VM's name)."""
+        at = 0 if first else len(self.attention)
+        self.attention.insert(at, reason)
+        self.remediation.insert(at, fix.replace("NAME", self.vm_name))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON view."""
-        return dict(self.__dict__)
+        """JSON view (the remediation is listed once, in the dashboard's attention list)."""
+        return {k: v for k, v in self.__dict__.items() if k != "remediation"}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A policy as the rows use it: its schedule's text and slots (looked up once per policy, not per VM)."""
+
+    describe: str
+    slots: SlotCache
 
 
 @dataclass
@@ -65,7 +85,11 @@ class Dashboard:
     @property
     def attention(self) -> list[dict[str, Any]]:
         """The VMs that need a look, with why."""
-        return [{"vm_uuid": r.vm_uuid, "vm_name": r.vm_name, "reasons": r.attention} for r in self.rows if r.attention]
+        return [
+            {"vm_uuid": r.vm_uuid, "vm_name": r.vm_name, "reasons": r.attention, "remediation": r.remediation}
+            for r in self.rows
+            if r.attention
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """What `vmbackup dashboard --json` prints."""
@@ -95,34 +119,35 @@ def build(
 
 
 def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: timedelta) -> Dashboard:
-    """The body of build, on an open connection."""
-    jobs = JobStore(conn)
+    """The body of build, on an open connection: a few aggregated queries, then one pass over the VMs."""
     vault = Vault(settings.vault)
     points = vault.list_points()
-    regs = {r.vm_uuid: r for r in list_registrations(conn)}
+    regs = queries.names(conn, "registrations")
     prots = {p.vm_uuid: p for p in list_protections(conn)}
     by_vm: dict[str, list[RecoveryPoint]] = {}
     for p in points:
         by_vm.setdefault(p.vm_uuid, []).append(p)  # newest first, as list_points returns them
     names = {u: p[0].vm_name for u, p in by_vm.items()}
     names.update({u: p.vm_name for u, p in prots.items() if p.vm_name})
-    names.update({u: r.vm_name for u, r in regs.items()})
-    policies: dict[str, Policy | None] = {}
-    last_backups = jobs.latest_per_vm("backup")
+    names.update(regs)
+    policies: dict[str, _Plan | None] = {}
+    last_backups = queries.last_backups(conn, sorted(names))
     rows = []
     for uuid in sorted(names, key=lambda u: (names[u], u)):
         row = VmRow(uuid, names[uuid], registered=uuid in regs, points=len(by_vm.get(uuid, [])))
         newest = by_vm.get(uuid, [None])[0]
         row.last_point = _point_view(newest, now) if newest else None
-        row.last_backup = _job_view(last_backups.get(uuid))
+        row.last_backup = lb = last_backups.get(uuid)
+        remedy = lb.pop("error_remediation") if lb else None
         _protection(conn, row, prots.get(uuid), policies, newest, now, grace)
-        if row.last_backup and row.last_backup["state"] == "failed":
-            row.attention.insert(0, f"last backup failed: {row.last_backup['error_code']}")
+        if lb and lb["state"] == "failed":
+            fix = remedy or FAILED_FIX.replace("JOB", lb["job_id"])
+            row.flag(f"last backup failed: {lb['error_code']}", fix, first=True)
         rows.append(row)
     return Dashboard(
         generated_at=now.isoformat(timespec="seconds"),
         vms=_vm_counts(conn, regs, prots, names),
-        jobs_24h=_job_counts(jobs, now),
+        jobs_24h=_job_counts(conn, now),
         vault=_vault_view(vault, len(points)),
         rows=rows,
     )
@@ -132,7 +157,7 @@ def _protection(
     conn: sqlite3.Connection,
     row: VmRow,
     prot: Protection | None,
-    policies: dict[str, Policy | None],
+    policies: dict[str, _Plan | None],
     newest: RecoveryPoint | None,
     now: datetime,
     grace: timedelta,
@@ -143,26 +168,27 @@ def _protection(
     row.protection, row.policy = prot.state, prot.policy
     if prot.policy not in policies:
         try:
-            policies[prot.policy] = get_policy(conn, prot.policy).policy
+            found = get_policy(conn, prot.policy).policy
+            policies[prot.policy] = _Plan(found.schedule.describe(), SlotCache(found.schedule))
         except PolicyNotFound:
             policies[prot.policy] = None
-    pol = policies[prot.policy]
-    if pol is None:
-        row.attention.append(f"policy {prot.policy!r} no longer exists")
+    known = policies[prot.policy]
+    if known is None:
+        row.flag(f"policy {prot.policy!r} no longer exists", NO_POLICY_FIX)
         return
-    row.schedule = pol.schedule.describe()
+    row.schedule, slots = known.describe, known.slots
     if not prot.active:
         return
     anchor = _aware(parse_time(prot.since)) or now
     if newest is not None:
         anchor = max(anchor, _aware(datetime.fromisoformat(newest.manifest.created)) or anchor)
     last_job = parse_time(row.last_backup["created_at"]) if row.last_backup else None
-    row.next_run = next_run(pol.schedule, max(anchor, _aware(last_job) or anchor)).isoformat(timespec="seconds")
-    slot = next_run(pol.schedule, anchor)
+    row.next_run = slots.next_after(max(anchor, _aware(last_job) or anchor)).isoformat(timespec="seconds")
+    slot = slots.next_after(anchor)
     if slot + grace < now:
         late = _age_text((now - slot).total_seconds())
         what = "no recovery point yet" if newest is None else "newest point is older than the schedule allows"
-        row.attention.append(f"overdue: {what} (slot {slot.isoformat(timespec='minutes')} missed by {late})")
+        row.flag(f"overdue: {what} (slot {slot.isoformat(timespec='minutes')} missed by {late})", OVERDUE_FIX)
 
 
 def _point_view(p: RecoveryPoint, now: datetime) -> dict[str, Any]:
@@ -180,26 +206,11 @@ def _point_view(p: RecoveryPoint, now: datetime) -> dict[str, Any]:
     }
 
 
-def _job_view(j: Job | None) -> dict[str, Any] | None:
-    """The fields of the last backup job the dashboard shows."""
-    if j is None:
-        return None
-    return {
-        "job_id": j.id,
-        "state": j.state,
-        "created_at": j.created_at,
-        "ended_at": j.ended_at,
-        "error_code": j.error["code"] if j.error else None,
-    }
-
-
 def _vm_counts(
-    conn: sqlite3.Connection, regs: dict[str, Any], prots: dict[str, Protection], names: dict[str, str]
+    conn: sqlite3.Connection, regs: dict[str, str], prots: dict[str, Protection], names: dict[str, str]
 ) -> dict[str, int]:
     """known / registered / protected / unprotected (registered, not protected) / retained."""
-    from controller.inventory.store import list_vms
-
-    known = {v.uuid for v in list_vms(conn, include_gone=False)} | set(names)
+    known = queries.inventory_uuids(conn) | set(names)
     protected = {u for u, p in prots.items() if p.state == PROTECTED}
     return {
         "known": len(known),
@@ -210,18 +221,15 @@ def _vm_counts(
     }
 
 
-def _job_counts(jobs: JobStore, now: datetime) -> dict[str, Any]:
-    """Jobs created in the 24 h before now, by state bucket, overall and per type."""
+def _job_counts(conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+    """Jobs created in the 24 h before now, by state bucket, overall and per type (one GROUP BY)."""
     out: dict[str, Any] = {"succeeded": 0, "failed": 0, "in_progress": 0, "cancelled": 0, "by_type": {}}
-    cutoff = now - timedelta(hours=24)
-    for j in jobs.list(since=timedelta(hours=24) + (datetime.now(UTC) - now)):
-        created = parse_time(j.created_at)
-        if created is None or created < cutoff or created > now:
-            continue
-        bucket = STATE_BUCKETS[j.state]
-        out[bucket] += 1
-        per = out["by_type"].setdefault(j.type, {"succeeded": 0, "failed": 0, "in_progress": 0, "cancelled": 0})
-        per[bucket] += 1
+    since = (now - timedelta(hours=24)).astimezone(UTC).isoformat(timespec="microseconds")
+    for type_, state, n in queries.job_counts(conn, since, now.astimezone(UTC).isoformat(timespec="microseconds")):
+        bucket = STATE_BUCKETS[state]
+        out[bucket] += n
+        per = out["by_type"].setdefault(type_, {"succeeded": 0, "failed": 0, "in_progress": 0, "cancelled": 0})
+        per[bucket] += n
     return out
 
 

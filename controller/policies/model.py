@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from controller.vault import compress
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SCHEDULE_KINDS = ("daily", "weekly", "hourly", "every_minutes")
 
@@ -131,6 +133,7 @@ class Policy:
     exclude_disks: tuple[str, ...] = ()  # device targets a backup does not copy (listed in the manifest)
     full_every: str | None = None  # a periodic full: "7" (every 7th backup) or "7d" (7 days); None: incremental forever
     protect_newest: int = 0  # the newest N good points of each VM are protected (controller/vault/protect.py)
+    compression: str = compress.DEFAULT  # "zstd" | "none": stored images compressed where it pays (vault/compress.py)
 
     def describe_chain(self) -> str:
         """How often a backup is a full, e.g. 'full every 7 backups' or 'incremental forever'."""
@@ -151,6 +154,7 @@ class Policy:
             "exclude_disks": list(self.exclude_disks),
             "full_every": self.full_every,
             "protect_newest": self.protect_newest,
+            "compression": self.compression,
         }
 
     @classmethod
@@ -168,6 +172,7 @@ class Policy:
             tuple(d.get("exclude_disks") or ()),
             d.get("full_every"),
             protect_newest=int(d.get("protect_newest") or 0),
+            compression=str(d.get("compression") or compress.DEFAULT),
         )
 
 

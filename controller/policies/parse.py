@@ -13,6 +13,7 @@ A file holds one policy, several YAML documents (``---``), or ``policies: [ ... 
     exclude_disks: [vdc, share]      # devices not backed up, by target (disk, filesystem tag, hostdev alias)
     full_every: 7d                   # a periodic full: 7 (every 7th backup) or 7d (days); default: incremental forever
     protect_newest: 3                # the newest 3 good points of each VM cannot be deleted or pruned (default 0)
+    compression: zstd                # stored images: zstd (default; where it pays) | none
 
 The tree comes from ``yaml.compose`` so every value keeps its line, and scalars are read from their source
 text (an unquoted ``22:00`` is not turned into the YAML 1.1 sexagesimal 1320).
@@ -36,6 +37,8 @@ from controller.policies.model import (
     Schedule,
     format_duration,
 )
+from controller.vault import compress
+from controller.vault.manifest import COMPRESSIONS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -43,7 +46,7 @@ AGE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 TOP_FIELDS = (
     "name", "schedule", "retention", "consistency", "boot_check_every", "limits", "exclude_disks", "full_every",
-    "protect_newest",
+    "protect_newest", "compression",
 )
 #: a device target to exclude: a disk target (vdc, sdb), a <filesystem> target tag, a hostdev alias (hostdev0)
 EXCLUDE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -207,8 +210,22 @@ def _policy(src: _Src, node: yaml.Node) -> Policy:
     exclude = _exclude_disks(src, f["exclude_disks"]) if "exclude_disks" in f else ()
     full_every = _full_every(src, f["full_every"]) if "full_every" in f else None
     protect_newest = src.integer(f["protect_newest"], "protect_newest", 0, 1000) if "protect_newest" in f else 0
+    comp = _compression(src, f["compression"]) if "compression" in f else compress.DEFAULT
     return Policy(name, _schedule(src, f["schedule"]), retention, consistency, boot, mcj, bw, exclude, full_every,
-                  protect_newest=protect_newest)
+                  protect_newest=protect_newest, compression=comp)
+
+
+def _compression(src: _Src, node: yaml.Node) -> str:
+    """compression: one of manifest.COMPRESSIONS (zstd: compressed where it pays; none: never)."""
+    text = src.scalar(node, "compression").lower()
+    if text not in COMPRESSIONS:
+        raise src.fail(
+            node,
+            "compression",
+            f"got {text!r}; allowed: {' or '.join(COMPRESSIONS)} (zstd, the default, compresses the stored images "
+            "where that pays; none stores them uncompressed)",
+        )
+    return text
 
 
 def _full_every(src: _Src, node: yaml.Node) -> str:
@@ -372,4 +389,6 @@ def to_yaml(p: Policy) -> str:
         doc["full_every"] = int(p.full_every) if p.full_every.isdigit() else p.full_every
     if p.protect_newest:
         doc["protect_newest"] = p.protect_newest
+    if p.compression != compress.DEFAULT:
+        doc["compression"] = p.compression
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

@@ -49,6 +49,7 @@ def run_backup_now(settings: Settings, reg: Registration, policy: Policy) -> str
         min_consistency=policy.min_consistency,
         exclude_disks=policy.exclude_disks,
         full_every=policy.full_every,
+        compression=policy.compression,
     )
     with BackupEngine(settings) as engine:
         return engine.run(req).point_id

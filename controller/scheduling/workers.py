@@ -31,6 +31,7 @@ from controller.errors import VmBackupError
 from controller.jobs.exceptions import JobCancelled, OperationInProgress
 from controller.policies.model import Policy
 from controller.settings import Settings
+from controller.vault import compress
 
 #: Longest pause the pacer takes in one progress callback, so a cancel is still noticed promptly.
 MAX_PAUSE_S = 1.0
@@ -189,6 +190,7 @@ def run_backup(settings: Settings, task: Task) -> RunResult:
         min_consistency=pol.min_consistency if pol else None,
         exclude_disks=pol.exclude_disks if pol else (),
         full_every=pol.full_every if pol else None,
+        compression=pol.compression if pol else compress.DEFAULT,
     )
     with BackupEngine(settings, progress=pacer) as engine:
         r = engine.run(req)

@@ -319,6 +319,8 @@ def _rewrite_child(vault: Vault, it: Intent) -> str:
             res = sparse.stream(path, algo=digest.algo_of(rec.digest))
             rec.digest, rec.logical_size, rec.stored_bytes = res.digest, res.logical_size, path.stat().st_blocks * 512
             rec.kind, rec.backing = ("incremental", d.backing) if d.backing else ("full", None)
+            if rec.format == "qcow2":  # the file is P's now, child clusters committed into it uncompressed
+                rec.compression = qemuimg.compression_of(qemuimg.info(path, fmt="qcow2"))
             both = (rec.changed_bytes, d.changed_bytes)
             rec.changed_bytes = sum(x for x in both if x is not None) if d.backing and None not in both else None
         incremental = any(r.kind == "incremental" for r in m.disks)

@@ -1,4 +1,5 @@
-"""The few qemu-img calls the vault needs: info, convert (flatten a backing chain), check, bitmap removal."""
+"""The few qemu-img calls the vault needs: info, convert (flatten a backing chain), check, bitmap removal; and the
+one place that builds the creation options of a new qcow2 in the vault (``image_options``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ _LOCK_HINT = (
 )
 _PCT = re.compile(rb"\(([0-9.]+)/100%\)")
 _PR_SET_PDEATHSIG = 1
+#: qemu-img convert flags that store every cluster zstd-compressed where that shrinks it (QEMU writes a cluster
+#: that does not shrink uncompressed); -W: out-of-order writes, so the coroutines compress in parallel
+_COMPRESS_FLAGS = ("-c", "-W")
 
 
 def die_with_parent() -> None:
@@ -42,12 +46,32 @@ class ImageInfo:
     backing_name: str | None = None  # the backing file exactly as written in the header (may be relative)
     bitmaps: list[str] = field(default_factory=list)  # names of the persistent dirty bitmaps (qcow2)
     compat: str | None = None  # qcow2 version: "1.1" (v3) can hold dirty bitmaps, "0.10" (v2) cannot
+    compression_type: str | None = None  # qcow2: how its compressed clusters are (or would be) compressed
 
 
 def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
     """A DISK_COPY_FAILED carrying qemu-img's own message (and a lock hint when relevant)."""
     remediation = _LOCK_HINT if "lock" in err.lower() else None
     return DiskCopyFailed(f"{what} {path}: {err.strip()}", remediation=remediation, details={"stderr": err})
+
+
+def image_options(compression: str = "none") -> dict[str, str]:
+    """The qcow2 creation options (``-o``) of a new image in the vault: compression "zstd" or "none".
+
+    The one place full copies (``convert``) and incrementals (qsd's target) get them from.
+    """
+    return {"compression_type": "zstd"} if compression == "zstd" else {}
+
+
+def compression_of(inf: ImageInfo) -> str:
+    """What a manifest records for a stored image: "zstd" when its qcow2 header says compression_type=zstd (its
+    compressed clusters, if any, need a QEMU with zstd), else "none"."""
+    return "zstd" if inf.compression_type == "zstd" else "none"
+
+
+def option_args(opts: dict[str, str]) -> list[str]:
+    """``-o k=v,...`` for qemu-img create/convert (nothing when there are no options)."""
+    return ["-o", ",".join(f"{k}={v}" for k, v in opts.items())] if opts else []
 
 
 def _opts(force_share: bool, fmt: str | None, flag: str = "-f") -> list[str]:
@@ -71,6 +95,7 @@ def info(path: Path, force_share: bool = False, fmt: str | None = None) -> Image
         backing_name=d.get("backing-filename"),
         bitmaps=[str(b["name"]) for b in d.get("format-specific", {}).get("data", {}).get("bitmaps", [])],
         compat=d.get("format-specific", {}).get("data", {}).get("compat"),
+        compression_type=d.get("format-specific", {}).get("data", {}).get("compression-type"),
     )
 
 
@@ -86,11 +111,21 @@ def remove_bitmaps(path: Path, prefix: str) -> list[str]:
 
 
 def convert(
-    src: Path, dst: Path, progress: Progress | None = None, force_share: bool = False, fmt: str | None = None
+    src: Path,
+    dst: Path,
+    progress: Progress | None = None,
+    force_share: bool = False,
+    fmt: str | None = None,
+    compression: str = "none",
 ) -> None:
-    """Flatten src and its whole backing chain into one self-contained qcow2 at dst, then fsync dst."""
+    """Flatten src and its whole backing chain into one self-contained qcow2 at dst, then fsync dst.
+
+    compression "zstd": dst's clusters are stored zstd-compressed where that shrinks them (qcow2
+    compression_type=zstd); "none": plain clusters.
+    """
     total = info(src, force_share, fmt).virtual_size
-    cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *_opts(force_share, fmt), str(src), str(dst)]
+    flags = [*(_COMPRESS_FLAGS if compression == "zstd" else ()), *option_args(image_options(compression))]
+    cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *flags, *_opts(force_share, fmt), str(src), str(dst)]
     # a controller killed mid-copy must not leave this convert reading the base image: its lock would block the
     # block-commit that crash recovery does next
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)

@@ -15,7 +15,7 @@ from agent.contract import CONSISTENCY_LEVELS
 from controller import locks
 from controller.datapath import qcow2holes
 from controller.errors import VmBackupError
-from controller.vault import chain, layout, qemuimg, sparse, sums
+from controller.vault import chain, compress, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
     ChainMismatch,
     DiskAlreadyStored,
@@ -81,23 +81,27 @@ class PointWriter:
         progress: sparse.Progress | None = None,
         force_share: bool = False,
         fmt: str | None = None,
+        compression: str = "none",
     ) -> DiskRecord:
-        """Store one disk self-contained: sparse copy when it has no backing file, qemu-img convert otherwise.
+        """Store one disk self-contained: sparse copy when it has no backing file and is stored uncompressed,
+        qemu-img convert (to a qcow2) otherwise.
 
         fmt is the source's format from the domain XML (qcow2/raw); None lets qemu-img probe it. force_share
         (-U) is only for images a VM still holds open for writing, which are not consistent: avoid it.
+        compression "zstd" stores a compressed qcow2 (a raw source too) where sampling says it pays
+        (controller/vault/compress.py); the record says what was done.
         """
         self._check_new_target(target)
         src = Path(src_path)
         inf = qemuimg.info(src, force_share, fmt)
-        fmt = "qcow2" if inf.backing_file or inf.format == "qcow2" else "raw"
-        if inf.format not in ("qcow2", "raw"):
-            fmt = "qcow2"  # anything else is converted
+        comp = compress.for_full_copy(compression, src)
+        convert = comp != "none" or bool(inf.backing_file) or inf.format not in ("qcow2", "raw")
+        fmt = "qcow2" if convert or inf.format == "qcow2" else "raw"
         rel = layout.disk_file_name(target, fmt)
         dst = layout.inside(self.tmp, *rel.split("/"))
         with self._storing(target, str(src), dst):
-            if inf.backing_file or inf.format not in ("qcow2", "raw"):
-                qemuimg.convert(src, dst, progress, force_share, inf.format)
+            if convert:
+                qemuimg.convert(src, dst, progress, force_share, inf.format, compression=comp)
                 res = _hash_stored(dst)
                 method = "qemu-img-convert"
             else:
@@ -113,6 +117,7 @@ class PointWriter:
             digest=res.digest,
             source_path=str(src),
             method=method,
+            compression=comp,
         )
         self.disks.append(rec)
         return rec
@@ -178,6 +183,7 @@ class PointWriter:
             kind="incremental",
             backing=backing,
             changed_bytes=int(changed),
+            compression=qemuimg.compression_of(inf),  # as write() created it
         )
         self._parent = parent.point_id
         self.disks.append(rec)

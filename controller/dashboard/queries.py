@@ -1,0 +1,106 @@
+"""The dashboard's reads of state.db: few, aggregated queries, so 10,000 VMs cost a handful of statements.
+
+Each function is one SQL statement (``jobs_24h``, ``last_backups``, ...) rather than a loop of per-VM or per-job
+lookups: the dashboard (``vmbackup dashboard`` and the web page) must answer in well under a second for 10,000
+VMs. The per-VM newest-job lookup walks the ``jobs_vm_type_created`` index (schema migration 4) once per VM.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from controller.jobs.model import parse_time
+
+
+def names(conn: sqlite3.Connection, table: str) -> dict[str, str]:
+    """vm_uuid -> vm_name of every row of ``registrations`` or ``protections``."""
+    if table not in ("registrations", "protections"):
+        raise ValueError(f"not a per-VM table: {table}")
+    return {str(u): str(n or "") for u, n in conn.execute(f"SELECT vm_uuid, vm_name FROM {table}")}
+
+
+def inventory_uuids(conn: sqlite3.Connection) -> set[str]:
+    """The uuids of the inventory's VMs that are not gone."""
+    return {str(r[0]) for r in conn.execute("SELECT uuid FROM vms WHERE gone = 0")}
+
+
+def last_backups(conn: sqlite3.Connection, vm_uuids: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest backup job of each of these VMs, as the dashboard shows it (one statement, one index probe
+    per VM): vm_uuid -> {job_id, state, created_at, ended_at, error_code, error_remediation}."""
+    rows = conn.execute(
+        "SELECT v.value AS vm_uuid, j.id, j.state, j.created_at, j.ended_at, j.error_code, j.error_remediation"
+        " FROM json_each(?) v JOIN jobs j ON j.id = (SELECT id FROM jobs WHERE vm_uuid = v.value AND type = 'backup'"
+        " ORDER BY created_at DESC, id DESC LIMIT 1)",
+        (json.dumps(vm_uuids),),
+    )
+    return {
+        str(r[0]): {
+            "job_id": r[1],
+            "state": r[2],
+            "created_at": r[3],
+            "ended_at": r[4],
+            "error_code": r[5],
+            "error_remediation": r[6],
+        }
+        for r in rows
+    }
+
+
+def job_counts(conn: sqlite3.Connection, since: str, until: str) -> list[tuple[str, str, int]]:
+    """(type, state, count) of the jobs created in [since, until] (ISO 8601 UTC, as the jobs table stores them)."""
+    rows = conn.execute(
+        "SELECT type, state, COUNT(*) FROM jobs WHERE created_at >= ? AND created_at <= ? GROUP BY type, state",
+        (since, until),
+    )
+    return [(str(t), str(s), int(n)) for t, s, n in rows]
+
+
+@dataclass(frozen=True)
+class JobLine:
+    """One job as the web dashboard lists it (no phases: those are read for one job at a time)."""
+
+    id: str
+    type: str
+    state: str
+    vm_uuid: str | None
+    vm_name: str | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    bytes_total: int
+    error_code: str | None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to end; None while running or never started."""
+        start, end = parse_time(self.started_at), parse_time(self.ended_at)
+        return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view, with the duration."""
+        return {**self.__dict__, "duration_s": self.duration_s}
+
+
+_JOB_COLUMNS = "id, type, state, vm_uuid, vm_name, created_at, started_at, ended_at, bytes_total, error_code"
+
+
+def recent_jobs(conn: sqlite3.Connection, since: str, limit: int) -> list[JobLine]:
+    """Jobs created at or after since, newest first, at most limit."""
+    rows = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?",
+        (since, int(limit)),
+    )
+    return [JobLine(*r) for r in rows]
+
+
+def backup_history(conn: sqlite3.Connection, vm_uuid: str, limit: int) -> list[JobLine]:
+    """A VM's newest backup jobs (at most limit), oldest first: the size and duration chart's data."""
+    rows = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE vm_uuid = ? AND type = 'backup'"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        (vm_uuid, int(limit)),
+    )
+    return [JobLine(*r) for r in reversed(rows.fetchall())]
