@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,11 +14,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from controller.cli import output
 from controller.filerestore.appliance import Entry
 from controller.filerestore.appliance import Progress as ProgressFn
+from controller.filerestore.rawnames import shown
 
 
 def _safe(text: str) -> str:
-    """A name from the point, printable on a terminal: control characters as \\xNN, rich markup escaped."""
-    return escape("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text))
+    """A name from the point, printable on a terminal: bytes that are not UTF-8 and control characters as \\xNN,
+    rich markup escaped."""
+    return escape("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown(text)))
 
 
 @contextmanager
@@ -63,7 +65,7 @@ def run_ls(args: argparse.Namespace) -> int:
             return 0
         entries = pf.ls(args.path)
     if args.json:
-        output.print_json({"point_id": args.point, "path": args.path, "entries": [e.to_dict() for e in entries]})
+        output.print_json({"point_id": args.point, "path": shown(args.path), "entries": [e.to_dict() for e in entries]})
         return 0
     output.table(f"{args.point} {_safe(args.path)}", ["mode", "owner", "size", "mtime", "name"], map(_row, entries))
     return 0
@@ -100,10 +102,29 @@ def run_get(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A subcommand parser that takes options between its positionals (`files ls POINT --disk vdb /etc`): plain
+    argparse gives every positional its chance once, before the option, and then rejects the path after it."""
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """parse_known_intermixed_args (which calls back into this method: the flag sends it to the plain one)."""
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `files ls` and `files get`."""
     p = sub.add_parser("files", help="list or copy files out of a recovery point without booting it")
-    fsub = p.add_subparsers(dest="files_command", metavar="ls|get", required=True)
+    fsub = p.add_subparsers(dest="files_command", metavar="ls|get", required=True, parser_class=_Intermixed)
     disk_help = "read only this disk (default: all of the point's disks)"
     ls = fsub.add_parser("ls", help="list the point's filesystems, or a directory in one")
     ls.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")

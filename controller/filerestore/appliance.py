@@ -4,6 +4,7 @@ Drives are attached read-only (libguestfs puts a throwaway qcow2 overlay over ea
 xfs log recovery lands there, never in the vault); an incremental point's top file is attached and QEMU follows its
 backing chain. The appliance has no network. KVM is used when it works; a host whose /dev/kvm exists but fails
 (nested virtualisation) is retried once under TCG (``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` skips the try).
+Names that are not valid UTF-8 are listed as bytes and read through rawnames.py (libguestfs' binding takes str only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from controller.filerestore import rawnames
 from controller.filerestore.exceptions import (
     FileRestoreFailed,
     FileRestoreUnavailable,
@@ -26,6 +28,7 @@ from controller.filerestore.exceptions import (
     FilesystemNotFound,
     GuestPathNotFound,
 )
+from controller.filerestore.rawnames import addressable, shown
 from controller.sysimport import import_system_module
 
 #: names passed to one lstatnslist/readlinklist call (the protocol caps a message at a few MiB)
@@ -95,8 +98,8 @@ class Entry:
     def to_dict(self) -> dict[str, Any]:
         """JSON view (mode in octal without the type bits, mtime as ISO UTC)."""
         out: dict[str, Any] = {
-            "path": self.path,
-            "name": self.name,
+            "path": shown(self.path),
+            "name": shown(self.name),
             "type": self.kind,
             "mode": f"{stat.S_IMODE(self.mode):04o}",
             "uid": self.uid,
@@ -105,7 +108,9 @@ class Entry:
             "mtime": datetime.fromtimestamp(self.mtime_ns / 1e9, UTC).isoformat(),
         }
         if self.kind == "symlink":
-            out["target"] = self.target
+            out["target"] = shown(self.target)
+        if not addressable(self.name):  # escaped above: the exact bytes too
+            out["name_hex"] = rawnames.hex_name(self.name)
         return out
 
 
@@ -135,6 +140,7 @@ class Appliance:
         self.g: Any = None
         self._mounted: str | None = None
         self._fs: list[Filesystem] | None = None
+        self._raw: rawnames.RawEntries | None = None
 
     def launch(self) -> None:
         """Start the appliance (KVM, or TCG when KVM fails); FILE_RESTORE_UNAVAILABLE if neither starts."""
@@ -157,11 +163,15 @@ class Appliance:
                 g.close()
                 continue
             self.g = g
+            self._raw = rawnames.RawEntries(g, rawnames.new_workdir())
             return
         raise FileRestoreUnavailable(f"the libguestfs appliance did not start: {last}")
 
     def close(self) -> None:
         """Shut the appliance down (its overlays go with it)."""
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         if self.g is not None:
             with contextlib.suppress(RuntimeError):
                 self.g.shutdown()
@@ -246,8 +256,23 @@ class Appliance:
             details={"filesystems": [f.name for f in fss]},
         )
 
+    @property
+    def raw(self) -> rawnames.RawEntries:
+        """The non-UTF-8 entries read so far (the appliance must be launched)."""
+        assert self._raw is not None, "the appliance is not launched"
+        return self._raw
+
+    def _raw_entry(self, path: str) -> Entry:
+        """The entry at a non-UTF-8 path; GUEST_PATH_NOT_FOUND if absent."""
+        meta = self._call(f"tar-out for {shown(path)}", self.raw.lookup, path)
+        if meta is None:
+            raise GuestPathNotFound(f"{shown(path)}: no such file or directory", details={"path": shown(path)})
+        return Entry(*meta)
+
     def lstat(self, path: str) -> Entry:
         """The entry at path (not following a final symlink); GUEST_PATH_NOT_FOUND if absent."""
+        if not addressable(path):
+            return self._raw_entry(path)
         try:
             st = self.g.lstatns(path)
         except RuntimeError as e:
@@ -270,22 +295,44 @@ class Appliance:
         return out
 
     def ls(self, directory: str) -> list[Entry]:
-        """The directory's entries, sorted by name."""
-        names = sorted(self._call(f"ls {directory}", self.g.ls, directory))
-        return self.entries(directory, names)
+        """The directory's entries, sorted by name (names that are not UTF-8 included)."""
+        if not addressable(directory):
+            prefix = directory.rstrip("/") + "/"
+            below = self.raw.below(directory) if self._raw_entry(directory).kind == "dir" else []
+            return sorted((Entry(*m) for m in below if "/" not in m.path[len(prefix) :]), key=lambda e: e.name)
+        names = sorted(self._call(f"ls {directory}", rawnames.list0, self.g, directory, self.raw.work))
+        good = [n for n in names if addressable(n)]
+        out = self.entries(directory, good)
+        if len(good) < len(names):
+            out += [Entry(*m) for m in self._call(f"tar-out of {directory}", self.raw.children, directory)]
+        return sorted(out, key=lambda e: e.name)
 
     def walk(self, directory: str) -> Iterator[Entry]:
-        """Every entry below directory (not following symlinks), parents before children."""
-        rels = self._call(f"find {directory}", self.g.find, directory)
+        """Every entry below directory (not following symlinks), parents before children; a non-UTF-8 entry comes
+        with everything below it (one archive), after the UTF-8 entries."""
+        if not addressable(directory):
+            yield from (Entry(*m) for m in self._call(f"tar-out of {shown(directory)}", self.raw.below, directory))
+            return
+        rels = self._call(f"find {directory}", rawnames.find0, self.g, directory, self.raw.work)
         by_dir: dict[str, list[str]] = {}
+        raw_tops: list[str] = []
         for rel in rels:
             parent, _, name = rel.rpartition("/")
-            by_dir.setdefault(parent, []).append(name)
+            if addressable(rel):
+                by_dir.setdefault(parent, []).append(name)
+            elif addressable(parent):  # the first non-UTF-8 component: it and all below come from its archive
+                raw_tops.append(join(directory, rel))
         for parent in sorted(by_dir, key=lambda p: (p.count("/") if p else -1, p)):
             yield from self.entries(join(directory, parent) if parent else directory, by_dir[parent])
+        for top in raw_tops:
+            yield self._raw_entry(top)
+            yield from (Entry(*m) for m in self.raw.below(top))
 
     def download(self, path: str, local: Path, progress: Progress | None = None) -> None:
         """Copy the regular file at path into the local file (libguestfs writes it)."""
+        if not addressable(path):
+            self._call(f"copy {shown(path)}", self.raw.copy, path, local, progress)
+            return
         gfs = import_guestfs()
         handle = None
         if progress is not None:

@@ -10,6 +10,7 @@ What the filesystem says is data, never a path to follow:
 * a symlink is restored only when its target is relative and stays inside --to, lexically when made and again by
   realpath once all are made (a link through another link that leaves --to is removed); else it is skipped with
   the reason. Hard links come out as separate copies.
+* a name that is not valid UTF-8 is written with its exact bytes (rawnames.py); reports show it escaped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from controller.filerestore.appliance import Appliance, Entry, Progress
 from controller.filerestore.exceptions import FileRestoreTargetInvalid
+from controller.filerestore.rawnames import shown
 
 #: bits never restored: the point's filesystem must not make a host file run as its owner or group
 DROPPED_BITS = stat.S_ISUID | stat.S_ISGID
@@ -49,16 +51,16 @@ class GetResult:
         self.skipped.append({"path": path, "reason": reason})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON view."""
+        """JSON view (names that are not UTF-8 escaped as \\xNN; on disk they keep their bytes)."""
         return {
-            "to": self.to,
+            "to": shown(self.to),
             "files": self.files,
             "dirs": self.dirs,
             "symlinks": self.symlinks,
             "bytes": self.bytes,
-            "restored": self.restored,
-            "skipped": self.skipped,
-            "setuid_setgid_dropped": self.dropped_bits,
+            "restored": [shown(p) for p in self.restored],
+            "skipped": [{k: shown(v) for k, v in s.items()} for s in self.skipped],
+            "setuid_setgid_dropped": [shown(p) for p in self.dropped_bits],
             "owners_kept": self.owners_kept,
         }
 

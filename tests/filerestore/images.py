@@ -19,6 +19,9 @@ PART2 = 41 * MiB  #: offset of partition 2 (vfat, 16 MiB)
 PART2_SIZE = 16 * MiB
 DISK_SIZE = 64 * MiB
 MTIME = 1_700_000_000  #: mtime given to the test files
+RAW_FILE = b"caf\xe9.txt".decode("utf-8", "surrogateescape")  #: /names/<latin-1 name>, not valid UTF-8
+RAW_DIR = b"d\xff".decode("utf-8", "surrogateescape")  #: /names/<dir> holding RAW_INNER, ok.txt, link -> RAW_INNER
+RAW_INNER = b"in\xfe.bin".decode("utf-8", "surrogateescape")
 
 
 def sha256(path: Path) -> str:
@@ -58,6 +61,15 @@ def ext4_tree(root: Path, extra: dict[str, bytes] | None = None) -> None:
     os.chmod(sgid, 0o2775)
     os.mknod(evil / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.mkfifo(evil / "fifo")
+    names = root / "names"  # names that are not UTF-8 (surrogate escapes: the files get these exact bytes)
+    names.mkdir()
+    (names / RAW_FILE).write_bytes(b"latin-1 name\n")
+    os.chmod(names / RAW_FILE, 0o600)
+    (names / "plain.txt").write_bytes(b"plain\n")
+    (names / RAW_DIR).mkdir()
+    (names / RAW_DIR / RAW_INNER).write_bytes(b"inner\n")
+    (names / RAW_DIR / "ok.txt").write_bytes(b"ok\n")
+    (names / RAW_DIR / "link").symlink_to(RAW_INNER)
     for p in [root, *root.rglob("*")]:
         os.utime(p, (MTIME, MTIME), follow_symlinks=False)
 

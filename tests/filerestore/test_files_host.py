@@ -233,3 +233,55 @@ def test_names_and_links_checked_lexically() -> None:
     assert split_guest_path("/x/./y/") == (None, "/x/y")
     with pytest.raises(InvalidArgument):
         split_guest_path("etc/passwd")
+
+
+def test_names_that_are_not_utf8_are_listed_escaped_and_restored_with_their_bytes(
+    full_files: PointFiles, tmp_path: Path
+) -> None:
+    """/names holds a latin-1 file name and a non-UTF-8 directory (a file, a UTF-8 file and a link inside): ls shows
+    them escaped (with their exact bytes in hex), get writes them with their own bytes, nothing fails or is skipped."""
+    by_name = {e.name: e for e in full_files.ls("vda1:/names")}
+    assert set(by_name) == {im.RAW_FILE, im.RAW_DIR, "plain.txt"}
+    raw = by_name[im.RAW_FILE]
+    assert raw.kind == "file" and raw.size == 13 and stat.S_IMODE(raw.mode) == 0o600
+    assert raw.mtime_ns == im.MTIME * 10**9
+    d = raw.to_dict()
+    assert d["name"] == "caf\\xe9.txt" and d["name_hex"] == b"caf\xe9.txt".hex() and "\\udc" not in json.dumps(d)
+    inner = {e.name: e for e in full_files.ls(f"vda1:/names/{im.RAW_DIR}")}
+    assert set(inner) == {im.RAW_INNER, "ok.txt", "link"} and inner["link"].target == im.RAW_INNER
+    assert _safe(im.RAW_FILE) == "caf\\xe9.txt"
+
+    res = full_files.get(["vda1:/names"], tmp_path / "out")
+    out = os.fsencode(tmp_path / "out" / "names")
+    assert res.skipped == [] and (res.files, res.dirs, res.symlinks) == (4, 2, 1), res
+    assert sorted(os.listdir(out)) == sorted([b"caf\xe9.txt", b"d\xff", b"plain.txt"])
+    assert _read(out, b"caf\xe9.txt") == b"latin-1 name\n"
+    st = os.lstat(os.path.join(out, b"caf\xe9.txt"))
+    assert (stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (0o600, im.MTIME)
+    assert _read(out, b"d\xff", b"in\xfe.bin") == b"inner\n"
+    assert os.readlink(os.path.join(out, b"d\xff", b"link")) == b"in\xfe.bin"
+    assert "\\udc" not in json.dumps(res.to_dict())
+
+    one = full_files.get([f"vda1:/names/{im.RAW_DIR}/{im.RAW_INNER}"], tmp_path / "one")  # asked for by its name
+    assert one.files == 1 and _read(os.fsencode(tmp_path / "one"), b"in\xfe.bin") == b"inner\n"
+
+
+def _read(*parts: bytes) -> bytes:
+    """The content of the local file at the joined byte path."""
+    with open(os.path.join(*parts), "rb") as f:
+        return f.read()
+
+
+def test_files_options_may_follow_the_positionals() -> None:
+    """`files ls POINT --disk vda PATH` and `files get POINT P1 --to D P2 --disk vdb`: options anywhere."""
+    from controller.cli.main import build_parser
+
+    parser = build_parser("files")
+    a = parser.parse_args(["files", "ls", "P", "--disk", "vda", "vda1:/etc", "--json"])
+    assert (a.point, a.path, a.disk, a.json) == ("P", "vda1:/etc", "vda", True)
+    a = parser.parse_args(["files", "ls", "--disk", "vdb", "P"])
+    assert (a.point, a.path, a.disk) == ("P", None, "vdb")
+    a = parser.parse_args(["files", "get", "P", "/a", "--to", "D", "/b", "--disk", "vdb"])
+    assert (a.point, a.paths, a.to, a.disk) == ("P", ["/a", "/b"], "D", "vdb")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["files", "ls", "P", "/a", "/b"])
