@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 
 from agent.contract import CONSISTENCY_LEVELS
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
-from controller.cli import output
+from controller.cli import exitcodes, output
 from controller.errors import VmBackupError
 from controller.state import open_state
 from controller.vault import compress
@@ -43,7 +43,7 @@ def _print_result(r: BackupResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Back up each VM in turn; exit 2 if any failed."""
+    """Back up each VM in turn; exit 1 (exitcodes.FAILED) if any failed."""
     show = sys.stdout.isatty() and not args.json
     results: list[dict[str, object]] = []
     failed = 0
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                     _print_result(r)
     if args.json:
         output.print_json(results)
-    return 2 if failed else 0
+    return exitcodes.FAILED if failed else exitcodes.OK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

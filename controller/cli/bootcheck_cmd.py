@@ -10,7 +10,7 @@ from controller.state import open_state
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the boot-check and print each check; a failure is reported as BOOT_CHECK_FAILED (exit 2)."""
+    """Run the boot-check and print each check; a failure is reported as BOOT_CHECK_FAILED (exit 1)."""
     from controller.restore.bootcheck import BootChecker
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller.cli import output
+from controller.cli import exitcodes, output
 from controller.cli.vms_cmd import disk_summary
 from controller.errors import VmBackupError
 from controller.inventory.discovery import DiscoveryResult, discover_host
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    """Discover each host; report per host; exit 2 if a host failed."""
+    """Discover each host; report per host; exit 1 (exitcodes.FAILED) if a host failed."""
     results: list[DiscoveryResult] = []
     errors: list[tuple[str, VmBackupError]] = []
     with open_state() as st:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             _print(r)
         for uri, err in errors:
             print(f"error {err.code} on {uri}: {err.message}", file=sys.stderr)
-    return 2 if errors else 0
+    return exitcodes.FAILED if errors else exitcodes.OK
 
 
 def _print(r: DiscoveryResult) -> None:

@@ -8,7 +8,8 @@ Every module ``controller/cli/<name>_cmd.py`` is a command (or a command group).
         p.set_defaults(func=run)          # run(args) -> int (exit code)
 
 Modules are discovered automatically, so adding a command touches no other file. Errors of type VmBackupError are
-printed as one clear line (code, message, remediation) with exit code 2; ``--json`` prints them as JSON.
+printed as one clear line (code, message, remediation) with exit code 1; ``--json`` prints them as JSON. Exit codes
+(controller/cli/exitcodes.py, README "Exit codes"): 0 success, 1 the operation failed, 2 usage error (argparse).
 
 Start-up is kept short (``vmbackup dashboard --json`` must answer fast with 10,000 VMs): when the command line
 names a command, only the module(s) whose source registers that name (``sub.add_parser("name"`` in its
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import controller
+from controller.cli import exitcodes
 from controller.errors import VmBackupError
 
 _CLI_DIR = Path(__file__).resolve().parent
@@ -72,17 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return exitcodes.USAGE
     try:
         return int(args.func(args) or 0)
     except VmBackupError as e:
         from controller.cli import output  # lazy: rich is loaded only by the commands that print with it
 
         output.error(e, as_json=bool(getattr(args, "json", False)))
-        return 2
+        return exitcodes.FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
 
 
 if __name__ == "__main__":

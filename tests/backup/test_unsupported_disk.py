@@ -88,9 +88,9 @@ def test_backup_with_exclusions_lists_them_in_the_manifest(settings: Any, netdis
 def test_backup_cli_refuses_then_excludes(
     settings: Any, netdisk_vm: libvirt.virDomain, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`vmbackup backup VM --json`: UNSUPPORTED_DISK (exit 2); with --exclude-disk for each device it succeeds."""
+    """`vmbackup backup VM --json`: UNSUPPORTED_DISK (exit 1); with --exclude-disk for each device it succeeds."""
     name = netdisk_vm.name()
-    assert main(["backup", name, "--json"]) == 2
+    assert main(["backup", name, "--json"]) == 1
     (row,) = json.loads(capsys.readouterr().out)
     assert row["error"]["code"] == "UNSUPPORTED_DISK" and "vdb" in row["error"]["message"]
     assert main(["backup", name, "--exclude-disk", "vdb", "--exclude-disk", "hostshare", "--json"]) == 0

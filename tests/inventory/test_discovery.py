@@ -146,7 +146,7 @@ def test_cli_discover_vms_jobs_json(
 def test_cli_discover_refused_while_one_runs(cfg: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     store = JobStore(db.connect(cfg.db_path))
     job = store.create("discover", host_uri=URI, lock_key=lock_key(URI))
-    assert main(["discover", "--host", URI, "--json"]) == 2
+    assert main(["discover", "--host", URI, "--json"]) == 1
     err = json.loads(capsys.readouterr().err)["error"]
     assert err["code"] == "DISCOVERY_IN_PROGRESS" and "another discovery is already running" in err["message"]
     assert main(["job", "cancel", job.id]) == 0

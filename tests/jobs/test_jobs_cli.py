@@ -49,7 +49,7 @@ def test_jobs_list_and_filters(store: JobStore, capsys: pytest.CaptureFixture[st
     assert main(["jobs"]) == 0
     table = capsys.readouterr().out
     assert ok.id in table and "HYPERVISOR_ERROR" in table and "3.0 MiB" in table
-    assert main(["jobs", "--since", "soon"]) == 2
+    assert main(["jobs", "--since", "soon"]) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
     assert main(["job", "show", bad.id]) == 0
@@ -58,7 +58,7 @@ def test_jobs_list_and_filters(store: JobStore, capsys: pytest.CaptureFixture[st
     assert main(["job", "show", ok.id, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["phases"][0]["name"] == "copy" and shown["phases"][0]["bytes"] == 3 * 1024 * 1024
-    assert main(["job", "show", "20000101-000000-000000"]) == 2
+    assert main(["job", "show", "20000101-000000-000000"]) == 1
     assert "error JOB_NOT_FOUND" in capsys.readouterr().err
 
 
@@ -92,5 +92,5 @@ def test_cancel_queued_and_running(store: JobStore, capsys: pytest.CaptureFixtur
     assert outcome == ["cancelled"]
     got = store.get(job.id)
     assert got.state == "cancelled" and got.error and got.error["code"] == "JOB_CANCELLED" and got.bytes_total < 600
-    assert main(["job", "cancel", job.id]) == 2  # already ended
+    assert main(["job", "cancel", job.id]) == 1  # already ended
     assert "JOB_STATE_INVALID" in capsys.readouterr().err

@@ -28,8 +28,8 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess[str], code: str) -> None:
-    """Exit 2, and stderr is `error CODE: ...` plus the fix line, no traceback."""
-    assert p.returncode == 2, p.stderr
+    """Exit 1, and stderr is `error CODE: ...` plus the fix line, no traceback."""
+    assert p.returncode == 1, p.stderr
     lines = p.stderr.strip().splitlines()
     assert lines[0].startswith(f"error {code}: "), p.stderr
     assert len(lines) == 2 and lines[1].startswith("  fix: "), p.stderr

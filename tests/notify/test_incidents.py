@@ -215,7 +215,7 @@ def test_notify_test_cli(configure: Configure, rec: Receiver, capsys: pytest.Cap
     assert main(["notify", "test", "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     assert r["channel"] == "hook" and r["ok"] and rec.bodies()[0]["type"] == "test"
-    assert main(["notify", "test", "--channel", "nope", "--json"]) == 2
+    assert main(["notify", "test", "--channel", "nope", "--json"]) == 1
     assert json.loads(capsys.readouterr().err)["error"]["code"] == "NOTIFY_CHANNEL_UNKNOWN"
     rec.plan = [500]
     assert main(["notify", "test", "--channel", "hook"]) == 1
@@ -224,5 +224,5 @@ def test_notify_test_cli(configure: Configure, rec: Receiver, capsys: pytest.Cap
 
 def test_notify_test_without_config(private_settings: settings.Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """No config: NOTIFY_NOT_CONFIGURED with what to add."""
-    assert main(["notify", "test"]) == 2
+    assert main(["notify", "test"]) == 1
     assert "NOTIFY_NOT_CONFIGURED" in capsys.readouterr().err

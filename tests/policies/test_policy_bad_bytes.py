@@ -35,10 +35,10 @@ def test_bad_bytes_name_the_line(tmp_path: Path, tail: bytes, line: int, says: s
 
 
 def test_cli_reports_bad_bytes_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`vmbackup policy create --file` exits 2 with the error line; nothing is stored."""
+    """`vmbackup policy create --file` exits 1 with the error line; nothing is stored."""
     f = tmp_path / "p.yaml"
     f.write_bytes(HEAD + b"# \xff\n")
-    assert main(["policy", "create", "--file", str(f)]) == 2
+    assert main(["policy", "create", "--file", str(f)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error POLICY_INVALID: {f}:4: not UTF-8 text") and "Traceback" not in err
     assert main(["policy", "list", "--json"]) == 0

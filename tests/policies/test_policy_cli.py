@@ -31,11 +31,11 @@ def test_create_from_flags_list_show(conn: sqlite3.Connection, capsys: Any) -> N
 
 
 def test_create_flag_error_names_the_flag(capsys: Any) -> None:
-    """A bad flag value is one clear error line naming the flag and what is allowed; exit 2."""
-    assert main(["policy", "create", "gold", "--daily", "24:30"]) == 2
+    """A bad flag value is one clear error line naming the flag and what is allowed; exit 1."""
+    assert main(["policy", "create", "gold", "--daily", "24:30"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error POLICY_INVALID: --daily: got '24:30'; allowed: a time HH:MM")
-    assert main(["policy", "create", "gold", "--keep-last", "3"]) == 2
+    assert main(["policy", "create", "gold", "--keep-last", "3"]) == 1
     assert "--daily/--weekly/--hourly/--every-minutes" in capsys.readouterr().err
 
 
@@ -44,7 +44,7 @@ def test_create_from_file_and_duplicate(tmp_path: Path, capsys: Any) -> None:
     f = tmp_path / "p.yaml"
     f.write_text("name: a\nschedule: {hourly: 6}\n---\nname: b\nschedule: {weekly: {days: [sun], at: '03:00'}}\n")
     assert [r["name"] for r in _json(capsys, ["policy", "create", "--file", str(f), "--json"])] == ["a", "b"]
-    assert main(["policy", "create", "--file", str(f)]) == 2
+    assert main(["policy", "create", "--file", str(f)]) == 1
     assert "POLICY_EXISTS" in capsys.readouterr().err
     assert [r["action"] for r in _json(capsys, ["policy", "create", "-f", str(f), "--replace", "--json"])] == [
         "replaced", "replaced"]
@@ -54,7 +54,7 @@ def test_bad_file_error_line(tmp_path: Path, capsys: Any) -> None:
     """The CLI prints file:line and field of a bad policy file."""
     f = tmp_path / "bad.yaml"
     f.write_text("name: a\nschedule:\n  weekly: {days: [mon], at: '7am'}\n")
-    assert main(["policy", "create", "--file", str(f)]) == 2
+    assert main(["policy", "create", "--file", str(f)]) == 1
     assert f"{f}:3: field 'schedule.weekly.at': got '7am'" in capsys.readouterr().err
 
 
@@ -69,11 +69,11 @@ def test_protect_unprotect_cli(conn: sqlite3.Connection, register: Any, capsys: 
     assert [o["status"] for o in outs] == ["Protected (initial backup pending)"] * 2
     assert main(["protect", "web1", "--policy", "silver"]) == 0
     assert "rebound from gold" in capsys.readouterr().out
-    assert main(["protect", "ghost", "--policy", "gold"]) == 2
+    assert main(["protect", "ghost", "--policy", "gold"]) == 1
     assert "PROTECT_REQUIRES_REGISTRATION" in capsys.readouterr().err
-    assert main(["policy", "delete", "gold"]) == 2
+    assert main(["policy", "delete", "gold"]) == 1
     assert "error POLICY_IN_USE: policy 'gold' protects 1 VM(s): db1" in capsys.readouterr().err
-    assert main(["unprotect", "db1", "--delete-data"]) == 2  # stdin is not a terminal: no confirmation
+    assert main(["unprotect", "db1", "--delete-data"]) == 1  # stdin is not a terminal: no confirmation
     assert "CONFIRMATION_REQUIRED" in capsys.readouterr().err
     out = _json(capsys, ["unprotect", "db1", "--retain-data", "--json"])
     assert out["mode"] == "retain"

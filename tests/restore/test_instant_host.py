@@ -169,9 +169,9 @@ def test_offline_finish_leaves_no_reference_to_the_vault(tmp_path: Path, into_po
 def test_cli_restore_list_and_finish_arguments(private_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["restore", "list", "--json"]) == 0
     assert capsys.readouterr().out.strip() == "[]"
-    assert main(["restore", "finish"]) == 2
+    assert main(["restore", "finish"]) == 1
     assert "NAME" in capsys.readouterr().err
-    assert main(["restore", "finish", "nope", "--json"]) == 2
+    assert main(["restore", "finish", "nope", "--json"]) == 1
     assert "INSTANT_VM_NOT_FOUND" in capsys.readouterr().err
-    assert main(["restore", "20261125T101500Z-3fa9c1", "--instant"]) == 2
+    assert main(["restore", "20261125T101500Z-3fa9c1", "--instant"]) == 1
     assert "--as" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_cli_without_tty_needs_yes(
     """No terminal and no --yes: CONFIRMATION_REQUIRED naming --yes, before anything (even a same-VM point)."""
     a, _b, point = _two_vms(private_settings, lv, private_home)
     before = _sha(a.disk)
-    assert main(["restore", point.point_id, "--replace", a.name, "--json"]) == 2
+    assert main(["restore", point.point_id, "--replace", a.name, "--json"]) == 1
     cap = capsys.readouterr()
     err = json.loads(cap.out or cap.err)
     assert "CONFIRMATION_REQUIRED" in json.dumps(err) and "--yes" in json.dumps(err)
@@ -111,7 +111,7 @@ def test_cli_asks_on_a_tty(
     err = capsys.readouterr().err
     assert "Replace the disks of VM 'rg-a'" in err and "kept as" in err
     if answer == "n":
-        assert rc == 2 and "RESTORE_DECLINED" in err and _sha(a.disk) == before
+        assert rc == 1 and "RESTORE_DECLINED" in err and _sha(a.disk) == before
     else:
         assert rc == 0 and "disk-of-a" in synth.read_marker(a.disk)
         (old,) = a.disk.parent.glob("vda.qcow2.vmb-replaced-*")

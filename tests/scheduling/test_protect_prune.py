@@ -119,4 +119,4 @@ def test_unprotect_delete_data_refused_while_a_point_is_protected(conn: sqlite3.
     assert len(vault.list_points(vm)) == 3
     prot = store.get_protection(conn, vm)
     assert prot is not None and prot.active  # still protected, schedule untouched
-    assert main(["unprotect", "web1", "--delete-data", "--yes"]) == 2
+    assert main(["unprotect", "web1", "--delete-data", "--yes"]) == 1

@@ -71,7 +71,7 @@ def test_serve_process_sigterm_exits_zero_and_refuses_second(private_settings: A
         while time.monotonic() < deadline and not JobStore(conn).list(type="verify"):
             time.sleep(0.2)
         second = subprocess.run([*CLI, "serve", "--once"], capture_output=True, text=True, timeout=60)
-        assert second.returncode == 2 and "SERVE_ALREADY_RUNNING" in second.stderr
+        assert second.returncode == 1 and "SERVE_ALREADY_RUNNING" in second.stderr
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -51,10 +51,10 @@ def test_enable_status_export_import_disable(
 def test_missing_key_and_bad_import_print_code_and_remediation(
     private_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """export of a key not held is KEY_MISSING (import it); importing garbage is KEY_INVALID; exit 2."""
-    assert main(["vault", "key", "export", "0123456789abcdef", "--json"]) == 2
+    """export of a key not held is KEY_MISSING (import it); importing garbage is KEY_INVALID; exit 1."""
+    assert main(["vault", "key", "export", "0123456789abcdef", "--json"]) == 1
     err = json.loads(capsys.readouterr().err)["error"]
     assert err.get("code") == "KEY_MISSING" and "vault key import" in err.get("remediation", "")
     (tmp_path / "bad.txt").write_text("hello\n")
-    assert main(["vault", "key", "import", str(tmp_path / "bad.txt")]) == 2
+    assert main(["vault", "key", "import", str(tmp_path / "bad.txt")]) == 1
     assert "KEY_INVALID" in "".join(capsys.readouterr())

@@ -89,10 +89,10 @@ def test_cli_protect_points_delete_unprotect(vault: Vault, capsys: pytest.Captur
     table = capsys.readouterr().out
     cells = {c[0]: c[-1] for line in table.splitlines() if len(c := line.replace("│", " ").split()) > 2}
     assert [cells[i] for i in ids] == ["chain", "yes", "-"]
-    assert main(["vault", "delete", ids[0]]) == 2
+    assert main(["vault", "delete", ids[0]]) == 1
     err = capsys.readouterr().err
     assert "POINT_PROTECTED" in err and "vmbackup vault unprotect" in err
-    assert main(["vault", "delete", ids[1], "--json"]) == 2
+    assert main(["vault", "delete", ids[1], "--json"]) == 1
     assert json.loads(capsys.readouterr().err)["error"]["code"] == "POINT_PROTECTED"
     assert len(vault.list_points()) == 3
     assert main(["vault", "unprotect", ids[1], "--json"]) == 0

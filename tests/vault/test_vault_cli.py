@@ -91,10 +91,10 @@ def test_vault_verify_broken_manifest(
 
 
 def test_vault_verify_unknown_point_is_typed_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad or unknown id gives a one-line typed error and exit 2."""
-    assert main(["vault", "verify", "../../etc"]) == 2
+    """A bad or unknown id gives a one-line typed error and exit 1."""
+    assert main(["vault", "verify", "../../etc"]) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
-    assert main(["vault", "verify", "20261125T101500Z-abcdef", "--json"]) == 2
+    assert main(["vault", "verify", "20261125T101500Z-abcdef", "--json"]) == 1
     assert json.loads(capsys.readouterr().err)["error"]["code"] == "POINT_NOT_FOUND"
 
 
