@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from controller import settings as settings_mod
+from controller.cli import output
 from controller.errors import InvalidArgument
 from controller.jobs.model import parse_duration
 
@@ -17,9 +18,25 @@ def _positive(text: str) -> int:
     return n
 
 
+def _show_token(args: argparse.Namespace) -> int:
+    """Print the web token (and where it lives)."""
+    from controller.web.token import load_or_create, token_path
+
+    s = settings_mod.load()
+    token = load_or_create(s)
+    if args.json:
+        output.print_json({"token": token, "path": str(token_path(s))})
+    else:
+        print(token)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Start the serve loop (blocks); exit 0 after a graceful stop."""
+    """Start the serve loop (blocks); exit 0 after a graceful stop. --show-token: print the web token and exit."""
     from controller.scheduling.serve import ServeOptions, Server, configure_logging  # lazy: imports libvirt layers
+
+    if args.show_token:
+        return _show_token(args)
 
     if args.tick <= 0:
         raise InvalidArgument(f"--tick must be positive, got {args.tick}")
@@ -32,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         verify_every=parse_duration(args.verify_every),
         once=args.once,
         metrics=args.metrics,
+        http=args.http,
+        http_public=args.http_public,
     )
     configure_logging()
     return Server(settings_mod.load(), opts).serve()
@@ -58,4 +77,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9470 (no auth: keep it local; "
         "default: off)",
     )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the read-only web dashboard at http://HOST:PORT/, e.g. 127.0.0.1:8470; a token is required "
+        "(--show-token); a loopback address unless --http-public (default: off)",
+    )
+    p.add_argument(
+        "--http-public",
+        action="store_true",
+        help="allow --http on an address other machines can reach (plain HTTP: put TLS in front; default: off)",
+    )
+    p.add_argument(
+        "--show-token",
+        action="store_true",
+        help="print the web dashboard's token (created in $VMBACKUP_HOME/web-token, mode 0600, if none) and exit",
+    )
+    output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -27,11 +27,11 @@ from controller.settings import Settings
 _ADDR_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9470' or '[::1]:9470' -> (host, port); INVALID_ARGUMENT otherwise."""
+def parse_address(text: str, flag: str = "--metrics", port: int = 9470) -> tuple[str, int]:
+    """'127.0.0.1:9470' or '[::1]:9470' -> (host, port); INVALID_ARGUMENT (naming flag) otherwise."""
     m = _ADDR_RE.match(text.strip())
     if not m or int(m.group("port")) > 65535:
-        raise InvalidArgument(f"--metrics {text!r}: use HOST:PORT, e.g. 127.0.0.1:9470 (or [::1]:9470)")
+        raise InvalidArgument(f"{flag} {text!r}: use HOST:PORT, e.g. 127.0.0.1:{port} (or [::1]:{port})")
     return m.group("v6") or m.group("host"), int(m.group("port"))
 
 

@@ -24,7 +24,8 @@ Rules (tested in tests/serve/):
   One serve per VMBACKUP_HOME (a flock on ``$VMBACKUP_HOME/serve.lock``).
 - **Alerts and metrics.** Under the lock, a notifier thread (controller/notify/) evaluates incidents every
   ``notify.every`` of config.yaml and sends their messages; with ``metrics`` (HOST:PORT) a Prometheus endpoint
-  (controller/metrics/) serves metrics read from the DB and vault. Both stop at shutdown.
+  (controller/metrics/) serves metrics read from the DB and vault; with ``http`` (HOST:PORT) the read-only web
+  dashboard (controller/web/, token required, loopback unless ``http_public``). All stop at shutdown.
 - **Stop (SIGTERM/SIGINT).** No new task starts; running tasks get ``grace_s`` to finish; then every job this
   process owns is cancelled (a backup thaws, commits its overlays back and drops its partial point) and serve
   waits for them to end, then exits 0. A second signal skips the grace period.
@@ -82,6 +83,8 @@ class ServeOptions:
     verify_every: timedelta = timedelta(days=1)
     once: bool = False
     metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (controller/metrics/); None: none
+    http: str | None = None  # HOST:PORT of the web dashboard (controller/web/); None: none
+    http_public: bool = False  # allow a non-loopback --http address
 
 
 @dataclass
@@ -136,6 +139,7 @@ class Server:
         self._lock_file: IO[str] | None = None
         self._closers: list[Callable[[], None]] = []  # notifier, metrics endpoint: stopped by shutdown
         self.metrics_url: str | None = None  # the Prometheus endpoint, once started
+        self.web_url: str | None = None  # the web dashboard, once started
 
     # --- start and stop -------------------------------------------------------------------------------------
 
@@ -180,6 +184,13 @@ class Server:
                 self._closers.append(srv.close)
                 self.metrics_url = srv.url
                 log.info("start: Prometheus metrics on %s", srv.url)
+            if self.options.http:
+                from controller.web.server import start as start_web
+
+                web = start_web(self.settings, self.options.http, public=self.options.http_public)
+                self._closers.append(web.close)
+                self.web_url = web.url
+                log.info("start: web dashboard on %s (the token: `vmbackup serve --show-token`)", web.url)
         except BaseException:
             self._stop_side_services()
             if self._lock_file is not None:  # serve does not start: let another one take the home
