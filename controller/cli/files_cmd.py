@@ -67,7 +67,9 @@ def run_ls(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json({"point_id": args.point, "path": shown(args.path), "entries": [e.to_dict() for e in entries]})
         return 0
-    output.table(f"{args.point} {_safe(args.path)}", ["mode", "owner", "size", "mtime", "name"], map(_row, entries))
+    cols = ["mode", "owner", "size", "mtime", "name"]
+    empty = f"{_safe(args.path)} is an empty directory: vmbackup files ls {args.point} lists the filesystems"
+    output.table(f"{args.point} {_safe(args.path)}", cols, map(_row, entries), empty=empty)
     return 0
 
 

@@ -67,7 +67,10 @@ def run_list(args: argparse.Namespace) -> int:
          size(j.bytes_total) if j.bytes_total else "", j.error["code"] if j.error else "")
         for j in jobs
     ]  # fmt: skip
-    output.table("jobs", ("id", "type", "VM / host", "state", "created (UTC)", "duration", "bytes", "error"), rows)
+    filtered = args.type or args.state or args.vm or args.since
+    empty = "no jobs match these filters" if filtered else "no jobs yet: vmbackup discover, vmbackup backup VM"
+    cols = ("id", "type", "VM / host", "state", "created (UTC)", "duration", "bytes", "error")
+    output.table("jobs", cols, rows, empty=empty)
     return 0
 
 

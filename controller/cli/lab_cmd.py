@@ -128,7 +128,8 @@ def run_list(args: argparse.Namespace) -> int:
         rows = [
             [v.name, v.state, f"{v.meta.ssh_port}", f"{v.meta.agent_port}", v.meta.virt_type, v.uuid] for v in found
         ]
-        output.table("lab VMs", ["name", "state", "ssh port", "agent port", "virt", "uuid"], rows)
+        cols = ["name", "state", "ssh port", "agent port", "virt", "uuid"]
+        output.table("lab VMs", cols, rows, empty="no lab VMs: vmbackup lab create NAME")
     return 0
 
 

@@ -23,13 +23,17 @@ def print_json(data: Any, indent: int | None = 2) -> None:
     print(json.dumps(data, indent=indent, sort_keys=True, default=str))
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str | None = None) -> None:
     """Print a table; cells are turned into strings ('' for None).
 
     On a terminal: a rich table fitted to its width. Piped or redirected (a log, ``| grep``): plain columns at
     their full width, never cut, so ids and paths stay whole (rich would fold them into 80 columns).
+    No rows and an ``empty`` hint: only the hint, on stderr (see :func:`hint`), and nothing on stdout.
     """
     cells = [["" if v is None else str(v) for v in r] for r in rows]
+    if not cells and empty:
+        hint(empty)
+        return
     if not console.is_terminal:
         console.file.write(plain_table(title, columns, cells))
         return
@@ -53,6 +57,12 @@ def plain_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
 
     out = f"{title}\n" if title else ""
     return out + line(head) + line(["-" * w for w in widths]) + "".join(line(r) for r in body)
+
+
+def hint(text: str) -> None:
+    """A line for the person at the terminal, on stderr (stdout keeps only data): what an empty listing means and
+    the command to run next, e.g. "no points yet: vmbackup backup VM". Never printed with --json (which prints [])."""
+    print(text, file=sys.stderr)
 
 
 def error(e: VmBackupError, as_json: bool = False) -> None:

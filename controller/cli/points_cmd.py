@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     """List points, optionally only one VM's."""
     v = Vault()
     points = [p for p in v.list_points() if matches(p, args.vm)]
+    if args.vm and not points:
+        require_known_vm(args.vm)
     prot = protected_by(v, points)
     if args.json:
         output.print_json([
@@ -106,8 +108,21 @@ def run(args: argparse.Namespace) -> int:
     columns = ["point", "VM", "time (UTC)", "consistency", "type", "parent", "freeze ms", "guest frozen ms",
                "disks", "size", "boot-check", "protected"]
     rows = [[*_row(p), _marker(prot.get(p.point_id, []))] for p in points]
-    output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, rows)
+    empty = f"no points of {args.vm} yet: vmbackup backup {args.vm}" if args.vm else "no points yet: vmbackup backup VM"
+    output.table(f"recovery points{f' of {args.vm}' if args.vm else ''}", columns, rows, empty=empty)
     return 0
+
+
+def require_known_vm(vm: str) -> None:
+    """Raise UnknownVm unless the inventory knows vm (name or UUID); a VM with points in the vault is known too
+    (callers check the vault first: a deleted VM's points stay listable)."""
+    from controller.inventory.exceptions import UnknownVm
+    from controller.inventory.store import find_vm
+    from controller.state import open_state
+
+    with open_state() as st:
+        if find_vm(st.db, vm) is None:
+            raise UnknownVm(f"no VM {vm!r} in the inventory or the vault")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

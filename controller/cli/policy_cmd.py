@@ -116,7 +116,8 @@ def run_list(args: argparse.Namespace) -> int:
         output.print_json([{**p.to_dict(), "protected_vms": users[p.policy.name]} for p in pols])
         return 0
     cols = ["policy", "schedule", "retention", "min consistency", "boot-check every", "fulls", "VMs"]
-    output.table("policies", cols, [_summary(p, users[p.policy.name]) for p in pols])
+    empty = "no policies yet: vmbackup policy create NAME --daily HH:MM (or --file F)"
+    output.table("policies", cols, [_summary(p, users[p.policy.name]) for p in pols], empty=empty)
     return 0
 
 
@@ -135,6 +136,7 @@ def run_show(args: argparse.Namespace) -> int:
         f"VMs bound to {args.name}",
         ["VM", "uuid", "status", "since"],
         [[v["vm_name"], v["vm_uuid"], v["status"], v["since"]] for v in vms],
+        empty=f"no VMs bound to {args.name}: vmbackup protect VM --policy {args.name}",
     )
     return 0
 

@@ -24,6 +24,7 @@ def run_list(args: argparse.Namespace) -> int:
         "protections",
         ["VM", "uuid", "policy", "status", "points", "since"],
         [[r["vm_name"], r["vm_uuid"], r["policy"], r["status"], r["points"], r["since"]] for r in rows],
+        empty="no VMs protected yet: vmbackup protect VM --policy NAME (vmbackup policy list shows the policies)",
     )
     return 0
 

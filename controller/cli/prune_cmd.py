@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from controller.cli import output
+from controller.cli.points_cmd import require_known_vm
 from controller.state import open_state
 
 
@@ -16,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
 
     with open_state() as st:
         reports = prune(st, vm=args.vm, dry_run=args.dry_run)
+    if args.vm and not reports:
+        require_known_vm(args.vm)
     if args.json:
         output.print_json([r.to_dict() for r in reports])
         return 0
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
                 action = "would prune" if args.dry_run else "pruned"
             rows.append([r.vm_name, r.policy or "-", v.point.id, action, ", ".join(v.reasons)])
     title = "prune (dry run: nothing deleted or merged)" if args.dry_run else "prune"
-    output.table(title, ["VM", "policy", "point", "action", "why"], rows)
+    empty = "nothing to prune: no VM has points in the vault"
+    output.table(title, ["VM", "policy", "point", "action", "why"], rows, empty=empty)
     return 0
 
 

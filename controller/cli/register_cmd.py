@@ -127,6 +127,7 @@ def _list(args: argparse.Namespace) -> int:
             )
             for r in regs
         ],
+        empty="no VMs registered: vmbackup vms lists the VMs, vmbackup register VM registers one",
     )
     return 0
 

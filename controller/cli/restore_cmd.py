@@ -102,7 +102,7 @@ def _instant_admin(args: argparse.Namespace) -> int:
                     (x["name"], x["purpose"], x["point_id"], x["state"], x["created"],
                      ", ".join(dict(x["overlays"]).values()))  # type: ignore[call-overload]
                     for x in rows
-                ])
+                ], empty="no VMs run on vault points: vmbackup restore POINT --as NAME --instant starts one")
             return 0
         pool = Path(args.pool_dir) if args.pool_dir else None
         res = instant.finish(r, args.name, pool)

@@ -59,5 +59,9 @@ def run(args: argparse.Namespace) -> int:
         for v in vms
     ]
     cols = ["name", "UUID", "host", "state", "disks", "registered (quiescer)", "protected", "last seen (UTC)"]
-    output.table("VMs", cols, rows)
+    if args.state or args.host:
+        empty = "no VMs match these filters: vmbackup vms (no filter) lists them all"
+    else:
+        empty = "no VMs known: vmbackup discover, then vmbackup register VM"
+    output.table("VMs", cols, rows, empty=empty)
     return 0

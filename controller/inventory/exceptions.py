@@ -18,3 +18,14 @@ class InvalidHostUri(InvalidArgument):
 
     operation = "discover"
     remediation = "Give a libvirt URI such as qemu:///system or qemu+ssh://root@host/system."
+
+
+class UnknownVm(VmBackupError):
+    """A command names a VM that is neither in the inventory nor in the vault (a typo, or not discovered yet)."""
+
+    code = "UNKNOWN_VM"
+    operation = "any"
+    remediation = (
+        "Use a name or UUID that `vmbackup vms` lists (run `vmbackup discover` first if the VM is new); "
+        "`vmbackup points` lists the VMs that have points."
+    )

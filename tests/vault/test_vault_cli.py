@@ -45,8 +45,8 @@ def test_points_lists_and_filters(
     rc, out = cli_json(capsys, "points", VM2.upper())
     assert [p["vm"]["name"] for p in out] == ["db1"]  # type: ignore[union-attr]
     assert out[0]["guest_frozen_ms"] is None  # type: ignore[index]  # no agent timing: recorded as unknown
-    rc, out = cli_json(capsys, "points", "nosuchvm")
-    assert out == []
+    assert main(["points", "nosuchvm", "--json"]) == 1  # a VM nobody knows is an error, not an empty list
+    assert '"code": "UNKNOWN_VM"' in capsys.readouterr().err
 
 
 def test_points_table(capsys: pytest.CaptureFixture[str], make_point: PointMaker, qcow2_plain: Path) -> None:
