@@ -204,11 +204,17 @@ CREATE TABLE IF NOT EXISTS notify_digests (
 );
 """
 
+_V5 = """
+-- a VM's newest job of a type in one index probe (the dashboard's last backup per VM, controller/dashboard/queries.py)
+CREATE INDEX IF NOT EXISTS jobs_vm_type_created ON jobs(vm_uuid, type, created_at, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of 0.1.0", _V1),
     Migration(2, "chain_resets: incremental chains reset by restore --replace, unprotect, unregister", _V2),
     Migration(3, "registrations.quiescer: the vmbackup agent, the QEMU guest agent, or none", _V3),
     Migration(4, "incidents, notify_deliveries, notify_digests: notifications (controller/notify/)", _V4),
+    Migration(5, "jobs_vm_type_created: a VM's newest job of a type by index (the dashboard)", _V5),
 )
 
 #: The schema version this code reads and writes.

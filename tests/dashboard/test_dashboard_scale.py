@@ -17,7 +17,8 @@ import pytest
 from bench.scale import SCHEDULES, populate
 from controller import db, settings
 from controller.cli.main import build_parser, command_modules
-from controller.dashboard import build
+from controller.dashboard import build, queries
+from controller.dashboard.queries import LAST_BACKUP_SQL
 from controller.dashboard.slots import SlotCache
 from controller.scheduling.schedule import next_run
 from controller.state import State
@@ -91,3 +92,21 @@ def test_cli_json_is_one_line_when_piped(tmp_path: Path) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     assert out.count("\n") == 1 and len(json.loads(out)["rows"]) == 3
     assert db.connect(tmp_path / "state.db").execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 3
+
+
+def test_last_backup_is_the_newest_by_index(tmp_path: Path) -> None:
+    """Of a VM's several backup jobs (and a newer job of another type) the newest backup is shown, found by one
+    probe of the jobs_vm_type_created index (no sort of the VM's history)."""
+    populate(tmp_path / "state.db", 2)
+    conn = db.connect(tmp_path / "state.db")
+    uuid, old_id = conn.execute("SELECT vm_uuid, id FROM jobs ORDER BY vm_uuid LIMIT 1").fetchone()
+    for jid, typ, at in (("b-newest", "backup", "2099-01-01T00:00:00+00:00"), ("r-newer", "restore", "2099-02-01")):
+        conn.execute(
+            "INSERT INTO jobs (id, type, vm_uuid, vm_name, state, created_at) VALUES (?, ?, ?, 'x', 'completed', ?)",
+            (jid, typ, uuid, at),
+        )
+    got = queries.last_backups(conn, [uuid, "no-such-vm"])
+    assert list(got) == [uuid] and got[uuid]["job_id"] == "b-newest" and old_id != "b-newest"
+    plan = " ".join(str(r["detail"]) for r in conn.execute("EXPLAIN QUERY PLAN " + LAST_BACKUP_SQL, ("[]",)))
+    assert "jobs_vm_type_created" in plan and "TEMP B-TREE" not in plan, plan
+
