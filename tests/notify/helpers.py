@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,8 +46,11 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver(secret: bytes = SECRET, delay_s: float = 0.0) -> Iterator[Receiver]:
-    """An HTTP server on 127.0.0.1 (ephemeral port) that checks X-Vmbackup-Signature like a real receiver would."""
+def webhook_receiver(
+    secret: bytes = SECRET, delay_s: float = 0.0, tls: tuple[Path, Path] | None = None
+) -> Iterator[Receiver]:
+    """An HTTP server on 127.0.0.1 (ephemeral port) that checks X-Vmbackup-Signature like a real receiver would;
+    with tls=(cert, key) it speaks HTTPS."""
     rec = Receiver()
     lock = threading.Lock()
 
@@ -74,9 +78,13 @@ def webhook_receiver(secret: bytes = SECRET, delay_s: float = 0.0) -> Iterator[R
             """Quiet."""
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*tls)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
-    rec.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    rec.url = f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}/hook"
     try:
         yield rec
     finally:

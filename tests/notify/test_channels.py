@@ -44,6 +44,18 @@ def test_webhook_body_is_signed_with_hmac_sha256() -> None:
     assert signature(b"Jefe", b"what do ya want for nothing?") == want
 
 
+def test_webhook_over_https_verifies_the_certificate(tmp_path: Path) -> None:
+    """https: the receiver's self-signed certificate is trusted through ca_file, and refused without it."""
+    msg = messages.test("hook", datetime.now(UTC))
+    cert, key = self_signed(tmp_path)
+    with webhook_receiver(tls=(cert, key)) as rec:
+        assert rec.url.startswith("https://") and send(hook(rec.url, ca_file=cert), msg) == 1
+        with pytest.raises(NotifyDeliveryFailed) as e:
+            send(hook(rec.url, retries=0), msg)
+        assert len(rec.got) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in e.value.message
+
+
 def test_webhook_retries_with_exponential_backoff() -> None:
     """A receiver that fails twice (503, 500): the third try lands; the waits are backoff, 2 x backoff."""
     waits: list[float] = []

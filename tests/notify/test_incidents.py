@@ -222,6 +222,21 @@ def test_notify_test_cli(configure: Configure, rec: Receiver, capsys: pytest.Cap
     assert "FAILED NOTIFY_DELIVERY_FAILED" in capsys.readouterr().out
 
 
+def test_notify_check_and_list_cli(configure: Configure, rec: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+    """`notify check` opens and sends; `notify list` shows the open incident with its sent delivery."""
+    configure()
+    job(JobStore(db.connect(settings.load().db_path)), made_up_registration("web1").vm_uuid, "web1", fail=True)
+    assert main(["notify", "check", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [i["kind"] for i in rep["opened"]] == ["job_failed"] and len(rep["sent"]) == 1
+    assert main(["notify", "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["kind"] == "job_failed" and row["state"] == "open"
+    assert [(d["channel"], d["what"], d["state"]) for d in row["deliveries"]] == [("hook", "opened", "sent")]
+    assert main(["notify", "check"]) == 0
+    assert "0 incident(s) opened" in capsys.readouterr().out and len(rec.got) == 1
+
+
 def test_notify_test_without_config(private_settings: settings.Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """No config: NOTIFY_NOT_CONFIGURED with what to add."""
     assert main(["notify", "test"]) == 1
