@@ -207,9 +207,12 @@ def mark_sent(conn: sqlite3.Connection, d: Delivery, now: datetime) -> None:
         )
 
 
-def mark_failed(conn: sqlite3.Connection, d: Delivery, error: str, now: datetime, retry_every: timedelta) -> bool:
-    """The delivery failed on this pass: retry after retry_every x 2^attempts, or give up; True if given up."""
-    give_up = d.attempts + 1 >= MAX_PASSES
+def mark_failed(
+    conn: sqlite3.Connection, d: Delivery, error: str, now: datetime, retry_every: timedelta, final: bool = False
+) -> bool:
+    """The delivery failed on this pass: retry after retry_every x 2^attempts, or (final, or MAX_PASSES reached)
+    give up; True if given up."""
+    give_up = final or d.attempts + 1 >= MAX_PASSES
     next_at = now + retry_every * 2 ** min(d.attempts, 10)
     with db.transaction(conn):
         conn.execute(

@@ -108,7 +108,7 @@ class Notifier:
             ch = self.cfg.channel(d.channel)
             label = f"{d.channel}: incident {d.incident.id} {d.what}"
             if ch is None:
-                incidents.mark_failed(conn, d, "channel no longer configured", now, timedelta(0))
+                incidents.mark_failed(conn, d, "channel no longer configured", now, timedelta(0), final=True)
                 rep.failed.append(f"{label}: channel no longer configured")
                 continue
             try:

@@ -241,3 +241,23 @@ def test_notify_test_without_config(private_settings: settings.Settings, capsys:
     """No config: NOTIFY_NOT_CONFIGURED with what to add."""
     assert main(["notify", "test"]) == 1
     assert "NOTIFY_NOT_CONFIGURED" in capsys.readouterr().err
+
+
+def test_delivery_to_a_removed_channel_is_given_up(
+    private_settings: settings.Settings, configure: Configure, rec: Receiver
+) -> None:
+    """A pending message whose channel left the config is marked failed at once, not retried forever."""
+    configure()
+    home = settings.load()
+    conn = db.connect(home.db_path)
+    job(JobStore(conn), made_up_registration("web1").vm_uuid, "web1", fail=True)
+    rec.plan = [500]
+    t = datetime.now(UTC)
+    assert Notifier(home, clock=lambda: t).run_once().failed
+    private_settings.config_path.write_text(private_settings.config_path.read_text().replace("name: hook", "name: h2"))
+    (inc,) = incidents.open_incidents(conn)
+    rep = Notifier(home, clock=lambda: t + timedelta(hours=1)).run_once()
+    assert rep.failed == [f"hook: incident {inc.id} opened: channel no longer configured"]
+    (d,) = incidents.deliveries(conn, inc.id)
+    assert d["state"] == "failed" and rec.got == []
+    assert Notifier(home, clock=lambda: t + timedelta(hours=2)).run_once().failed == []
