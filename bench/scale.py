@@ -1,5 +1,5 @@
 """Benchmark 5: controller scale with N simulated VMs and jobs (no real VMs): scheduler planning a day, and
-the `jobs` (and `dashboard`, when it exists) commands answering, for N = 100, 1,000, 10,000.
+the `jobs` and `dashboard --json` commands and the web dashboard's page answering, for N = 100, 1,000, 10,000.
 
 Simulated = rows written straight into a private state.db (vms, protections, jobs with 4 phases each);
 the code measured is the real scheduler and the real CLI, run as a user would (a fresh `vmbackup` process).
@@ -7,11 +7,14 @@ the code measured is the real scheduler and the real CLI, run as a user would (a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,16 +78,42 @@ def plan_day(path: Path) -> tuple[float, int]:
     return time.monotonic() - t0, len(runs)
 
 
-def cli(home: Path, *args: str) -> tuple[float, int]:
-    """Run `vmbackup ARGS` as a fresh process on that home; return (seconds, bytes of output)."""
+def cli(home: Path, *args: str) -> tuple[float, int, float]:
+    """Run `vmbackup ARGS` as a fresh process on that home (output piped); return (seconds, bytes of output,
+    CPU seconds of the process: user + system, which other load on the machine inflates far less than wall time)."""
     env = {**os.environ, "VMBACKUP_HOME": str(home)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "controller.cli.main", *args], env=env, capture_output=True,
                        timeout=600, check=False)
     dt = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"])
-    return dt, len(p.stdout)
+    return dt, len(p.stdout), after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def web_page(home: Path, reps: int) -> dict[str, Any]:
+    """The web dashboard's overview (`serve --http`, in this process) on that home: reps GETs of `/` as wall
+    seconds, and this process' CPU seconds per GET (server thread + the urllib client)."""
+    from controller import settings as settings_mod
+    from controller.web.server import start
+    from controller.web.token import load_or_create
+
+    s = dataclasses.replace(settings_mod.load(), home=home, vault=home / "vault")
+    srv = start(s, "127.0.0.1:0")
+    req = urllib.request.Request(srv.url, headers={"Authorization": f"Bearer {load_or_create(s)}"})
+    walls, cpus = [], []
+    try:
+        for _ in range(reps + 1):  # the first GET warms the imports of the page code: not counted
+            c0, t0 = time.process_time(), time.monotonic()
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                resp.read()
+            walls.append(time.monotonic() - t0)
+            cpus.append(time.process_time() - c0)
+    finally:
+        srv.close()
+    return {"web / (page)": summary(walls[1:]), "web / (page) cpu": summary(cpus[1:])}
 
 
 def has_command(name: str) -> bool:
@@ -93,7 +122,8 @@ def has_command(name: str) -> bool:
 
 
 def run_bench(ns: list[int], reps: int, work: Path) -> dict[str, Any]:
-    """For each N: populate, then reps timings of plan_day, `jobs --json` (default page and all N), dashboard."""
+    """For each N: populate, then reps timings of plan_day, `jobs --json` (default page and all N), `dashboard
+    --json` (wall and CPU seconds of a fresh process) and the web dashboard's overview page (`serve --http`)."""
     out: dict[str, Any] = {"ns": {}, "note": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else ""}
     cmds: dict[str, list[str]] = {"jobs --json": ["jobs", "--json"]}
     if has_command("dashboard"):
@@ -113,9 +143,12 @@ def run_bench(ns: list[int], reps: int, work: Path) -> dict[str, Any]:
         every = {**cmds, f"jobs --json --limit {n}": ["jobs", "--json", "--limit", str(n)]}
         for label, args in every.items():
             try:
-                r[label] = summary([cli(home, *args)[0] for _ in range(reps)])
+                runs = [cli(home, *args) for _ in range(reps)]
+                r[label], r[f"{label} cpu"] = summary([x[0] for x in runs]), summary([x[2] for x in runs])
             except RuntimeError as e:
                 r[label] = {"status": f"not run: {e}"}
+        r.update(web_page(home, reps))
+        r["load_avg_after"] = round(os.getloadavg()[0], 2)  # wall times mean little when this is high
         out["ns"][str(n)] = r
         print(f"  scale N={n}: plan {r['plan_day_s']['median']} s, " +
               ", ".join(f"{k} {v.get('median')} s" for k, v in r.items() if isinstance(v, dict) and k != "plan_day_s"))
