@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 
 from agent.contract import CONSISTENCY_LEVELS
 from controller.backup.engine import BackupEngine, BackupRequest, BackupResult
-from controller.cli import exitcodes, output
+from controller.cli import exitcodes, output, phases
 from controller.errors import VmBackupError
 from controller.state import open_state
 from controller.vault import compress
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     show = sys.stdout.isatty() and not args.json
     results: list[dict[str, object]] = []
     failed = 0
-    with open_state() as st, Progress(
+    with phases.shown(not args.json), open_state() as st, Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not show
     ) as bar:
         tasks: dict[str, TaskID] = {}

@@ -52,6 +52,33 @@ def command_modules(command: str | None = None) -> list[str]:
     return [m for m in mods if command in registered_commands((_CLI_DIR / f"{m}.py").read_text(encoding="utf-8"))]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs ("examples:" lines) kept as written, and an option's default appended to its help when it has a
+    real one (not None, False or empty) and the help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The help text, plus " (default: X)" where that adds something."""
+        text = action.help or ""
+        d = action.default
+        if d in (None, False, [], ()) or d is argparse.SUPPRESS or "default" in text or "%(default)" in text:
+            return action.help
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def all_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (command path, parser) under parser, depth first: ("", root), ("points", ...), ("vault key export", ..)."""
+    out = [(" ".join(path), parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out.extend(all_parsers(child, (*path, name)))
+    return out
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every ``*_cmd`` module's subcommands, or (command given and found) only that command's."""
     parser = argparse.ArgumentParser(prog="vmbackup", description="Backup for libvirt/KVM virtual machines.")
@@ -59,6 +86,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in command_modules(command) or command_modules():
         importlib.import_module(f"controller.cli.{mod}").add_parser(sub)
+    for _, p in all_parsers(parser):
+        p.formatter_class = HelpFormatter
     return parser
 
 

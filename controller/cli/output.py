@@ -74,6 +74,12 @@ def error(e: VmBackupError, as_json: bool = False) -> None:
     print(f"  fix: {e.remediation}", file=sys.stderr)
 
 
+def examples(*lines: str) -> str:
+    """A subcommand's ``--help`` epilog: "examples:" and one command per line (main.py's help formatter keeps the
+    lines as written). Every command and subcommand has one (tests/test_cli_help.py)."""
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
 def add_json_flag(p: Any) -> None:
     """Give a subcommand the standard --json flag."""
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")

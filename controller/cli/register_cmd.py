@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from agent.contract import AGENT_PORT
-from controller.cli import output
+from controller.cli import output, phases
 from controller.errors import InvalidArgument, VmBackupError
 from controller.registration.agentless import MODES
 from controller.registration.precheck import DEFAULT_MAX_DATA_DISKS, EndpointOverrides
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.vms:
         raise InvalidArgument("name at least one VM (or use --list)")
     opts = _options(args)
-    with open_state() as st, Registrar(st) as registrar:
+    with open_state() as st, Registrar(st) as registrar, phases.shown(not args.json):
         if len(args.vms) == 1:
             results: list[RegisterResult | VmBackupError] = [registrar.register(args.vms[0], opts)]
         else:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.cli import output
+from controller.cli import output, phases
 from controller.errors import InvalidArgument
 from controller.restore.exceptions import ConfirmationRequired
 from controller.state import open_state
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             f"restore --replace {args.replace} overwrites that VM's disks and needs a confirmation, "
             "but there is no terminal to ask on; add --yes"
         )
-    with open_state() as st, Restorer(st, progress=_progress(args)) as r:
+    with open_state() as st, Restorer(st, progress=_progress(args)) as r, phases.shown(not args.json):
         if args.as_name:
             pool = Path(args.pool_dir) if args.pool_dir else None
             res = r.restore_as_new(args.point, args.as_name, args.host, pool, start=args.start, instant=args.instant)
@@ -91,18 +91,20 @@ def _instant_admin(args: argparse.Namespace) -> int:
         raise InvalidArgument("restore finish needs the instant VM's NAME (see `vmbackup restore list`)")
     if args.point == "list" and args.name:
         raise InvalidArgument("restore list takes no NAME")
-    with open_state() as st, Restorer(st, progress=_progress(args)) as r:
+    with open_state() as st, Restorer(st, progress=_progress(args)) as r, phases.shown(not args.json):
         if args.point == "list":
             rows = instant.list_instant(r)
             if args.json:
                 output.print_json(rows)
             else:
                 cols = ["name", "purpose", "point", "state", "since", "overlays"]
-                output.table("VMs running on vault points", cols, [
+                cells = [
                     (x["name"], x["purpose"], x["point_id"], x["state"], x["created"],
                      ", ".join(dict(x["overlays"]).values()))  # type: ignore[call-overload]
                     for x in rows
-                ], empty="no VMs run on vault points: vmbackup restore POINT --as NAME --instant starts one")
+                ]  # fmt: skip
+                empty = "no VMs run on vault points: vmbackup restore POINT --as NAME --instant starts one"
+                output.table("VMs running on vault points", cols, cells, empty=empty)
             return 0
         pool = Path(args.pool_dir) if args.pool_dir else None
         res = instant.finish(r, args.name, pool)
@@ -156,12 +158,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "restore",
         help="restore a point as a new VM, as disk images, or into a VM; `restore list`, `restore finish NAME`",
+        epilog=output.examples(
+            "vmbackup restore 20261129T160102Z-3fa9c1 --as web1-copy --start",
+            "vmbackup restore 20261129T160102Z-3fa9c1 --as web1-now --instant --start",
+            "vmbackup restore finish web1-now",
+            "vmbackup restore list",
+            "vmbackup restore 20261129T160102Z-3fa9c1 --disks-only --to /srv/web1-disks",
+            "vmbackup restore 20261129T160102Z-3fa9c1 --replace web1 --yes",
+        ),
     )
     p.add_argument(
         "point", metavar="POINT", help="recovery point id (see `vmbackup points`), or `list`, or `finish NAME`"
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="with finish: the instant-restored VM")
-    p.add_argument("--as", dest="as_name", metavar="NEW_NAME", help="create a new VM with this name")
+    # the three modes exclude each other: argparse refuses two of them (a usage error, exit 2); none is checked in run()
+    modes = p.add_argument_group("restore mode (exactly one, except for `restore list` and `restore finish NAME`)")
+    mode = modes.add_mutually_exclusive_group()
+    mode.add_argument("--as", dest="as_name", metavar="NEW_NAME", help="create a new VM with this name")
+    mode.add_argument("--disks-only", action="store_true", help="only copy out the verified disk images (needs --to)")
+    mode.add_argument("--replace", metavar="VM", help="put the point's disks back into this shut-off VM")
     p.add_argument(
         "--instant",
         action="store_true",
@@ -171,12 +186,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--pool-dir",
         metavar="DIR",
-        help="where the new VM's disks go ($VMBACKUP_HOME/restored/NAME); with finish: move a shut-off VM's disks here",
+        help="where the new VM's disks go (default $VMBACKUP_HOME/restored/NAME); with finish: move a shut-off "
+        "VM's disks here",
     )
-    p.add_argument("--start", action="store_true", help="start the new VM after defining it")
-    p.add_argument("--disks-only", action="store_true", help="only copy out the verified disk images")
-    p.add_argument("--to", metavar="DIR", help="destination directory for --disks-only")
-    p.add_argument("--replace", metavar="VM", help="put the point's disks back into this shut-off VM")
+    p.add_argument("--start", action="store_true", help="with --as: start the new VM after defining it")
+    p.add_argument("--to", metavar="DIR", help="with --disks-only: the destination directory (new or empty)")
     p.add_argument(
         "--discard-old", action="store_true", help="with --replace: delete the replaced disk files (kept by default)"
     )

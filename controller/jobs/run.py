@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 from controller.jobs.exceptions import JobCancelled
@@ -25,12 +25,38 @@ class RunRecorder(Protocol):
     def _cancel_requested(self, job_id: str) -> bool: ...
 
 
+#: Told of every phase of the jobs this process runs: (run, phase, event, seconds); event is "start" (seconds None)
+#: or the phase's end state "completed" | "failed" | "cancelled". The CLI shows phases live with it (cli/phases.py).
+PhaseListener = Callable[["JobRun", str, str, "float | None"], None]
+_phase_listeners: list[PhaseListener] = []
+
+
+@contextmanager
+def phase_events(listener: PhaseListener) -> Iterator[None]:
+    """Call listener at each phase start and end while inside (a listener's error never touches the job)."""
+    _phase_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _phase_listeners.remove(listener)
+
+
+def _tell(run: JobRun, name: str, event: str, seconds: float | None) -> None:
+    """Pass one phase event to the listeners; a display problem must not fail a backup."""
+    for listener in list(_phase_listeners):
+        with suppress(Exception):
+            listener(run, name, event, seconds)
+
+
 class JobRun:
     """A running job; obtained from ``JobStore.run(job_id)`` (see controller.jobs.store for the usage)."""
 
-    def __init__(self, store: RunRecorder, job_id: str, details: dict[str, Any]):
+    def __init__(self, store: RunRecorder, job_id: str, details: dict[str, Any], job_type: str = "", label: str = ""):
         self.store = store
         self.job_id = job_id
+        #: the job's type and what it is about (its VM's name, else its host), for phase listeners
+        self.job_type = job_type
+        self.label = label
         self.details: dict[str, Any] = dict(details)
         self._phase_seq: int | None = None
         self._phase_bytes = 0
@@ -42,6 +68,7 @@ class JobRun:
         t0 = time.monotonic()
         seq = self.store._phase_begin(self.job_id, name)
         self._phase_seq, self._phase_bytes = seq, 0
+        _tell(self, name, "start", None)
         state = "failed"
         try:
             yield
@@ -53,6 +80,7 @@ class JobRun:
             dur = round(time.monotonic() - t0, 3)
             self.store._phase_end(self.job_id, seq, state, dur, self._phase_bytes or None)
             self._phase_seq, self._phase_bytes = parent
+            _tell(self, name, state, dur)
 
     def add_bytes(self, n: int) -> None:
         """Count n bytes moved, in the job total and in the current phase."""

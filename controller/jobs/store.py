@@ -145,7 +145,9 @@ class JobStore:
     def start(self, job_id: str) -> JobRun:
         """queued -> in-progress, owned by this process (for use without the context manager; see finish)."""
         with self._tx() as c:
-            row = c.execute("SELECT state, details_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = c.execute(
+                "SELECT state, details_json, type, vm_name, host_uri FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
             if row["state"] == "cancelled":
@@ -156,7 +158,7 @@ class JobStore:
                 "UPDATE jobs SET state = 'in-progress', started_at = ?, owner_pid = ?, owner_start = ? WHERE id = ?",
                 (utcnow(), os.getpid(), liveness.start_marker(), job_id),
             )
-        return JobRun(self, job_id, _loads(row["details_json"]))
+        return JobRun(self, job_id, _loads(row["details_json"]), row["type"], row["vm_name"] or row["host_uri"] or "")
 
     def finish(self, job_id: str, error: BaseException | None = None) -> Job:
         """End a job: completed (no error), cancelled (JobCancelled) or failed (recording it); unlock."""

@@ -13,8 +13,13 @@ from controller.cli.main import main
 def test_restore_needs_exactly_one_mode(capsys: pytest.CaptureFixture[str], private_home: Path) -> None:
     assert main(["restore", "20261125T101500Z-3fa9c1"]) == 1
     assert "choose exactly one" in capsys.readouterr().err
-    assert main(["restore", "20261125T101500Z-3fa9c1", "--as", "a", "--replace", "b"]) == 1
-    assert "choose exactly one" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # two modes: argparse refuses them (mutually exclusive), a usage error
+        main(["restore", "20261125T101500Z-3fa9c1", "--as", "a", "--replace", "b"])
+    assert e.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    for two in (["--disks-only", "--to", "d", "--replace", "b"], ["--as", "a", "--disks-only"]):
+        with pytest.raises(SystemExit):
+            main(["restore", "20261125T101500Z-3fa9c1", *two])
 
 
 def test_disks_only_needs_to(capsys: pytest.CaptureFixture[str], private_home: Path) -> None:
