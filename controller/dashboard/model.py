@@ -202,7 +202,7 @@ def _point_view(p: RecoveryPoint, now: datetime) -> dict[str, Any]:
         "consistency": p.manifest.consistency,
         "boot_check": None
         if not bc
-        else {"passed": bc.get("passed"), "checked_at": bc.get("checked_at"), "reason": bc.get("reason", "")},
+        else {"passed": bc.get("result") == "passed", "checked_at": bc.get("checked_at"), "reason": bc.get("reason", "")},
     }
 
 

@@ -18,6 +18,7 @@ from controller.jobs.store import JobStore, VmRef
 from controller.policies.parse import parse_text, to_yaml
 from controller.policies.store import bind, save_policy, set_retain
 from controller.registration.store import save
+from controller.restore.bootcheck import BootCheckResult
 from controller.vault import Vault, new_point_id
 from tests.helpers import made_up_registration
 
@@ -76,7 +77,9 @@ def test_dashboard_counts_points_and_attention(home: settings.Settings, tmp_path
     point(home, tmp_path, web, "web1", now - timedelta(days=2), "CRASH")
     newest = point(home, tmp_path, web, "web1", now - timedelta(hours=3), "FILE_SYSTEM")
     vault = Vault(home.vault)
-    vault.update_manifest(vault.get_point(newest), boot_check={"passed": True, "checked_at": now.isoformat()})
+    # the manifest's boot_check is what a real boot-check writes (BootCheckResult.to_dict: "result": "passed")
+    verdict = BootCheckResult(point_id=newest, job_id="j1", vm_name="web1", passed=True).to_dict()
+    vault.update_manifest(vault.get_point(newest), boot_check=verdict)
     point(home, tmp_path, db1, "db1", now - timedelta(minutes=2), "APPLICATION")
     backup_job(jobs, web, "web1")
     backup_job(jobs, db1, "db1", fail=True)
