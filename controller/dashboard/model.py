@@ -12,10 +12,11 @@ from controller.dashboard.exceptions import DashboardError
 from controller.dashboard.slots import SlotCache
 from controller.jobs.model import parse_time
 from controller.policies.exceptions import PolicyNotFound
-from controller.policies.store import PROTECTED, RETAINED, Protection, get_policy, list_protections
+from controller.policies.store import PROTECTED, RETAINED, Protection, get_policy
 from controller.settings import Settings
 from controller.state import State, using
 from controller.vault import RecoveryPoint, Vault
+from controller.vault.verdicts import boot_checked_ok
 
 #: How long after its slot a backup may take before the VM counts as overdue.
 DEFAULT_GRACE = timedelta(minutes=10)
@@ -123,7 +124,7 @@ def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: t
     vault = Vault(settings.vault)
     points = vault.list_points()
     regs = queries.names(conn, "registrations")
-    prots = {p.vm_uuid: p for p in list_protections(conn)}
+    prots = queries.protections(conn)
     by_vm: dict[str, list[RecoveryPoint]] = {}
     for p in points:
         by_vm.setdefault(p.vm_uuid, []).append(p)  # newest first, as list_points returns them
@@ -202,7 +203,11 @@ def _point_view(p: RecoveryPoint, now: datetime) -> dict[str, Any]:
         "consistency": p.manifest.consistency,
         "boot_check": None
         if not bc
-        else {"passed": bc.get("result") == "passed", "checked_at": bc.get("checked_at"), "reason": bc.get("reason", "")},
+        else {
+            "passed": boot_checked_ok(p.manifest),  # what a real boot-check writes: "result": "passed" | "failed"
+            "checked_at": bc.get("checked_at"),
+            "reason": bc.get("reason", ""),
+        },
     }
 
 

@@ -22,6 +22,7 @@ from controller import db, settings
 from controller.errors import InvalidArgument
 from controller.jobs.store import JobStore, VmRef
 from controller.registration.store import save
+from controller.restore.bootcheck import BootCheckResult
 from controller.scheduling.serve import Runners, ServeOptions, Server
 from controller.vault import Vault, new_point_id
 from controller.web.exceptions import WebBindRefused, WebTokenInsecure
@@ -77,8 +78,8 @@ def lab(private_settings: settings.Settings, tmp_path: Path) -> Iterator[dict[st
     backup(home, tmp_path, web, "web<b>", ago=timedelta(hours=2))
     last = backup(home, tmp_path, web, "web<b>")
     vault = Vault(home.vault)
-    when = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    vault.update_manifest(vault.get_point(last["point_id"]), boot_check={"passed": True, "checked_at": when})
+    verdict = BootCheckResult(point_id=last["point_id"], job_id="j1", vm_name="web<b>", passed=True).to_dict()
+    vault.update_manifest(vault.get_point(last["point_id"]), boot_check=verdict)  # what a real boot-check writes
     failed = backup(home, tmp_path, dbvm, "db1", fail=True)
     srv = start(home, "127.0.0.1:0")
     try:
