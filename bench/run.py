@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import contenders, copyspeed, freeze, hostinfo, incremental, report, restore_boot, scale
+from bench import contenders, copyspeed, freeze, hostinfo, incremental, qga_freeze, report, restore_boot, scale
 from bench.env import Plan, make_plan, setup_home
 from bench.guest import boot_vm, destroy_vm, register
 from controller.settings import Settings
 
-NAMES = ("freeze", "copy", "full_backup", "restore", "scale", "incremental")
+NAMES = ("freeze", "copy", "full_backup", "restore", "scale", "incremental", "qga")
 VM_NAMES = {"freeze", "full_backup", "restore"}  # share one registered VM (vm_benchmarks)
 VM_LOCK = Path("/tmp/vmbackup-vm.lock")
 CACHE_STATE = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every measured backup, copy, "
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             out = guarded(res, "scale", scale.run_bench, plan.scale_ns, plan.scale_reps, work / "scale")
             if out:
                 res["benchmarks"]["scale"] = out
-        if want & (VM_NAMES | {"incremental"}):
+        if want & (VM_NAMES | {"incremental", "qga"}):
             with vm_lock():
                 if want & VM_NAMES:
                     vm_benchmarks(res, s, plan, want, work)
@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                                   shutil.disk_usage(s.home).free, work / "incremental")
                     if out:
                         res["benchmarks"]["incremental"] = out
+                if "qga" in want and plan.smoke:
+                    res["benchmarks"]["qga"] = "not run in smoke mode: it boots and registers its own VM"
+                elif "qga" in want:  # its own VM: the vmbackup agent and qemu-guest-agent alternating
+                    out = guarded(res, "qga", qga_freeze.run_bench, s, plan.freeze_reps, plan.freeze_sizes[0])
+                    if out:
+                        res["benchmarks"]["qga"] = out
     finally:
         res.pop("_out", None)
         exc = sys.exc_info()[1]
