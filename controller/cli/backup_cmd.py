@@ -86,11 +86,21 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `backup`."""
-    p = sub.add_parser("backup", help="back up VMs now (one job per VM)")
+    p = sub.add_parser(
+        "backup",
+        help="back up VMs now (one job per VM)",
+        epilog=output.examples(
+            "vmbackup backup web1",
+            "vmbackup backup web1 db1 --require FILE_SYSTEM",
+            "vmbackup backup web1 --full --exclude-disk vdc",
+        ),
+    )
     p.add_argument("vms", nargs="+", metavar="VM", help="VM name or UUID")
     p.add_argument("--host", help="libvirt URI of the VM's host (default: VMBACKUP_URI or qemu:///system)")
     p.add_argument(
-        "--require", choices=CONSISTENCY_LEVELS, help="fail the job below this consistency"
+        "--require",
+        choices=CONSISTENCY_LEVELS,
+        help="fail the job below this consistency (default: accept what the quiescer gives; a CRASH point warns)",
     )
     p.add_argument(
         "--exclude-disk",

@@ -40,7 +40,14 @@ def _show(d: dict[str, object]) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `boot-check`."""
-    p = sub.add_parser("boot-check", help="boot a throwaway copy of a recovery point and check it came up")
+    p = sub.add_parser(
+        "boot-check",
+        help="boot a throwaway copy of a recovery point and check it came up",
+        epilog=output.examples(
+            "vmbackup boot-check 20261129T160102Z-3fa9c1",
+            "vmbackup boot-check 20261129T160102Z-3fa9c1 --check-command 'systemctl is-active nginx' --json",
+        ),
+    )
     p.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="seconds to reach a login prompt")
     p.add_argument("--check-command", metavar="CMD", help="a command to run in the guest over SSH (exit 0 = ok)")

@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `dashboard`."""
-    p = sub.add_parser("dashboard", help="protection health: VM counts, jobs in 24 h, newest points, vault usage")
+    p = sub.add_parser(
+        "dashboard",
+        help="protection health: VM counts, jobs in 24 h, newest points, vault usage",
+        epilog=output.examples("vmbackup dashboard", "vmbackup dashboard --json | jq '.attention'"),
+    )
     output.add_json_flag(p)
     p.set_defaults(func=run)

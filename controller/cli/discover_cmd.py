@@ -15,7 +15,11 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `discover`."""
-    p = sub.add_parser("discover", help="discover the VMs of every host (or one) and update the inventory")
+    p = sub.add_parser(
+        "discover",
+        help="discover the VMs of every host (or one) and update the inventory",
+        epilog=output.examples("vmbackup discover", "vmbackup discover --host qemu+ssh://root@hv2/system"),
+    )
     p.add_argument("--host", metavar="URI", help="only this libvirt URI (default: every host)")
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `errors`."""
-    p = sub.add_parser("errors", help="list every error code with what to do about it")
+    p = sub.add_parser(
+        "errors",
+        help="list every error code with what to do about it",
+        epilog=output.examples("vmbackup errors", "vmbackup errors | grep VM_NOT_FOUND"),
+    )
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -125,16 +125,38 @@ class _Intermixed(argparse.ArgumentParser):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `files ls` and `files get`."""
-    p = sub.add_parser("files", help="list or copy files out of a recovery point without booting it")
+    p = sub.add_parser(
+        "files",
+        help="list or copy files out of a recovery point without booting it",
+        epilog=output.examples(
+            "vmbackup files ls 20261129T160102Z-3fa9c1",
+            "vmbackup files get 20261129T160102Z-3fa9c1 /etc/nginx --to ./restored",
+        ),
+    )
     fsub = p.add_subparsers(dest="files_command", metavar="ls|get", required=True, parser_class=_Intermixed)
     disk_help = "read only this disk (default: all of the point's disks)"
-    ls = fsub.add_parser("ls", help="list the point's filesystems, or a directory in one")
+    ls = fsub.add_parser(
+        "ls",
+        help="list the point's filesystems, or a directory in one",
+        epilog=output.examples(
+            "vmbackup files ls 20261129T160102Z-3fa9c1",
+            "vmbackup files ls 20261129T160102Z-3fa9c1 /var/log",
+            "vmbackup files ls 20261129T160102Z-3fa9c1 vda1:/etc",
+        ),
+    )
     ls.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")
     ls.add_argument("path", metavar="PATH", nargs="?", help="/path (the guest's OS view) or FS:/path (vda1:/etc)")
     ls.add_argument("--disk", metavar="vdX", help=disk_help)
     output.add_json_flag(ls)
     ls.set_defaults(func=run_ls)
-    get = fsub.add_parser("get", help="copy files or directories out of the point")
+    get = fsub.add_parser(
+        "get",
+        help="copy files or directories out of the point",
+        epilog=output.examples(
+            "vmbackup files get 20261129T160102Z-3fa9c1 /etc/nginx /etc/hosts --to ./restored",
+            "vmbackup files get 20261129T160102Z-3fa9c1 vdb:/data --disk vdb --to ./data",
+        ),
+    )
     get.add_argument("point", metavar="POINT", help="recovery point id (see `vmbackup points`)")
     get.add_argument("paths", metavar="PATH", nargs="+", help="/path or FS:/path; directories are copied whole")
     get.add_argument("--to", metavar="DIR", required=True, help="a new or empty directory to copy into")

@@ -13,19 +13,39 @@ from controller.virt.connection import connection
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `host` and its subcommands."""
-    p = sub.add_parser("host", help="manage the libvirt hosts vmbackup discovers (URIs)")
+    p = sub.add_parser(
+        "host",
+        help="manage the libvirt hosts vmbackup discovers (URIs)",
+        epilog=output.examples(
+            "vmbackup host add qemu+ssh://root@hv2/system --name hv2",
+            "vmbackup host list",
+            "vmbackup host remove qemu+ssh://root@hv2/system",
+        ),
+    )
     hs = p.add_subparsers(dest="host_command", metavar="SUBCOMMAND", required=True)
-    a = hs.add_parser("add", help="add a host by libvirt URI, e.g. qemu+ssh://root@hv2/system")
-    a.add_argument("uri")
+    a = hs.add_parser(
+        "add",
+        help="add a host by libvirt URI, e.g. qemu+ssh://root@hv2/system",
+        epilog=output.examples("vmbackup host add qemu+ssh://root@hv2/system", "vmbackup host add qemu:///system"),
+    )
+    a.add_argument("uri", metavar="URI", help="libvirt URI of the host, e.g. qemu+ssh://root@hv2/system")
     a.add_argument("--name", help="display name (default: the URI's host part, or 'local')")
     a.add_argument("--no-check", action="store_true", help="do not try to connect to the host first")
     output.add_json_flag(a)
     a.set_defaults(func=run_add)
-    ls = hs.add_parser("list", help="list hosts (the default URI is the implicit host when none was added)")
+    ls = hs.add_parser(
+        "list",
+        help="list hosts (the default URI is the implicit host when none was added)",
+        epilog=output.examples("vmbackup host list", "vmbackup host list --json"),
+    )
     output.add_json_flag(ls)
     ls.set_defaults(func=run_list)
-    rm = hs.add_parser("remove", help="forget a host (its VMs and recovery points stay)")
-    rm.add_argument("uri")
+    rm = hs.add_parser(
+        "remove",
+        help="forget a host (its VMs and recovery points stay)",
+        epilog=output.examples("vmbackup host remove qemu+ssh://root@hv2/system"),
+    )
+    rm.add_argument("uri", metavar="URI", help="the host's URI as `vmbackup host list` shows it")
     output.add_json_flag(rm)
     rm.set_defaults(func=run_remove)
 

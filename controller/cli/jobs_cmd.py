@@ -16,22 +16,46 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `jobs` (the list) and `job` (show, cancel)."""
-    p = sub.add_parser("jobs", help="list jobs, newest first")
-    p.add_argument("--type", choices=JOB_TYPES)
-    p.add_argument("--state", choices=JOB_STATES)
-    p.add_argument("--vm", metavar="NAME|UUID")
+    p = sub.add_parser(
+        "jobs",
+        help="list jobs, newest first",
+        epilog=output.examples(
+            "vmbackup jobs --since 24h",
+            "vmbackup jobs --vm web1 --type backup --state failed",
+            "vmbackup jobs --json --limit 500",
+        ),
+    )
+    p.add_argument("--type", choices=JOB_TYPES, help="only jobs of this type (default: all)")
+    p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state (default: all)")
+    p.add_argument("--vm", metavar="NAME|UUID", help="only this VM's jobs (a filter: no match is an empty list)")
     p.add_argument("--since", metavar="AGE", help="only jobs created within AGE, e.g. 30m, 24h, 7d")
     p.add_argument("--limit", type=int, default=50, help="at most N jobs (default 50)")
     output.add_json_flag(p)
     p.set_defaults(func=run_list)
-    j = sub.add_parser("job", help="show or cancel one job")
+    j = sub.add_parser(
+        "job",
+        help="show or cancel one job",
+        epilog=output.examples(
+            "vmbackup job show 20261129-160102-123456", "vmbackup job cancel 20261129-160102-123456"
+        ),
+    )
     js = j.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
-    show = js.add_parser("show", help="phases with durations, bytes, details, error and remediation")
-    show.add_argument("id")
+    show = js.add_parser(
+        "show",
+        help="phases with durations, bytes, details, error and remediation",
+        epilog=output.examples(
+            "vmbackup job show 20261129-160102-123456", "vmbackup job show 20261129-160102-123456 --json"
+        ),
+    )
+    show.add_argument("id", metavar="ID", help="job id (see `vmbackup jobs`)")
     output.add_json_flag(show)
     show.set_defaults(func=run_show)
-    cancel = js.add_parser("cancel", help="cancel a queued job, or ask a running one to stop at a safe point")
-    cancel.add_argument("id")
+    cancel = js.add_parser(
+        "cancel",
+        help="cancel a queued job, or ask a running one to stop at a safe point",
+        epilog=output.examples("vmbackup job cancel 20261129-160102-123456"),
+    )
+    cancel.add_argument("id", metavar="ID", help="job id (see `vmbackup jobs --state in-progress`)")
     output.add_json_flag(cancel)
     cancel.set_defaults(func=run_cancel)
 

@@ -19,36 +19,62 @@ from controller.lab.exceptions import LabError
 
 def add_parser(sub: Any) -> None:
     """Register `lab` and its subcommands."""
-    p = sub.add_parser("lab", help="lab host, lab image and lab VMs")
+    p = sub.add_parser(
+        "lab",
+        help="lab host, lab image and lab VMs",
+        epilog=output.examples(
+            "vmbackup lab image", "vmbackup lab create web1 --data-disks 2", "vmbackup lab ssh web1 -- uname -a"
+        ),
+    )
     lab = p.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
 
-    img = lab.add_parser("image", help="build (or show the cached) lab guest image")
+    img = lab.add_parser(
+        "image", help="build (or show the cached) lab guest image", epilog=output.examples("vmbackup lab image")
+    )
     img.set_defaults(func=run_image)
 
-    c = lab.add_parser("create", help="create and start a lab VM")
-    c.add_argument("name")
+    c = lab.add_parser(
+        "create",
+        help="create and start a lab VM",
+        epilog=output.examples(
+            "vmbackup lab create web1", "vmbackup lab create db1 --data-disks 2 --memory 1024 --no-wait"
+        ),
+    )
+    c.add_argument("name", metavar="NAME", help="the VM's name (letters, digits, - and _)")
     c.add_argument("--data-disks", type=int, default=0, metavar="N", help="ext4 data disks /data1.. (0-8)")
-    c.add_argument("--memory", type=int, default=768, metavar="MiB")
-    c.add_argument("--vcpus", type=int, default=1, metavar="N")
-    c.add_argument("--disk-size", type=float, default=None, metavar="G", help="root disk size (GiB, >= image)")
+    c.add_argument("--memory", type=int, default=768, metavar="MiB", help="guest memory in MiB")
+    c.add_argument("--vcpus", type=int, default=1, metavar="N", help="virtual CPUs")
+    c.add_argument(
+        "--disk-size", type=float, default=None, metavar="G", help="root disk size (GiB, >= image; default: image's)"
+    )
     c.add_argument("--data-disk-size", type=float, default=1.0, metavar="G", help="each data disk (GiB)")
     c.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for SSH")
     c.add_argument("--wait", dest="wait", action="store_true", help="wait until SSH answers (default)")
     c.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for SSH")
     c.set_defaults(func=run_create, wait=True)
 
-    ls = lab.add_parser("list", help="list lab VMs")
+    ls = lab.add_parser(
+        "list", help="list lab VMs", epilog=output.examples("vmbackup lab list", "vmbackup lab list --names")
+    )
     output.add_json_flag(ls)
     ls.add_argument("--names", action="store_true", help="only the names, one per line")
     ls.set_defaults(func=run_list)
 
-    d = lab.add_parser("destroy", help="destroy a lab VM and delete the files it owns")
-    d.add_argument("name")
+    d = lab.add_parser(
+        "destroy",
+        help="destroy a lab VM and delete the files it owns",
+        epilog=output.examples("vmbackup lab destroy web1"),
+    )
+    d.add_argument("name", metavar="NAME", help="a lab VM (see `vmbackup lab list`)")
     d.set_defaults(func=run_destroy)
 
-    x = lab.add_parser("ssh", help="run a command in a lab VM over SSH (endpoint and key from its metadata)")
-    x.add_argument("name")
+    x = lab.add_parser(
+        "ssh",
+        help="run a command in a lab VM over SSH (endpoint and key from its metadata)",
+        epilog=output.examples("vmbackup lab ssh web1 -- df -h /", "vmbackup lab ssh web1 --timeout 30 -- sync"),
+    )
+    x.add_argument("name", metavar="NAME", help="a lab VM (see `vmbackup lab list`)")
     x.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
     x.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for SSH, then for the command")
     x.set_defaults(func=run_ssh)

@@ -18,17 +18,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "notify",
         help="notifications: send a test message, evaluate incidents now, list incidents",
         description="Alerts by webhook (HMAC-signed JSON) and email (SMTP, STARTTLS), configured in the notify "
-        "section of $VMBACKUP_HOME/config.yaml. Example: vmbackup notify test --channel oncall",
+        "section of $VMBACKUP_HOME/config.yaml.",
+        epilog=output.examples("vmbackup notify test --channel oncall", "vmbackup notify list --all"),
     )
     ps = p.add_subparsers(dest="notify_command", metavar="SUBCOMMAND", required=True)
-    t = ps.add_parser("test", help="send a test message to every channel (or one); exit 1 if one fails")
+    t = ps.add_parser(
+        "test",
+        help="send a test message to every channel (or one); exit 1 if one fails",
+        epilog=output.examples("vmbackup notify test", "vmbackup notify test --channel oncall --json"),
+    )
     t.add_argument("--channel", metavar="NAME", help="only this channel (default: all)")
     output.add_json_flag(t)
     t.set_defaults(func=run_test)
-    c = ps.add_parser("check", help="one pass now: evaluate incidents, send due messages and digests")
+    c = ps.add_parser(
+        "check",
+        help="one pass now: evaluate incidents, send due messages and digests",
+        epilog=output.examples("vmbackup notify check"),
+    )
     output.add_json_flag(c)
     c.set_defaults(func=run_check)
-    ls = ps.add_parser("list", help="open incidents (with --all: also those resolved in the last 30 days)")
+    ls = ps.add_parser(
+        "list",
+        help="open incidents (with --all: also those resolved in the last 30 days)",
+        epilog=output.examples("vmbackup notify list", "vmbackup notify list --all --json"),
+    )
     ls.add_argument("--all", action="store_true", help="include resolved incidents (default: open only)")
     output.add_json_flag(ls)
     ls.set_defaults(func=run_list)

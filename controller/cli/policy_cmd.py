@@ -151,26 +151,42 @@ def run_delete(args: argparse.Namespace) -> int:
 
 def _create_parser(ps: Any) -> None:
     """`policy create`."""
-    c = ps.add_parser("create", help="create a policy from flags, or import policies from a YAML file")
+    c = ps.add_parser(
+        "create",
+        help="create a policy from flags, or import policies from a YAML file",
+        epilog=output.examples(
+            "vmbackup policy create gold --daily 22:00 --keep-daily 7 --keep-weekly 4 --full-every 7d",
+            "vmbackup policy create fast --every-minutes 15 --keep-last 8 --consistency FILE_SYSTEM",
+            "vmbackup policy create --file policies.yaml --replace",
+        ),
+    )
     c.add_argument("name", nargs="?", help="policy name (with flags)")
     c.add_argument("--file", "-f", help="YAML file with one or several policies")
     c.add_argument("--replace", action="store_true", help="overwrite a policy of the same name")
     g = c.add_argument_group("schedule (one of)")
-    g.add_argument("--daily", metavar="HH:MM")
+    g.add_argument("--daily", metavar="HH:MM", help="every day at HH:MM (in --timezone)")
     g.add_argument("--weekly", metavar="DAYS", help="e.g. mon,thu (with --at HH:MM)")
     g.add_argument("--at", metavar="HH:MM", help="time of --weekly")
     g.add_argument("--hourly", type=int, metavar="N", help="every N hours (with --minute M)")
-    g.add_argument("--minute", type=int, metavar="M")
+    g.add_argument("--minute", type=int, metavar="M", help="minute of the hour of --hourly (default 0)")
     g.add_argument("--every-minutes", type=int, metavar="N", help="every N minutes (tests, demos)")
     g.add_argument("--timezone", metavar="TZ", help="IANA zone, default UTC")
     r = c.add_argument_group("retention")
     for k in FLAG_FIELDS[:-1]:
-        r.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, metavar="N")
+        unit = k.removeprefix("keep_")
+        what = "the newest N points" if unit == "last" else f"the newest point of each of the last N {unit} periods"
+        r.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, metavar="N", help=f"keep {what} (default 0: off)")
     r.add_argument("--max-age", dest="max_age", metavar="AGE", help="e.g. 90d, 12w, 36h")
-    c.add_argument("--consistency", help="minimum: APPLICATION | FILE_SYSTEM | CRASH")
-    c.add_argument("--boot-check-every", type=int, metavar="N")
-    c.add_argument("--max-concurrent-jobs", type=int, metavar="N")
-    c.add_argument("--bandwidth-mbps", type=float, metavar="MBPS")
+    c.add_argument(
+        "--consistency", help="minimum: APPLICATION | FILE_SYSTEM | CRASH (default: none; below it a backup fails)"
+    )
+    c.add_argument(
+        "--boot-check-every", type=int, metavar="N", help="boot-check every Nth point (default: never)"
+    )
+    c.add_argument(
+        "--max-concurrent-jobs", type=int, metavar="N", help="this policy's jobs at once (default: serve's limits)"
+    )
+    c.add_argument("--bandwidth-mbps", type=float, metavar="MBPS", help="copy rate limit (default: unlimited)")
     c.add_argument(
         "--full-every",
         metavar="N|Nd",
@@ -183,16 +199,32 @@ def _create_parser(ps: Any) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `policy` and its subcommands."""
-    p = sub.add_parser("policy", help="backup policies: create, list, show, delete")
+    p = sub.add_parser(
+        "policy",
+        help="backup policies: create, list, show, delete",
+        epilog=output.examples(
+            "vmbackup policy create gold --daily 22:00 --keep-daily 7",
+            "vmbackup policy list",
+            "vmbackup policy show gold",
+        ),
+    )
     ps = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     _create_parser(ps)
-    lst = ps.add_parser("list", help="list policies")
+    lst = ps.add_parser(
+        "list", help="list policies", epilog=output.examples("vmbackup policy list", "vmbackup policy list --json")
+    )
     output.add_json_flag(lst)
     lst.set_defaults(func=run_list)
-    sh = ps.add_parser("show", help="show a policy and its VMs")
-    sh.add_argument("name")
+    sh = ps.add_parser(
+        "show", help="show a policy and its VMs", epilog=output.examples("vmbackup policy show gold")
+    )
+    sh.add_argument("name", metavar="NAME", help="policy name (see `vmbackup policy list`)")
     output.add_json_flag(sh)
     sh.set_defaults(func=run_show)
-    d = ps.add_parser("delete", help="delete a policy (refused while VMs use it)")
-    d.add_argument("name")
+    d = ps.add_parser(
+        "delete",
+        help="delete a policy (refused while VMs use it)",
+        epilog=output.examples("vmbackup policy delete gold"),
+    )
+    d.add_argument("name", metavar="NAME", help="policy name (see `vmbackup policy list`)")
     d.set_defaults(func=run_delete)

@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `protect`."""
-    p = sub.add_parser("protect", help="protect registered VMs with a policy (a VM has at most one policy)")
+    p = sub.add_parser(
+        "protect",
+        help="protect registered VMs with a policy (a VM has at most one policy)",
+        epilog=output.examples("vmbackup protect web1 db1 --policy gold --now", "vmbackup protect --list"),
+    )
     p.add_argument("vms", nargs="*", metavar="VM", help="VM names or uuids (must be registered)")
     p.add_argument("--policy", help="policy name (rebinding a protected VM replaces its policy)")
     p.add_argument("--now", action="store_true", help="start the initial backup right away")

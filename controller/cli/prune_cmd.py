@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `prune`."""
-    p = sub.add_parser("prune", help="delete recovery points that the VMs' retention no longer keeps")
+    p = sub.add_parser(
+        "prune",
+        help="delete recovery points that the VMs' retention no longer keeps",
+        epilog=output.examples("vmbackup prune --dry-run", "vmbackup prune web1"),
+    )
     p.add_argument("vm", nargs="?", metavar="VM", help="only this VM (name or uuid)")
     p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted or merged, change nothing")
     output.add_json_flag(p)

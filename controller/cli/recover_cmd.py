@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `recover`."""
-    p = sub.add_parser("recover", help="finish or undo backups interrupted by a controller crash")
+    p = sub.add_parser(
+        "recover",
+        help="finish or undo backups interrupted by a controller crash",
+        epilog=output.examples("vmbackup recover", "vmbackup recover --json"),
+    )
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -19,7 +19,16 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Define `vmbackup register`."""
-    p = sub.add_parser("register", help="install or upgrade the guest agent in VMs over SSH (else use qemu-ga)")
+    p = sub.add_parser(
+        "register",
+        help="install or upgrade the guest agent in VMs over SSH (else use qemu-ga)",
+        epilog=output.examples(
+            "vmbackup register web1",
+            "vmbackup register web1 db1 --ssh-user debian --ssh-key ~/.ssh/id_ed25519",
+            "vmbackup register win1 --quiescer qga",
+            "vmbackup register --list",
+        ),
+    )
     p.add_argument("vms", nargs="*", metavar="VM", help="VM names or UUIDs")
     p.add_argument("--list", action="store_true", help="list registered VMs instead")
     p.add_argument("--host", dest="uri", help="libvirt URI (default: VMBACKUP_URI or qemu:///system)")
@@ -27,12 +36,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--ssh-host", help="guest SSH host (default: lab metadata, else the address libvirt leased to the VM)"
     )
-    p.add_argument("--ssh-port", type=int)
-    p.add_argument("--ssh-user", help="default root")
-    p.add_argument("--ssh-key", help="private key file")
+    p.add_argument("--ssh-port", type=int, help="guest SSH port (default: lab metadata, else 22)")
+    p.add_argument("--ssh-user", help="guest SSH user (default root)")
+    p.add_argument(
+        "--ssh-key", help="private key file (default: the lab VM's key, else your SSH agent and ~/.ssh keys)"
+    )
     p.add_argument("--agent-host", help="where the controller reaches the agent (default: the SSH host)")
     p.add_argument("--agent-port", type=int, help=f"default: from lab metadata, else {AGENT_PORT}")
-    p.add_argument("--max-data-disks", type=int, default=DEFAULT_MAX_DATA_DISKS)
+    p.add_argument(
+        "--max-data-disks",
+        type=int,
+        default=DEFAULT_MAX_DATA_DISKS,
+        metavar="N",
+        help="refuse a VM with more data disks than this (the pre-check)",
+    )
     p.add_argument(
         "--exclude-disk",
         action="append",

@@ -61,12 +61,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "serve",
         help="run due backups, retention pruning and vault verification on schedule (until SIGTERM/SIGINT)",
+        epilog=output.examples(
+            "vmbackup serve",
+            "vmbackup serve --metrics 127.0.0.1:9470 --http 127.0.0.1:8470",
+            "vmbackup serve --show-token",
+            "vmbackup serve --once --max-jobs 4",
+        ),
     )
     p.add_argument("--tick", type=float, default=5.0, help="seconds between planning passes (default 5)")
     p.add_argument("--max-jobs", type=_positive, default=2, help="concurrent tasks overall (default 2)")
     p.add_argument("--max-per-host", type=_positive, default=1, help="concurrent tasks per libvirt host (default 1)")
     p.add_argument(
-        "--grace", type=float, default=60.0, help="on SIGTERM, seconds jobs may run on before being cancelled"
+        "--grace",
+        type=float,
+        default=60.0,
+        help="on SIGTERM, seconds jobs may run on before being cancelled (default 60)",
     )
     p.add_argument("--prune-every", default="24h", help="retention prune interval, e.g. 24h; 0s disables (default 24h)")
     p.add_argument("--verify-every", default="24h", help="vault verify interval, e.g. 7d; 0s disables (default 24h)")

@@ -11,7 +11,11 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Define `vmbackup unregister`."""
-    p = sub.add_parser("unregister", help="remove the guest agent from a VM and revoke its certificate")
+    p = sub.add_parser(
+        "unregister",
+        help="remove the guest agent from a VM and revoke its certificate",
+        epilog=output.examples("vmbackup unregister web1", "vmbackup unregister web1 --force"),
+    )
     p.add_argument("vm", metavar="VM", help="VM name or UUID")
     p.add_argument("--host", dest="uri", help="libvirt URI (default: VMBACKUP_URI or qemu:///system)")
     p.add_argument(

@@ -91,21 +91,54 @@ def run_import(args: argparse.Namespace) -> int:
 
 def add_subparsers(vs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `vault encryption ...` and `vault key ...` on the `vault` subparsers."""
-    enc = vs.add_parser("encryption", help="encryption at rest of new points (LUKS qcow2, key outside the vault)")
+    enc = vs.add_parser(
+        "encryption",
+        help="encryption at rest of new points (LUKS qcow2, key outside the vault)",
+        epilog=output.examples("vmbackup vault encryption enable", "vmbackup vault encryption status"),
+    )
     es = enc.add_subparsers(dest="encryption_command", metavar="ACTION", required=True)
-    en = es.add_parser("enable", help="encrypt new points (creates a vault key the first time; export it!)")
+    en = es.add_parser(
+        "enable",
+        help="encrypt new points (creates a vault key the first time; export it!)",
+        epilog=output.examples(
+            "vmbackup vault encryption enable && vmbackup vault key export > vault-key.txt",
+            "vmbackup vault encryption enable --new-key",
+        ),
+    )
     en.add_argument("--new-key", action="store_true", help="a new key even when one is current (key rotation)")
     en.add_argument("--key", metavar="KEY_ID", help="use this key (imported with `vault key import`)")
-    dis = es.add_parser("disable", help="store new points unencrypted (keys and encrypted points stay)")
-    st = es.add_parser("status", help="on or off, the current key id, the keys held")
+    dis = es.add_parser(
+        "disable",
+        help="store new points unencrypted (keys and encrypted points stay)",
+        epilog=output.examples("vmbackup vault encryption disable"),
+    )
+    st = es.add_parser(
+        "status",
+        help="on or off, the current key id, the keys held",
+        epilog=output.examples("vmbackup vault encryption status --json"),
+    )
     for p, fn in ((en, run_enable), (dis, run_disable), (st, run_status)):
         output.add_json_flag(p)
         p.set_defaults(func=fn)
-    key = vs.add_parser("key", help="export or import vault keys")
+    key = vs.add_parser(
+        "key",
+        help="export or import vault keys",
+        epilog=output.examples("vmbackup vault key export > vault-key.txt", "vmbackup vault key import vault-key.txt"),
+    )
     ks = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
-    ex = ks.add_parser("export", help="print a vault key (losing it loses the points encrypted with it)")
+    ex = ks.add_parser(
+        "export",
+        help="print a vault key (losing it loses the points encrypted with it)",
+        epilog=output.examples("vmbackup vault key export > vault-key.txt"),
+    )
     ex.add_argument("key_id", nargs="?", metavar="KEY_ID", help="default: the current key")
-    im = ks.add_parser("import", help="add a vault key from `vault key export` output (FILE, or - for stdin)")
+    im = ks.add_parser(
+        "import",
+        help="add a vault key from `vault key export` output (FILE, or - for stdin)",
+        epilog=output.examples(
+            "vmbackup vault key import vault-key.txt", "vmbackup vault key import - < vault-key.txt"
+        ),
+    )
     im.add_argument("file", metavar="FILE", help="the exported text; - reads stdin")
     for p, fn in ((ex, run_export), (im, run_import)):
         output.add_json_flag(p)

@@ -48,12 +48,20 @@ def run_unprotect(args: argparse.Namespace) -> int:
 
 def add_subparsers(vs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `vault protect` and `vault unprotect` on the `vault` subparsers."""
-    pro = vs.add_parser("protect", help="protect a point (and the points it is built on) from delete and prune")
+    pro = vs.add_parser(
+        "protect",
+        help="protect a point (and the points it is built on) from delete and prune",
+        epilog=output.examples("vmbackup vault protect 20261129T160102Z-3fa9c1 --reason 'before the upgrade'"),
+    )
     pro.add_argument("point", help="the point id (`vmbackup points`)")
     pro.add_argument("--reason", help="why (shown by `vmbackup points --json` and in refusals)")
     output.add_json_flag(pro)
     pro.set_defaults(func=run_protect)
-    unp = vs.add_parser("unprotect", help="remove a point's protection (it can be deleted and pruned again)")
+    unp = vs.add_parser(
+        "unprotect",
+        help="remove a point's protection (it can be deleted and pruned again)",
+        epilog=output.examples("vmbackup vault unprotect 20261129T160102Z-3fa9c1"),
+    )
     unp.add_argument("point", help="the point id (`vmbackup points`)")
     output.add_json_flag(unp)
     unp.set_defaults(func=run_unprotect)

@@ -13,8 +13,12 @@ from controller.state import open_state
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `vms`."""
-    p = sub.add_parser("vms", help="list the VM inventory (run `vmbackup discover` to refresh it)")
-    p.add_argument("--state", help="running, shutoff, paused, gone, ...")
+    p = sub.add_parser(
+        "vms",
+        help="list the VM inventory (run `vmbackup discover` to refresh it)",
+        epilog=output.examples("vmbackup vms", "vmbackup vms --state running --host qemu:///system"),
+    )
+    p.add_argument("--state", help="only VMs in this state: running, shutoff, paused, gone, ... (default: all)")
     p.add_argument("--host", metavar="URI", help="only VMs of this libvirt URI")
     output.add_json_flag(p)
     p.set_defaults(func=run)
