@@ -8,6 +8,7 @@ VMBACKUP_VAULT         $VMBACKUP_HOME/vault             vault directory (recover
 VMBACKUP_URI           qemu:///system                   default libvirt connection URI
 VMBACKUP_VIRT_TYPE     auto                             kvm | qemu | auto (see controller.lab.host)
 VMBACKUP_IMAGE_CACHE   $VMBACKUP_HOME/lab/images        cached lab base images (tests share one cache)
+VMBACKUP_SOFT_DELETE   14                               days a deleted point is kept (soft_delete_days, 0: at once)
 =====================  ===============================  ==============================================
 """
 
@@ -27,6 +28,7 @@ class Settings:
     uri: str
     virt_type: str
     image_cache: Path
+    soft_delete_days: int = 14  #: a deleted (or pruned) point is kept this long before it is purged; 0: at once
 
     @property
     def db_path(self) -> Path:
@@ -58,4 +60,14 @@ def load() -> Settings:
         uri=os.environ.get("VMBACKUP_URI", "qemu:///system"),
         virt_type=os.environ.get("VMBACKUP_VIRT_TYPE", "auto"),
         image_cache=Path(os.environ.get("VMBACKUP_IMAGE_CACHE", str(home / "lab" / "images"))),
+        soft_delete_days=_days(os.environ.get("VMBACKUP_SOFT_DELETE", "14")),
     )
+
+
+def _days(text: str) -> int:
+    """A whole number of days >= 0 (VMBACKUP_SOFT_DELETE); INVALID_ARGUMENT otherwise."""
+    from controller.errors import InvalidArgument
+
+    if not text.strip().isdigit():
+        raise InvalidArgument(f"VMBACKUP_SOFT_DELETE={text!r} is not a whole number of days (e.g. 14, or 0)")
+    return int(text)

@@ -29,7 +29,7 @@ import libvirt
 
 from controller.backup.exceptions import CheckpointFailed
 from controller.errors import VmBackupError
-from controller.vault import chain, qemuimg
+from controller.vault import chain, qemuimg, recycle
 from controller.vault.manifest import DiskRecord, RecoveryPoint
 from controller.vault.vault import Vault
 from controller.virt.connection import translate
@@ -266,6 +266,9 @@ def _decide(
     problems = {why for why, _ in probes.values()}
     if None not in problems:  # not one disk can carry a bitmap: every backup is a full, for that reason
         return ChainPlan.full("; ".join(sorted(p for p in problems if p)))
+    gone = recycle.newest_deleted(vault, vm_uuid)
+    if gone is not None:  # never build beside it (the chain would fork): a full
+        return ChainPlan.full(f"newest point {gone} was deleted")
     parent = chain.latest(vault, vm_uuid)
     if parent is None:
         return ChainPlan.full("no previous point")

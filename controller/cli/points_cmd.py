@@ -92,7 +92,11 @@ def _row(p: RecoveryPoint) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """List points, optionally only one VM's."""
+    """List points, optionally only one VM's (--deleted: the soft-deleted ones, vault_recycle.py)."""
+    if args.deleted:
+        from controller.cli.vault_recycle import run_deleted
+
+        return run_deleted(args)
     v = Vault()
     points = [p for p in v.list_points() if matches(p, args.vm)]
     if args.vm and not points:
@@ -129,5 +133,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     """Register `points`."""
     p = sub.add_parser("points", help="list recovery points in the vault (newest first)")
     p.add_argument("vm", nargs="?", help="only this VM (name or uuid)")
+    p.add_argument("--deleted", action="store_true", help="list the soft-deleted points (`vmbackup vault undelete`)")
     output.add_json_flag(p)
     p.set_defaults(func=run)

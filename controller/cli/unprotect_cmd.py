@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from controller import settings
 from controller.cli import output
 from controller.policies.exceptions import ConfirmationRequired
 from controller.state import open_state
 
 
-def _confirm(vm: str) -> bool:
+def _confirm(vm: str, days: int) -> bool:
     """Ask on a terminal before deleting a VM's points."""
     if not sys.stdin.isatty():
         return False
-    answer = input(f"Delete ALL recovery points of {vm}? This cannot be undone. Type 'yes': ")
+    undo = f"They are kept {days} day(s) (`vmbackup vault undelete`), then purged" if days else "This cannot be undone"
+    answer = input(f"Delete ALL recovery points of {vm}? {undo}. Type 'yes': ")
     return answer.strip().lower() == "yes"
 
 
@@ -22,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     """Stop the schedule; keep the points (retain) or delete them (after confirmation)."""
     from controller.policies.protect import ProtectionService  # imports the job store only when needed
 
-    if args.delete_data and not args.yes and not _confirm(args.vm):
+    days = settings.load().soft_delete_days  # soft delete (controller/vault/recycle.py); 0: deleted at once
+    if args.delete_data and not args.yes and not _confirm(args.vm, days):
         raise ConfirmationRequired(f"not deleting the recovery points of {args.vm} without confirmation")
     with open_state() as st, ProtectionService(st) as svc:
         out = svc.unprotect(args.vm, delete_data=args.delete_data)
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out.vm_name}: unprotected; its points are retained and never pruned  [job {out.job_id}]")
     else:
         n = len(out.deleted_points)
-        print(f"{out.vm_name}: unprotected; deleted {n} recovery point(s)  [job {out.job_id}]")
+        soft = f"soft-deleted {n} recovery point(s), purged after {days} day(s)" if days else f"deleted {n} point(s)"
+        print(f"{out.vm_name}: unprotected; {soft}  [job {out.job_id}]")
     return 0
 
 

@@ -52,12 +52,16 @@ def _record(v: Vault, p: RecoveryPoint, res: VerifyResult) -> None:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    """Delete one point; when another point is built on it, it is merged into that child (said in the output)."""
+    """Delete one point: soft-deleted (kept soft_delete_days, see recycle.py), or with soft_delete_days 0 at once;
+    when another point is built on it, it is merged into that child (said in the output)."""
+    from controller import settings
     from controller.vault.merge import resume_merges
 
-    v = Vault()
+    v, days = Vault(), settings.load().soft_delete_days
     finished = resume_merges(v)  # merges a crash interrupted (the point asked for may be one of them)
-    out = next((o for o in finished if o.point_id == args.point), None) or v.delete_point(v.get_point(args.point))
+    out = next((o for o in finished if o.point_id == args.point), None) or v.delete_point(
+        v.get_point(args.point), days, by="vault delete"
+    )
     if args.json:
         output.print_json(out.to_dict())
         return 0
@@ -75,19 +79,22 @@ def run_usage(args: argparse.Namespace) -> int:
         output.print_json(u)
         return 0
     rows = [
-        [uuid, e["vm_name"], e["points"], human_size(e["bytes"]), human_size(e["partial_bytes"])]
+        [uuid, e["vm_name"], e["points"], human_size(e["bytes"]), human_size(e["partial_bytes"]),
+         f"{e['deleted_points']}, {human_size(e['deleted_bytes'])}"]
         for uuid, e in u["vms"].items()
-    ]
-    rows.append(["total", "", sum(e["points"] for e in u["vms"].values()), human_size(u["total_bytes"]), ""])
-    output.table(f"vault {u['vault']}", ["VM uuid", "name", "points", "size", "partial (.tmp)"], rows)
+    ]  # fmt: skip
+    rows.append(["total", "", sum(e["points"] for e in u["vms"].values()), human_size(u["total_bytes"]), "",
+                 human_size(u["deleted_bytes"])])  # fmt: skip
+    columns = ["VM uuid", "name", "points", "size", "partial (.tmp)", "soft-deleted"]
+    output.table(f"vault {u['vault']}", columns, rows)
     if u["free_bytes"] is not None:
         print(f"free: {human_size(u['free_bytes'])}")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `vault verify`, `vault usage` and `vault delete`."""
-    from controller.cli import vault_keys
+    """Register `vault verify`, `vault usage` and `vault delete` (and the subcommands of vault_recycle.py)."""
+    from controller.cli import vault_keys, vault_recycle
 
     p = sub.add_parser("vault", help="check and measure the vault")
     vs = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
@@ -101,10 +108,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     output.add_json_flag(use)
     use.set_defaults(func=run_usage)
     dele = vs.add_parser(
-        "delete", help="delete one point (merged into the point built on it, if any: later points stay restorable)"
+        "delete", help="soft-delete one point (purged after soft_delete_days; merged into the point built on it then)"
     )
     dele.add_argument("point", help="the point id (`vmbackup points`)")
     output.add_json_flag(dele)
     dele.set_defaults(func=run_delete)
+    vault_recycle.add_subparsers(vs)  # vault undelete, vault purge
     vault_protect.add_subparsers(vs)
     vault_keys.add_subparsers(vs)  # vault encryption, vault key

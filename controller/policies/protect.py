@@ -197,7 +197,7 @@ class ProtectionService(StateUser):
             self._reset_chain(run, uuid, uri)
             with run.phase("delete-points"):
                 for p in self.vault.list_points(uuid):
-                    self.vault.delete_point(p)
+                    self.vault.delete_point(p, self.settings.soft_delete_days, by="unprotect")  # soft (recycle.py)
                     out.deleted_points.append(p.point_id)
                     run.check_cancelled()
                 run.detail("deleted_points", out.deleted_points)

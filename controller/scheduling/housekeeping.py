@@ -3,7 +3,7 @@
 Both read and write only the state DB and the vault named by the settings, each pass on a State of its own (they
 run on worker threads), closed when the pass ends. Usage::
 
-    job_id, _, text = prune_pass(settings, ["<vm-uuid>", ...])    # one prune job per VM with points
+    job_id, _, text = prune_pass(settings, ["<vm-uuid>", ...])    # one prune job per VM, then the due purges
     job_id, _, text = verify_vault(settings)                      # one 'verify' job; POINT_CORRUPT if any is bad
 """
 
@@ -27,11 +27,15 @@ from controller.vault.verdicts import record_verify
 
 #: The lock key of the verify job: one verify of the vault at a time, across processes.
 VERIFY_LOCK = "verify:vault"
+#: a soft-deleted point a purge leaves for later without failing the pass: a VM runs on it, or it is protected
+_BUSY_POINT = ("POINT_PINNED", "POINT_PROTECTED")
 
 
 def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
-    """Apply retention to each VM (a prune job each); a VM busy with another job is left for the next pass."""
+    """Apply retention to each VM (a prune job each); a VM busy with another job is left for the next pass. Then
+    purge the soft-deleted points (of every VM) whose purge time has passed (recycle.purge)."""
     from controller.scheduling.prune import prune
+    from controller.vault import recycle
 
     deleted, skipped, errors = 0, [], []
     with open_state(settings) as st:
@@ -43,9 +47,12 @@ def prune_pass(settings: Settings, vm_uuids: Iterable[str]) -> RunResult:
                 skipped.append(uuid)
             except VmBackupError as e:
                 errors.append(f"{uuid}: {e}")
+        purged = recycle.purge(st.vault)
+    errors += [f"purge {p}: {why}" for p, why in purged.skipped.items() if not why.startswith(_BUSY_POINT)]
     if errors:
         raise VmBackupError(f"prune failed for {len(errors)} VM(s): {'; '.join(errors)}")
     text = f"deleted {deleted} point(s)" + (f", {len(skipped)} VM(s) busy: next pass" if skipped else "")
+    text += f", purged {len(purged.purged)} soft-deleted point(s)"
     return None, None, text
 
 

@@ -44,6 +44,7 @@ class PruneReport:
     job_id: str | None = None
     deleted: list[str] = field(default_factory=list)  # every point removed (plain deletes and merges)
     merged: dict[str, str] = field(default_factory=dict)  # point id -> the child it was merged into
+    soft_deleted: list[str] = field(default_factory=list)  # the deleted points only soft-deleted (recycle.py)
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +59,7 @@ class PruneReport:
             "dry_run": self.dry_run,
             "deleted": self.deleted,
             "merged": self.merged,
+            "soft_deleted": self.soft_deleted,
             "keep": [v.to_dict() for v in sel.keep] if sel else [],
             "prune": [
                 {**v.to_dict(), "action": "merge" if v.merge_into else "delete"} for v in (sel.prune if sel else [])
@@ -149,16 +151,16 @@ def prune(
             report, policy = plan_vm(conn, vm_uuid, points, now)
             report.dry_run = dry_run
             if policy is not None and not dry_run:
-                _run_job(conn, vault, report, st.settings.uri, now)
+                _run_job(conn, vault, report, st.settings, now)
             reports.append(report)
         return reports
 
 
-def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: str, now: datetime) -> None:
+def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, settings: Settings, now: datetime) -> None:
     """The prune job of one VM: finish interrupted merges, re-plan under the VM lock, then delete (or merge into
     their child) the prunable points."""
     jobs = JobStore(conn)
-    job = jobs.create("prune", vm=VmRef(report.vm_uuid, report.vm_name, uri))
+    job = jobs.create("prune", vm=VmRef(report.vm_uuid, report.vm_name, settings.uri))
     report.job_id = job.id
     with jobs.run(job.id) as run:
         with run.phase("plan"):
@@ -177,13 +179,17 @@ def _run_job(conn: sqlite3.Connection, vault: Vault, report: PruneReport, uri: s
         with run.phase("delete"):
             for v in execution_order(report.selection.prune):
                 try:
-                    out = vault.delete_point(v.point.ref)
+                    # soft_delete_days > 0: only soft-deleted (recycle.py), purged (merged, if need be) later
+                    out = vault.delete_point(v.point.ref, settings.soft_delete_days, by="prune")
                 except (VaultError, OSError) as e:
                     raise PruneFailed(f"deleting point {v.point.id} of {report.vm_name} failed: {e}") from e
                 report.deleted.append(v.point.id)
                 if out.into is not None:
                     report.merged[v.point.id] = out.into
+                if out.action == "soft-deleted":
+                    report.soft_deleted.append(v.point.id)
                 run.check_cancelled()
         run.detail("deleted", report.deleted)
         run.detail("merged", report.merged)
+        run.detail("soft_deleted", report.soft_deleted)
         run.detail("kept", [v.point.id for v in report.selection.keep])

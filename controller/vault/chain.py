@@ -35,8 +35,8 @@ def backing_name(parent_id: str, target: str) -> str:
 
 
 def points_by_id(vault: Vault, vm_uuid: str) -> dict[str, RecoveryPoint]:
-    """The VM's published, readable points by id."""
-    return {p.point_id: p for p in vault.list_points(vm_uuid)}
+    """The VM's published, readable points by id, soft-deleted ones included (their files still back their children)."""
+    return {p.point_id: p for p in vault.list_points(vm_uuid, include_deleted=True)}
 
 
 def chain(vault: Vault, point: RecoveryPoint, known: Known = None) -> list[RecoveryPoint]:

@@ -224,3 +224,25 @@ class PointProtected(VmBackupError):
         "POINT` (for a parent of a protected incremental: unprotect that point), or lower the policy's "
         "protect_newest; then retry."
     )
+
+
+class PointDeleted(PointNotFound):
+    """The point is soft-deleted: kept in the vault until it is purged, but not restorable, listed or prunable."""
+
+    code = "POINT_DELETED"
+    operation = "restore"
+    remediation = (
+        "Bring it back with `vmbackup vault undelete POINT` (before it is purged; `vmbackup points --deleted` lists "
+        "soft-deleted points and when each is purged), or use another point."
+    )
+
+
+class UndeleteRefused(VmBackupError):
+    """A soft-deleted point cannot be brought back: it was purged already (or is being purged), or is not deleted."""
+
+    code = "UNDELETE_REFUSED"
+    operation = "undelete"
+    remediation = (
+        "`vmbackup points --deleted` lists the points that can still be brought back; a purged point is gone for "
+        "good: restore from another point (`vmbackup points VM`)."
+    )

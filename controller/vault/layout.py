@@ -21,6 +21,7 @@ SUMS = "SHA256SUMS"  #: sha256 of manifest.json and domain.xml, see sums.py
 MERGE_PREFIX = ".merge-"  #: VAULT/<vm>/.merge-<point>.json: a merge of that point into its child
 PIN_PREFIX = ".pin-"  #: VAULT/<vm>/.pin-<point>-<name>.json: VM <name> runs on that point's files (pins.py)
 PIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+DELETED_PREFIX = ".deleted-"  #: VAULT/<vm>/.deleted-<point>.json: the point is soft-deleted (recycle.py)
 PROTECT_PREFIX = ".protect-"  #: VAULT/<vm>/.protect-<point>[-policy].json: the point is protected (protect.py)
 #: who holds a protection record: "user" (`vault protect`) or "policy" (the VM's policy's protect_newest)
 PROTECT_HOLDERS = ("user", "policy")
@@ -113,6 +114,11 @@ def protect_path(root: Path, vm_uuid: str, point_id: str, holder: str = "user") 
         raise InvalidVaultId(f"not a protection holder: {holder!r} (expected one of {', '.join(PROTECT_HOLDERS)})")
     suffix = "" if holder == "user" else f"-{holder}"
     return inside(root, check_uuid(vm_uuid), f"{PROTECT_PREFIX}{check_point_id(point_id)}{suffix}.json")
+
+
+def tombstone_path(root: Path, vm_uuid: str, point_id: str) -> Path:
+    """VAULT/<vm-uuid>/.deleted-<point-id>.json: the point is soft-deleted, kept until it is purged (recycle.py)."""
+    return inside(root, check_uuid(vm_uuid), f"{DELETED_PREFIX}{check_point_id(point_id)}.json")
 
 
 def disk_file_name(target: str, fmt: str) -> str:

@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,16 +47,23 @@ PENDING, COMMITTED, RENAMED = "pending", "committed", "renamed"
 
 @dataclass
 class DeleteOutcome:
-    """What deleting a point did: "deleted" (nothing depended on it) or "merged" into its child `into`."""
+    """What deleting a point did: "deleted" (nothing depended on it), "merged" into its child `into`, or
+    "soft-deleted" (recycle.py: kept until purge_after)."""
 
     vm_uuid: str
     point_id: str
-    action: str  # deleted | merged
+    action: str  # deleted | merged | soft-deleted
     into: str | None = None
     child_type: str | None = None  # the child's type after the merge (full when it has no parent left)
+    purge_after: str | None = None  # soft-deleted: when it is purged
 
     def describe(self) -> str:
         """One line for people: 'deleted point P' or 'merged point P into C (C is now full)'."""
+        if self.action == "soft-deleted":
+            return (
+                f"soft-deleted point {self.point_id}: purged after {self.purge_after} "
+                f"(`vmbackup vault undelete {self.point_id}` brings it back until then)"
+            )
         if self.action == "merged":
             return f"merged point {self.point_id} into {self.into} (its child; {self.into} is now {self.child_type})"
         return f"deleted point {self.point_id}"
@@ -113,11 +120,13 @@ def merge_into_child(vault: Vault, point: RecoveryPoint) -> DeleteOutcome:
         return _merge(vault, point, _child_or_fail(vault, point))
 
 
-def delete_or_merge(vault: Vault, vm_uuid: str, point_id: str) -> DeleteOutcome:
+def delete_or_merge(
+    vault: Vault, vm_uuid: str, point_id: str, check: Callable[[], None] | None = None
+) -> DeleteOutcome:
     """Remove VAULT/<vm>/<point>: merged into its child when one depends on it, else deleted (Vault.delete_point).
 
     Interrupted merges of the VM are finished first. A point whose manifest cannot be read is deleted only when
-    no point depends on it.
+    no point depends on it. check(), when given, runs under the VM lock before anything changes (it may raise).
     """
     with _vm_lock(vault, vm_uuid):
         for done in _resume_vm(vault, vm_uuid):
@@ -126,6 +135,8 @@ def delete_or_merge(vault: Vault, vm_uuid: str, point_id: str) -> DeleteOutcome:
         pdir = layout.point_dir(vault.root, vm_uuid, point_id)
         if not pdir.is_dir() or pdir.is_symlink():
             raise PointNotFound(f"no recovery point {point_id} for VM {vm_uuid}")
+        if check is not None:
+            check()
         pins.refuse_if_pinned(vault.root, vm_uuid, point_id, "delete")
         protect.refuse_if_protected(vault, vm_uuid, point_id, "delete")
         found = RecoveryPoint(pdir, Manifest(point_id, vm_uuid, "", "", "", "CRASH"))  # ids only
@@ -199,7 +210,7 @@ def _resume_vm(vault: Vault, vm_uuid: str) -> list[DeleteOutcome]:
 
 def _child_or_fail(vault: Vault, point: RecoveryPoint) -> RecoveryPoint:
     """The single point built on `point`; MERGE_FAILED when there is none or (never in a linear chain) several."""
-    kids = [p for p in vault.list_points(point.vm_uuid) if p.manifest.parent == point.point_id]
+    kids = [p for p in vault.list_points(point.vm_uuid, include_deleted=True) if p.manifest.parent == point.point_id]
     if len(kids) != 1:
         what = "no point depends on it" if not kids else f"{len(kids)} points depend on it (a chain is linear)"
         raise MergeFailed(f"cannot merge point {point.point_id} into a child: {what}")

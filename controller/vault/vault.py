@@ -19,6 +19,7 @@ from controller.vault.exceptions import (
     ManifestIdMismatch,
     ManifestInvalid,
     PathEscape,
+    PointDeleted,
     PointNotFound,
     VaultFull,
 )
@@ -164,12 +165,17 @@ class Vault:
                     points.append(RecoveryPoint(pd, _placeholder(vd.name, pd.name), error=error))
         return points
 
-    def list_points(self, vm_uuid: str | None = None, include_broken: bool = False) -> list[RecoveryPoint]:
+    def list_points(
+        self, vm_uuid: str | None = None, include_broken: bool = False, include_deleted: bool = False
+    ) -> list[RecoveryPoint]:
         """Published points, newest first; skips .tmp-*, foreign entries, symlinked VM directories, and
-        unreadable points or points whose manifest ids differ from their directories (unless include_broken), and
-        points being merged into their child (a .merge-<id>.json intent, see merge.py)."""
+        unreadable points or points whose manifest ids differ from their directories (unless include_broken),
+        points being merged into their child (a .merge-<id>.json intent, see merge.py) and soft-deleted points
+        (a .deleted-<id>.json tombstone, see recycle.py; unless include_deleted)."""
         points = [p for vd in self._vm_dirs(vm_uuid) for p in self._points_in(vd, include_broken)]
         points = [p for p in points if not layout.merge_intent_path(self.root, p.vm_uuid, p.point_id).exists()]
+        if not include_deleted:
+            points = [p for p in points if not layout.tombstone_path(self.root, p.vm_uuid, p.point_id).exists()]
         points.sort(key=lambda p: p.point_id, reverse=True)
         return points
 
@@ -181,6 +187,8 @@ class Vault:
             if pd.is_dir():
                 if layout.merge_intent_path(self.root, vd.name, point_id).exists():
                     raise PointNotFound(f"recovery point {point_id} is being merged into the point built on it")
+                if layout.tombstone_path(self.root, vd.name, point_id).exists():
+                    raise PointDeleted(f"recovery point {point_id} is soft-deleted", details={"point_id": point_id})
                 return RecoveryPoint(pd, read_manifest(pd))
         raise PointNotFound(f"no recovery point {point_id} in {self.root}")
 
@@ -291,9 +299,10 @@ class Vault:
             )
         return DiskVerify(rec.target, rec.file, "ok", chk.summary)
 
-    def delete_point(self, point: RecoveryPoint) -> DeleteOutcome:
+    def delete_point(self, point: RecoveryPoint, soft_delete_days: int = 0, by: str = "vault delete") -> DeleteOutcome:
         """Remove the point loaded from point.path: deleted (delete_by_id of its directory names), or, when another
-        point is built on it, merged into that child (merge.py: every later point stays restorable).
+        point is built on it, merged into that child (merge.py: every later point stays restorable). With
+        soft_delete_days > 0 it is only soft-deleted (recycle.py: kept that long, then purged; `by` says who).
 
         Interrupted merges of the VM are finished first. The manifest's ids are never used to find what to delete:
         a point whose manifest ids differ from its directories (MANIFEST_ID_MISMATCH) is refused unless it is a
@@ -308,6 +317,10 @@ class Vault:
                 f"{point.vm_uuid}, not its directory {vm_uuid}/{point_id}"
             )
         protect.refuse_if_protected(self, vm_uuid, point_id, "delete")  # soft or not; merge.py re-checks under lock
+        if soft_delete_days > 0:
+            from controller.vault import recycle
+
+            return recycle.soft_delete(self, vm_uuid, point_id, soft_delete_days, by)
         return merge.delete_or_merge(self, vm_uuid, point_id)
 
     def delete_by_id(self, vm_uuid: str, point_id: str) -> None:
@@ -341,10 +354,12 @@ class Vault:
         return found
 
     def usage(self) -> dict[str, Any]:
-        """Bytes allocated per VM (published points, plus partials separately) and in total."""
+        """Bytes allocated per VM (published points, plus partials and soft-deleted points separately) and in
+        total (all of them)."""
         vms: dict[str, dict[str, Any]] = {}
         for vd in self._vm_dirs(None):
             entry: dict[str, Any] = {"points": 0, "bytes": 0, "partial_bytes": 0, "vm_name": ""}
+            entry.update(deleted_points=0, deleted_bytes=0)
             for pd in vd.iterdir():
                 if pd.is_symlink():
                     continue  # never counted through (verify reports it)
@@ -352,14 +367,16 @@ class Vault:
                 if pd.name.startswith(layout.TMP_PREFIX):
                     entry["partial_bytes"] += n
                 elif layout.POINT_ID_RE.fullmatch(pd.name):
-                    entry["points"] += 1
-                    entry["bytes"] += n
+                    gone = layout.tombstone_path(self.root, vd.name, pd.name).exists()  # soft-deleted (recycle.py)
+                    entry["deleted_points" if gone else "points"] += 1
+                    entry["deleted_bytes" if gone else "bytes"] += n
                     entry["vm_name"] = entry["vm_name"] or _name_of(pd)
             vms[vd.name] = entry
-        total = sum(v["bytes"] + v["partial_bytes"] for v in vms.values())
+        total = sum(v["bytes"] + v["partial_bytes"] + v["deleted_bytes"] for v in vms.values())
+        deleted = sum(v["deleted_bytes"] for v in vms.values())
         st = os.statvfs(self.root) if self.root.is_dir() else None
         free = st.f_bavail * st.f_frsize if st else None
-        return {"vault": str(self.root), "vms": vms, "total_bytes": total, "free_bytes": free}
+        return {"vault": str(self.root), "vms": vms, "total_bytes": total, "deleted_bytes": deleted, "free_bytes": free}
 
     def update_manifest(self, point: RecoveryPoint, **changes: Any) -> RecoveryPoint:
         """Atomically rewrite a point's manifest with some top-level fields changed (e.g. boot_check=...).

@@ -113,10 +113,16 @@ def test_dry_run_lists_merges_and_changes_nothing(
     ],
 )
 def test_prune_merges_and_every_retained_point_restores(
-    conn: sqlite3.Connection, register: Any, tmp_path: Path, retention: str, kept: list[int]
+    conn: sqlite3.Connection,
+    register: Any,
+    tmp_path: Path,
+    retention: str,
+    kept: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A real prune of a 6-point chain: the pruned points are merged (the job says into which), every retained point
     restores exactly as before, the oldest retained one is a standalone full, and a second prune changes nothing."""
+    monkeypatch.setenv("VMBACKUP_SOFT_DELETE", "0")  # deleted at once (soft delete: tests/vault/test_soft_delete*)
     vault, pts = _protected_chain(conn, register, retention)
     ids = [p.point_id for p in pts]
     before = _views(vault, pts, tmp_path / "before")

@@ -184,8 +184,11 @@ def test_resume_finishes_when_deleting_again(vault: Vault, tmp_path: Path, monke
     _check_restores(vault, before, tmp_path)
 
 
-def test_vault_delete_cli_says_merged(vault: Vault, capsys: pytest.CaptureFixture[str]) -> None:
+def test_vault_delete_cli_says_merged(
+    vault: Vault, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`vmbackup vault delete POINT` says when the delete became a merge; --json carries action and into."""
+    monkeypatch.setenv("VMBACKUP_SOFT_DELETE", "0")  # deleted at once (soft delete: tests/vault/test_soft_delete*)
     pts = build_chain(vault, 3)
     assert main(["vault", "delete", pts[0].point_id]) == 0
     text = capsys.readouterr().out
