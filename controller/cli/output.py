@@ -5,16 +5,31 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from controller.errors import VmBackupError
 
-# soft_wrap: long lines (paths, ssh commands) stay whole for copy-paste and grep; tables still fit the terminal
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def __getattr__(name: str) -> Console:
+    """``console`` (stdout) and ``err_console`` (stderr): rich Consoles made on first use and kept as module
+    attributes, so a command that prints only JSON never imports rich (a third of `dashboard --json`'s start-up)."""
+    if name not in ("console", "err_console"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    # soft_wrap: long lines (paths, ssh commands) stay whole for copy-paste and grep; tables still fit the terminal
+    made = Console(soft_wrap=True) if name == "console" else Console(stderr=True)
+    globals()[name] = made
+    return made
+
+
+def _console() -> Console:
+    """The stdout console (the module attribute, which a test may have replaced)."""
+    got = globals().get("console")
+    return got if got is not None else __getattr__("console")
 
 
 def print_json(data: Any, indent: int | None = 2) -> None:
@@ -34,9 +49,12 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     if not cells and empty:
         hint(empty)
         return
+    console = _console()
     if not console.is_terminal:
         console.file.write(plain_table(title, columns, cells))
         return
+    from rich.table import Table
+
     t = Table(title=title, show_lines=False)
     for c in columns:
         t.add_column(c)
