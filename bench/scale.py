@@ -95,13 +95,14 @@ def cli(home: Path, *args: str) -> tuple[float, int, float]:
 
 def web_page(home: Path, reps: int) -> dict[str, Any]:
     """The web dashboard's overview (`serve --http`, in this process) on that home: reps GETs of `/` as wall
-    seconds, and this process' CPU seconds per GET (server thread + the urllib client)."""
+    seconds, and this process' CPU seconds per GET (server thread + the urllib client). The server's dashboard
+    cache is off (cache_s=0): every GET builds the dashboard, the page's worst case."""
     from controller import settings as settings_mod
     from controller.web.server import start
     from controller.web.token import load_or_create
 
     s = dataclasses.replace(settings_mod.load(), home=home, vault=home / "vault")
-    srv = start(s, "127.0.0.1:0")
+    srv = start(s, "127.0.0.1:0", cache_s=0)
     req = urllib.request.Request(srv.url, headers={"Authorization": f"Bearer {load_or_create(s)}"})
     walls, cpus = [], []
     try:
