@@ -131,8 +131,12 @@ def require_known_vm(vm: str) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `points`."""
-    p = sub.add_parser("points", help="list recovery points in the vault (newest first)")
-    p.add_argument("vm", nargs="?", help="only this VM (name or uuid)")
+    p = sub.add_parser(
+        "points",
+        help="list recovery points in the vault (newest first)",
+        epilog=output.examples("vmbackup points", "vmbackup points web1 --json", "vmbackup points --deleted"),
+    )
+    p.add_argument("vm", nargs="?", metavar="VM", help="only this VM (name or uuid; default: every VM)")
     p.add_argument("--deleted", action="store_true", help="list the soft-deleted points (`vmbackup vault undelete`)")
     output.add_json_flag(p)
     p.set_defaults(func=run)

@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `unprotect`."""
-    p = sub.add_parser("unprotect", help="stop protecting a VM, retaining or deleting its recovery points")
+    p = sub.add_parser(
+        "unprotect",
+        help="stop protecting a VM, retaining or deleting its recovery points",
+        epilog=output.examples("vmbackup unprotect web1 --retain-data", "vmbackup unprotect web1 --delete-data --yes"),
+    )
     p.add_argument("vm", metavar="VM", help="VM name or uuid")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument(

@@ -61,11 +61,19 @@ def run_purge(args: argparse.Namespace) -> int:
 
 def add_subparsers(vs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `vault undelete` and `vault purge` on the `vault` subparsers."""
-    und = vs.add_parser("undelete", help="bring back a soft-deleted point (`vmbackup points --deleted`)")
-    und.add_argument("point", help="the point id")
+    und = vs.add_parser(
+        "undelete",
+        help="bring back a soft-deleted point (`vmbackup points --deleted`)",
+        epilog=output.examples("vmbackup points --deleted", "vmbackup vault undelete 20261129T160102Z-3fa9c1"),
+    )
+    und.add_argument("point", metavar="POINT", help="the point id (`vmbackup points --deleted`)")
     output.add_json_flag(und)
     und.set_defaults(func=run_undelete)
-    pur = vs.add_parser("purge", help="delete for real the soft-deleted points past their purge time")
+    pur = vs.add_parser(
+        "purge",
+        help="delete for real the soft-deleted points past their purge time",
+        epilog=output.examples("vmbackup vault purge", "vmbackup vault purge --now"),
+    )
     pur.add_argument("--now", action="store_true", help="purge every soft-deleted point, due or not")
     output.add_json_flag(pur)
     pur.set_defaults(func=run_purge)
