@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import output
+from controller.cli import output, phases
 from controller.errors import VmBackupError
 from controller.state import open_state
 
@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from controller.restore.bootcheck import BootChecker
 
     try:
-        with open_state() as st, BootChecker(st) as checker:
+        with open_state() as st, BootChecker(st) as checker, phases.shown(not args.json):
             res = checker.run(args.point, args.timeout, args.check_command, args.host)
     except VmBackupError as e:
         if e.code == "BOOT_CHECK_FAILED" and not args.json:

@@ -1,5 +1,5 @@
-"""Job phases shown as they happen: `register`, `backup` and `restore` print one line on stderr when a phase starts
-and one when it ends (stdout keeps the result; ``--json`` prints no phase lines)::
+"""Job phases shown as they happen: `register`, `backup`, `restore` and `boot-check` print one line on stderr when a
+phase starts and one when it ends (stdout keeps the result; ``--json`` prints no phase lines)::
 
     web1 backup: freeze ...
     web1 backup: freeze completed in 0.04 s
