@@ -319,7 +319,7 @@ class BackupEngine(StateUser):
         comp = compress.for_incremental(compression, chain.parent.manifest.disk(d.target))
 
         def write(dst: Path, backing: str) -> int:
-            return qsd.backup_changed(d.path, bitmap, dst, backing, workdir, progress, compression=comp)
+            return qsd.backup_changed(d.path, bitmap, dst, backing, workdir, progress, compression=comp, key=writer.key)
 
         try:
             return writer.add_incremental_disk(d.target, chain.parent, write, d.path, chain.virtual_size(d.target))

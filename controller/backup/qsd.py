@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.backup.exceptions import (
     BitmapInconsistent,
@@ -33,7 +33,18 @@ from controller.backup.exceptions import (
     IncrementalCopyFailed,
     StorageDaemonFailed,
 )
-from controller.vault.qemuimg import QEMU_IMG, die_with_parent, image_options, option_args
+from controller.vault.qemuimg import (
+    QEMU_IMG,
+    chain_encrypted,
+    die_with_parent,
+    image_options,
+    option_args,
+    run_create,
+    stored_compression,
+)
+
+if TYPE_CHECKING:
+    from controller.vault.keys import VaultKey
 
 QSD = "qemu-storage-daemon"
 PIDFILE_PREFIX = "qsd-"
@@ -277,13 +288,13 @@ def bitmaps(image: str, fmt: str = "qcow2", *, workdir: Path) -> dict[str, Bitma
         return _states(_node(qmp, "base"))
 
 
-def _create_target(dst: Path, backing: str, size: int, compression: str) -> None:
+def _create_target(dst: Path, backing: str, size: int, compression: str, key: VaultKey | None = None) -> None:
     """An empty qcow2 at dst over `backing` (relative to dst's directory, format qcow2), with the vault's creation
-    options for `compression` (qemuimg.image_options)."""
+    options for `compression` and, with a vault key, LUKS encryption (qemuimg.image_options)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    opts = option_args(image_options(compression))
+    opts = [*(["--object", key.secret_object()] if key else []), *option_args(image_options(compression, key))]
     cmd = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, *opts, str(dst), str(size)]
-    p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=CMD_TIMEOUT_S)
+    p = run_create(cmd, timeout_s=CMD_TIMEOUT_S)  # a LUKS header may need another try (qemuimg.PBKDF_FLAKE_MESSAGE)
     if p.returncode != 0:
         err = p.stderr.strip()
         raise IncrementalCopyFailed(f"cannot create {dst} over {backing}: {err}", details={"stderr": err})
@@ -321,15 +332,27 @@ def _cancel(qmp: Qmp) -> None:
         qmp.cmd("job-dismiss", id=_JOB)
 
 
-def _copy(qmp: Qmp, bitmap: str, dst: Path, deadline: float, progress: Progress | None, compress: bool) -> int:
+def _copy(
+    qmp: Qmp,
+    bitmap: str,
+    dst: Path,
+    deadline: float,
+    progress: Progress | None,
+    compress: bool,
+    key: VaultKey | None = None,
+) -> int:
     """Open dst as node "target" and run the sync=bitmap backup job from "base" into it; the job's total bytes.
     compress: the job writes compressed clusters (each in the target's compression_type; QEMU writes a cluster
-    that does not shrink uncompressed)."""
+    that does not shrink uncompressed). key: dst is LUKS-encrypted with it (its secret object-added before)."""
     # dst's backing chain is opened too (read-only, the default): a write covering part of a target cluster then
     # fills the rest from the parent (with backing: null, zeros). The job writes whole clusters, so backing: null
-    # measured identical too; the opened chain is the one that is right whatever the cluster sizes.
+    # measured identical too; the opened chain is the one that is right whatever the cluster sizes. Where the
+    # chain holds an encrypted file (the vault key's points) it is not opened: backing null, as measured identical.
+    extra: dict[str, Any] = {"encrypt": {"format": "luks", "key-secret": key.secret_id}} if key else {}
+    if key is not None or chain_encrypted(dst):
+        extra["backing"] = None
     _add(qmp, lambda direct: {"driver": "qcow2", "node-name": "target",
-                              "file": _file_node(str(dst), direct, read_only=False)})  # fmt: skip
+                              "file": _file_node(str(dst), direct, read_only=False), **extra})  # fmt: skip
     qmp.cmd("blockdev-backup", **{"job-id": _JOB, "device": "base", "target": "target", "sync": "bitmap",
                                   "bitmap": bitmap, "bitmap-mode": "never", "auto-dismiss": False,
                                   "compress": compress})  # fmt: skip
@@ -354,14 +377,17 @@ def backup_changed(
     progress: Progress | None = None,
     timeout_s: float = 3600,
     compression: str = "none",
+    key: VaultKey | None = None,
 ) -> int:
     """Copy the clusters `bitmap` marks dirty in the qcow2 `base` into a new qcow2 `dst` whose backing file is
     `backing` (relative to dst's directory): dst over backing then reads like base. Returns the bitmap's count
     (changed bytes). progress(done, total) is called every ~POLL_S; if it raises, the job is cancelled and the
     exception re-raised. dst is left for the caller to remove on any failure. BITMAP_MISSING/BITMAP_INCONSISTENT
     before any copy; INCREMENTAL_COPY_FAILED with QEMU's message (details["stderr"]) if the copy fails.
-    compression "zstd": dst is a compression_type=zstd qcow2 and the changed clusters are stored compressed."""
+    compression "zstd": dst is a compression_type=zstd qcow2 and the changed clusters are stored compressed.
+    key: dst is LUKS-encrypted with this vault key (QEMU reads it from the key file: object-add of a secret)."""
     where = {"disk": base, "bitmap": bitmap, "dst": str(dst)}
+    compression = stored_compression(compression, key)  # never compressed clusters in an encrypted qcow2
     try:
         with daemon(workdir) as qmp:
             _add_base(qmp, base, "qcow2")
@@ -371,10 +397,12 @@ def backup_changed(
                 raise BitmapMissing(f"disk {base} has no dirty bitmap {bitmap!r}", details=where)
             if state.inconsistent:
                 raise BitmapInconsistent(f"dirty bitmap {bitmap!r} of disk {base} is inconsistent", details=where)
-            _create_target(dst, backing, int(node["image"]["virtual-size"]), compression)
+            _create_target(dst, backing, int(node["image"]["virtual-size"]), compression, key)
+            if key is not None:
+                qmp.cmd("object-add", **key.secret_qmp())
             # nothing dirty: the empty overlay already reads like the base
             deadline, compress = time.monotonic() + timeout_s, compression == "zstd"
-            total = _copy(qmp, bitmap, dst, deadline, progress, compress) if state.count else 0
+            total = _copy(qmp, bitmap, dst, deadline, progress, compress, key) if state.count else 0
     except IncrementalCopyFailed as e:
         e.details.update(where)
         raise

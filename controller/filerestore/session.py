@@ -20,7 +20,7 @@ from controller.errors import InvalidArgument
 from controller.filerestore.appliance import Appliance, Entry, Filesystem, Progress
 from controller.filerestore.extract import GetResult, extract
 from controller.locks import flocked
-from controller.vault import layout, merge
+from controller.vault import keys, layout, merge
 from controller.vault.copyout import verify_disk_chain
 from controller.vault.exceptions import PointNotFound
 from controller.vault.manifest import RecoveryPoint
@@ -106,6 +106,11 @@ def open_point(
     point = v.get_point(layout.check_point_id(point_id))
     with reading_chain(v, point.vm_uuid):
         point = v.get_point(point.point_id)  # re-read under the lock: a merge may have just finished
+        keys.refuse_encrypted(
+            v, point, "file restore (libguestfs cannot open LUKS-encrypted qcow2 images)",
+            "Copy the disks out decrypted (`vmbackup restore POINT --disks-only --to DIR`) and read the files from "
+            "that copy (e.g. guestmount -a DIR/vdb.qcow2 -i --ro /mnt).",
+        )  # fmt: skip
         targets = disks_to_read(point, disk)
         drives = []
         for t in targets:

@@ -44,7 +44,7 @@ from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
 from controller.state import State, StateUser
-from controller.vault import RecoveryPoint, pins
+from controller.vault import RecoveryPoint, keys, pins
 from controller.virt.connection import connection
 
 PREFIX = "vmb-bootcheck-"
@@ -107,9 +107,12 @@ class BootChecker(StateUser):
         """Boot-check one point; records the result on the point and raises BOOT_CHECK_FAILED if it failed.
 
         instant (default): the throwaway VM boots the point through overlays (no copy; the point is pinned
-        meanwhile); instant=False copies the disks out first (the old path, kept for comparison).
+        meanwhile); instant=False copies the disks out first (the old path, kept for comparison). An encrypted
+        point always takes the copy path: its disks are decrypted into the throwaway VM's directory (removed after).
         """
         point = self.restorer.point(point_id)
+        if instant and keys.point_key_ids(self.restorer.vault, point):
+            instant = False  # an encrypted point boots from a decrypted temporary copy (docs/design.md)
         uri = host_uri or self.settings.uri
         name = PREFIX + secrets.token_hex(4)
         root = self.settings.home / "bootcheck"

@@ -35,7 +35,7 @@ from controller.restore.undo import Created
 from controller.settings import Settings
 from controller.ssh.client import GUEST_SSH_PORT
 from controller.state import State, StateUser
-from controller.vault import RecoveryPoint, copy_out_disk, merge, pins, verify_point_quick
+from controller.vault import RecoveryPoint, copy_out_disk, keys, merge, pins, verify_point_quick
 from controller.vault.layout import DOMAIN_XML
 from controller.virt import ports as virt_ports
 from controller.virt.connection import connection, translate
@@ -207,6 +207,7 @@ class Restorer(StateUser):
     ) -> dict[str, instant.Layers]:
         """Verify, create the overlays and pin the chain, holding the VM's chain still meanwhile (instant.py)."""
         instant.check_local(spec.host_uri)
+        keys.refuse_encrypted(self.vault, point, "instant restore (a VM running on the vault's files)")
         refuse_existing_name(lv, spec.name)
         virt_type = ET.fromstring((self.vault.point_path(point) / DOMAIN_XML).read_text()).get("type", "kvm")
         with merge.chain_lock(self.vault, point.vm_uuid):

@@ -2,8 +2,10 @@
 
 A self-contained disk is copied sparse with its SHA-256 verified while reading. An incremental disk (a qcow2 over
 its parent point's copy) first has every file of its chain verified against its manifest, then is flattened with
-``qemu-img convert`` into one standalone qcow2. Either way the restored qcow2 loses vmbackup's persistent dirty
-bitmaps (``vmb-*``): a stored copy of a live disk carries the source VM's checkpoints, a restored VM starts anew.
+``qemu-img convert`` into one standalone qcow2; so is a LUKS-encrypted disk (its chain opened with each layer's
+vault key, controller/vault/keys.py): the restored copy is not encrypted. Either way the restored qcow2 loses
+vmbackup's persistent dirty bitmaps (``vmb-*``): a stored copy of a live disk carries the source VM's checkpoints,
+a restored VM starts anew.
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ import os
 from pathlib import Path
 
 from controller.errors import VmBackupError
-from controller.vault import chain, digest, layout, qemuimg, sparse, sums
-from controller.vault.exceptions import ChecksumMismatch, CopyOutTargetExists, PointCorrupt, PointNotFound
+from controller.vault import chain, digest, keys, layout, qemuimg, sparse, sums
+from controller.vault.exceptions import (
+    ChecksumMismatch,
+    CopyOutTargetExists,
+    DiskCopyFailed,
+    PointCorrupt,
+    PointNotFound,
+)
 from controller.vault.manifest import DiskRecord, RecoveryPoint, fsync_dir, read_manifest
 from controller.vault.vault import Vault
 
@@ -47,7 +55,7 @@ def copy_out_disk(
         raise CopyOutTargetExists(f"destination {dest} already exists; refusing to overwrite it")
     part = dest.with_name(dest.name + ".part")
     try:
-        if rec.backing:
+        if rec.backing or rec.key_id:  # a chain, or LUKS-encrypted: qemu-img writes a plain standalone qcow2
             _flatten_chain(v, point, target, part, progress)
             method, same = "qemu-img-convert", False
         else:
@@ -76,9 +84,15 @@ def copy_out_disk(
 
 def _flatten_chain(v: Vault, point: RecoveryPoint, target: str, part: Path, progress: sparse.Progress | None) -> None:
     """Verify every stored file `target`'s restore reads (CHECKSUM_MISMATCH naming the point and disk), then
-    qemu-img convert the top one into part: a standalone qcow2. Progress covers both passes."""
+    qemu-img convert the top one into part: a standalone, unencrypted qcow2. Progress covers both passes.
+
+    Encrypted layers are opened with their vault keys (each layer its own key-secret); a key not held
+    (KEY_MISSING) or not opening its layer (KEY_WRONG) is found before anything is read or written."""
     top = point.manifest.disk(target)
     extra = top.virtual_size if top else 0
+    layers = [(v.disk_path(p, r), r.key_id) for p, r in reversed(chain.disk_chain(v, point, target))]
+    what = f"disk {target} of point {point.point_id}"
+    keys.unlock_check(layers, what)
     files = verify_disk_chain(v, point, target, progress, extra=extra)
     done = sum(r.logical_size for _, r, _ in files)
     total = done + extra
@@ -88,7 +102,10 @@ def _flatten_chain(v: Vault, point: RecoveryPoint, target: str, part: Path, prog
         if progress:
             progress(min(total, done + n), total)
 
-    qemuimg.convert(files[-1][2], part, step, fmt="qcow2")
+    try:
+        qemuimg.convert(files[-1][2], part, step, fmt="qcow2", source=keys.image_source(layers))
+    except DiskCopyFailed as e:
+        raise keys.key_error(str(e.details.get("stderr", "")), what, [k for _, k in layers]) or e from e
 
 
 def verify_disk_chain(

@@ -31,10 +31,16 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import settings as settings_mod
-from controller.vault.key_exceptions import KeyExposed, KeyInvalid, KeyMissing, KeyWrong
+from controller.vault import chain, qemuimg
+from controller.vault.key_exceptions import EncryptedPointUnsupported, KeyExposed, KeyInvalid, KeyMissing, KeyWrong
+from controller.vault.manifest import RecoveryPoint
+
+if TYPE_CHECKING:  # vault.py imports this module
+    from controller.vault.vault import Vault
+from controller.vault.qemuimg import QEMU_IMG
 
 KEY_DIR = "vault-keys"
 CURRENT = "current"
@@ -47,11 +53,6 @@ NO_KEY_MESSAGE = "Parameter 'encrypt.key-secret' is required"
 _HEX = frozenset("0123456789abcdef")
 #: PBKDF2 time of a new LUKS header's keyslot (see VaultKey.create_options)
 ITER_TIME_MS = 10
-#: QEMU 7.2 times PBKDF2 with getrusage(RUSAGE_THREAD) before writing a LUKS header and gives up with this when a
-#: round measured 0 ms (seen on a loaded 2-core host in about half the creates); trying again works
-PBKDF_FLAKE_MESSAGE = "Unable to get accurate CPU usage"
-#: how often a create that hit PBKDF_FLAKE_MESSAGE is tried in all
-CREATE_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,13 @@ class VaultKey:
         """The arguments of QMP ``object-add`` that define the same secret (qemu-storage-daemon)."""
         return {"qom-type": "secret", "id": self.secret_id, "file": str(self.path), "format": "base64"}
 
-    def create_options(self) -> str:
+    def create_options(self) -> dict[str, str]:
         """qemu-img ``-o`` options that make a new qcow2 LUKS-encrypted with this key.
 
         iter-time 10 ms: the passphrase is 256 random bits, so PBKDF2 stretching adds nothing, and QEMU's default
         (2 s) would be paid again by every open of every layer of a chain (restore, merge, verify).
         """
-        return f"encrypt.format=luks,encrypt.key-secret={self.secret_id},encrypt.iter-time={ITER_TIME_MS}"
+        return {"encrypt.format": "luks", "encrypt.key-secret": self.secret_id, "encrypt.iter-time": str(ITER_TIME_MS)}
 
     def read_text(self) -> str:
         """The key as `vault key export` prints it (one base64 line, no newline)."""
@@ -237,20 +238,65 @@ def image_source(
 ) -> list[str]:
     """The qemu-img arguments that open a chain (top first): ``-f FMT FILE`` when nothing in it is encrypted, else
     one ``--object secret`` per key, ``--image-opts`` and the options (KEY_MISSING when a key is not held)."""
+    return chain_source(layers[0][0], [kid for _, kid in layers], fmt, store)
+
+
+def chain_source(
+    top: Path, key_ids: Sequence[str | None], fmt: str = "qcow2", store: KeyStore | None = None
+) -> list[str]:
+    """image_source() of the chain under `top` whose layers (top first) are encrypted with key_ids."""
+    if not any(key_ids):
+        return ["-f", fmt, str(top)]
+    objects = [a for k in keys_for(store or KeyStore(), key_ids) for a in ("--object", k.secret_object())]
+    return [*objects, "--image-opts", image_opts([(top, k) for k in key_ids], fmt)]
+
+
+def unlock_check(layers: Sequence[tuple[Path, str | None]], what: str, store: KeyStore | None = None) -> None:
+    """Before anything is read or written: every key a chain (top first) needs is held (KEY_MISSING) and opens its
+    layer (KEY_WRONG), proven by ``qemu-img check`` of the chain opened with the keys. Nothing when unencrypted."""
     kids = [kid for _, kid in layers]
     if not any(kids):
-        return ["-f", fmt, str(layers[0][0])]
-    objects = [a for k in keys_for(store or KeyStore(), kids) for a in ("--object", k.secret_object())]
-    return [*objects, "--image-opts", image_opts(layers, fmt)]
+        return
+    cmd = [QEMU_IMG, "check", "-q", *image_source(layers, store=store)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    err = key_error(p.stderr, what, kids) if p.returncode not in (0, 3) else None
+    if err is not None:
+        raise err
 
 
-def run_create(cmd: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a qemu-img command that writes a LUKS header, again while it fails with PBKDF_FLAKE_MESSAGE."""
-    for _ in range(CREATE_TRIES - 1):
-        p = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout_s)
-        if p.returncode == 0 or PBKDF_FLAKE_MESSAGE not in p.stderr:
-            return p
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout_s)
+def check_stored(path: Path, fmt: str, key_id: str | None, store: KeyStore | None = None) -> qemuimg.CheckResult:
+    """`qemu-img check` of one stored vault file (verify): with its key when it is encrypted, on its own layer when
+    its backing file needs a key. A key not held: not run (said in the summary; the checksum proved the bytes)."""
+    if key_id:
+        try:
+            key = (store or KeyStore()).get(key_id)
+        except KeyMissing as e:
+            return qemuimg.CheckResult(True, 0, f"encrypted, qemu-img check not run: {e.code}: {e.message}")
+        res = qemuimg.check(path, fmt, key)
+        if not res.ok and WRONG_KEY_MESSAGE in res.summary:
+            res.summary = f"KEY_WRONG: vault key {key_id} does not open it ({res.summary})"
+        return res
+    res = qemuimg.check(path, fmt)
+    if not res.ok and NO_KEY_MESSAGE in res.summary:  # a plain layer over an encrypted backing file
+        return qemuimg.check(path, fmt, own_layer=True)
+    return res
+
+
+def point_key_ids(vault: Vault, point: RecoveryPoint) -> list[str]:
+    """The vault keys reading `point` needs: of its disks' files and of every file they are built on."""
+    ids = {r.key_id for rec in point.manifest.disks for _, r in chain.disk_chain(vault, point, rec.target)}
+    return sorted(k for k in ids if k)
+
+
+def refuse_encrypted(vault: Vault, point: RecoveryPoint, what: str, remediation: str | None = None) -> None:
+    """ENCRYPTED_POINT_UNSUPPORTED when reading `point` needs a vault key (for what cannot take one)."""
+    kids = point_key_ids(vault, point)
+    if kids:
+        raise EncryptedPointUnsupported(
+            f"point {point.point_id} is encrypted (vault key {', '.join(kids)}): {what} cannot read it",
+            remediation=remediation,
+            details={"point_id": point.point_id, "key_ids": kids},
+        )
 
 
 def key_error(stderr: str, what: str, key_ids: Sequence[str | None] = ()) -> KeyWrong | KeyMissing | None:

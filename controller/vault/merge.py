@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.locks import flocked
-from controller.vault import chain, digest, layout, pins, protect, qemuimg, sparse, sums
+from controller.vault import chain, digest, keys, layout, pins, protect, qemuimg, sparse, sums
 from controller.vault.exceptions import ManifestInvalid, MergeFailed, PathEscape, PointNotFound
 from controller.vault.manifest import Manifest, RecoveryPoint, fsync_dir, read_manifest, write_file_durable
 from controller.vault.vault import Vault
@@ -80,6 +80,9 @@ class DiskMerge:
     state: str = PENDING  # pending | committed | renamed
     backing: str | None = None  # P's disk backing (relative), None when P's disk is a full
     changed_bytes: int | None = None  # P's changed bytes for this disk
+    key_id: str | None = None  # P's vault key: the merged file keeps P's LUKS header (None: P's is not encrypted)
+    #: the vault key of each file of C's chain for this disk, C's first: qemu-img commit opens the chain with them
+    chain_keys: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -238,7 +241,9 @@ def _plan(vault: Vault, point: RecoveryPoint, child: RecoveryPoint) -> Intent:
             raise MergeFailed(f"{pfile} is missing: point {child.point_id} cannot be merged with it (not merged)")
         if _backing_of(cfile) != os.path.normpath(pfile):
             raise MergeFailed(f"{cfile} is not backed by {pfile} as its manifest says: not merged")
-        it.disks[rec.target] = DiskMerge(PENDING, prec.backing, prec.changed_bytes)
+        kids = [r.key_id for _, r in reversed(chain.disk_chain(vault, child, rec.target))]
+        keys.unlock_check([(cfile, k) for k in kids], f"merging point {point.point_id} into {child.point_id}")
+        it.disks[rec.target] = DiskMerge(PENDING, prec.backing, prec.changed_bytes, prec.key_id, kids)
         need += rec.stored_bytes
     vault.check_space(need)
     return it
@@ -270,7 +275,7 @@ def _run(vault: Vault, it: Intent) -> DeleteOutcome:
                 )
         else:
             if d.state == PENDING:
-                _commit_disk(cfile, pfile)
+                _commit_disk(cfile, pfile, d.chain_keys)
                 d.state = COMMITTED
                 _write_intent(vault, it)
             _rename_disk(pfile, cfile)
@@ -293,11 +298,16 @@ def _backing_of(path: Path) -> str | None:
     return os.path.normpath(path.parent / backing) if backing else None
 
 
-def _commit_disk(cfile: Path, pfile: Path) -> None:
-    """`qemu-img commit -d`: the child's clusters into its backing file (the point's), then fsync that file."""
-    cmd = [qemuimg.QEMU_IMG, "commit", "-q", "-f", "qcow2", "-d", str(cfile)]
+def _commit_disk(cfile: Path, pfile: Path, chain_keys: list[str | None]) -> None:
+    """`qemu-img commit -d`: the child's clusters into its backing file (the point's), then fsync that file.
+    chain_keys: the vault key of each file of the child's chain (child first); encrypted clusters are decrypted
+    with the child's key and written with the point's."""
+    cmd = [qemuimg.QEMU_IMG, "commit", "-q", *keys.chain_source(cfile, chain_keys), "-d"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=False, preexec_fn=qemuimg.die_with_parent)
     if p.returncode != 0:
+        err = keys.key_error(p.stderr, f"qemu-img commit of {cfile} into {pfile}", chain_keys)
+        if err is not None:
+            raise err
         raise MergeFailed(
             f"qemu-img commit of {cfile} into {pfile} failed: {p.stderr.strip()}", details={"stderr": p.stderr}
         )
@@ -330,6 +340,7 @@ def _rewrite_child(vault: Vault, it: Intent) -> str:
             res = sparse.stream(path, algo=digest.algo_of(rec.digest))
             rec.digest, rec.logical_size, rec.stored_bytes = res.digest, res.logical_size, path.stat().st_blocks * 512
             rec.kind, rec.backing = ("incremental", d.backing) if d.backing else ("full", None)
+            rec.key_id = d.key_id  # the file is P's: its LUKS header and key
             if rec.format == "qcow2":  # the file is P's now, child clusters committed into it uncompressed
                 rec.compression = qemuimg.compression_of(qemuimg.info(path, fmt="qcow2"))
             both = (rec.changed_bytes, d.changed_bytes)

@@ -11,10 +11,13 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.vault.exceptions import DiskCopyFailed
 from controller.vault.sparse import Progress
+
+if TYPE_CHECKING:  # keys.py imports this module
+    from controller.vault.keys import VaultKey
 
 QEMU_IMG = "qemu-img"
 _LOCK_HINT = (
@@ -26,6 +29,11 @@ _PR_SET_PDEATHSIG = 1
 #: qemu-img convert flags that store every cluster zstd-compressed where that shrinks it (QEMU writes a cluster
 #: that does not shrink uncompressed); -W: out-of-order writes, so the coroutines compress in parallel
 _COMPRESS_FLAGS = ("-c", "-W")
+#: QEMU 7.2 times PBKDF2 with getrusage(RUSAGE_THREAD) before it writes a LUKS header and gives up with this when a
+#: round measured 0 ms (about half the creates on this loaded 2-core host); the same command then works
+PBKDF_FLAKE_MESSAGE = "Unable to get accurate CPU usage"
+#: how often a command writing a LUKS header that hit PBKDF_FLAKE_MESSAGE is tried in all
+CREATE_TRIES = 8
 
 
 def die_with_parent() -> None:
@@ -47,6 +55,7 @@ class ImageInfo:
     bitmaps: list[str] = field(default_factory=list)  # names of the persistent dirty bitmaps (qcow2)
     compat: str | None = None  # qcow2 version: "1.1" (v3) can hold dirty bitmaps, "0.10" (v2) cannot
     compression_type: str | None = None  # qcow2: how its compressed clusters are (or would be) compressed
+    encrypted: bool = False  # LUKS-encrypted qcow2 (reading its data needs the key; info does not)
 
 
 def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
@@ -55,12 +64,21 @@ def _fail(what: str, path: Path, err: str) -> DiskCopyFailed:
     return DiskCopyFailed(f"{what} {path}: {err.strip()}", remediation=remediation, details={"stderr": err})
 
 
-def image_options(compression: str = "none") -> dict[str, str]:
-    """The qcow2 creation options (``-o``) of a new image in the vault: compression "zstd" or "none".
+def image_options(compression: str = "none", key: VaultKey | None = None) -> dict[str, str]:
+    """The qcow2 creation options (``-o``) of a new image in the vault: compression "zstd" or "none"; LUKS
+    encryption with a vault key (the caller also passes ``--object key.secret_object()``).
 
     The one place full copies (``convert``) and incrementals (qsd's target) get them from.
     """
-    return {"compression_type": "zstd"} if compression == "zstd" else {}
+    opts = {"compression_type": "zstd"} if compression == "zstd" else {}
+    return {**opts, **(key.create_options() if key is not None else {})}
+
+
+def stored_compression(compression: str, key: VaultKey | None) -> str:
+    """The compression a new vault image gets: "none" when it is encrypted. QEMU 7.2 writes a qcow2's compressed
+    clusters WITHOUT encrypting them (a zstd frame of the guest's data lies in the clear in a LUKS qcow2, measured;
+    qemu-img convert refuses -c with encryption for that reason, qemu-io and the backup job do not)."""
+    return "none" if key is not None else compression
 
 
 def compression_of(inf: ImageInfo) -> str:
@@ -96,7 +114,18 @@ def info(path: Path, force_share: bool = False, fmt: str | None = None) -> Image
         bitmaps=[str(b["name"]) for b in d.get("format-specific", {}).get("data", {}).get("bitmaps", [])],
         compat=d.get("format-specific", {}).get("data", {}).get("compat"),
         compression_type=d.get("format-specific", {}).get("data", {}).get("compression-type"),
+        encrypted=bool(d.get("encrypted", False)),
     )
+
+
+def chain_encrypted(path: Path) -> bool:
+    """True when a file of the qcow2's backing chain (itself included) is LUKS-encrypted (read from the headers:
+    no key needed)."""
+    cmd = [QEMU_IMG, "info", "--output=json", "--backing-chain", "-U", "-f", "qcow2", str(path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise _fail("qemu-img info failed for", path, p.stderr)
+    return any(bool(d.get("encrypted")) for d in json.loads(p.stdout))
 
 
 def remove_bitmaps(path: Path, prefix: str) -> list[str]:
@@ -117,15 +146,40 @@ def convert(
     force_share: bool = False,
     fmt: str | None = None,
     compression: str = "none",
+    source: list[str] | None = None,
+    key: VaultKey | None = None,
 ) -> None:
     """Flatten src and its whole backing chain into one self-contained qcow2 at dst, then fsync dst.
 
     compression "zstd": dst's clusters are stored zstd-compressed where that shrinks them (qcow2
-    compression_type=zstd); "none": plain clusters.
+    compression_type=zstd); "none": plain clusters. source: the arguments that open src instead of
+    ``-f FMT SRC`` (an encrypted chain: keys.image_source). key: dst is LUKS-encrypted with this vault key.
     """
     total = info(src, force_share, fmt).virtual_size
-    flags = [*(_COMPRESS_FLAGS if compression == "zstd" else ()), *option_args(image_options(compression))]
-    cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *flags, *_opts(force_share, fmt), str(src), str(dst)]
+    compression = stored_compression(compression, key)
+    objects = ["--object", key.secret_object()] if key is not None and key.secret_object() not in (source or []) else []
+    flags = [*(_COMPRESS_FLAGS if compression == "zstd" else ()), *option_args(image_options(compression, key))]
+    src_args = [*(["-U"] if force_share else []), *source] if source else [*_opts(force_share, fmt), str(src)]
+    cmd = [QEMU_IMG, "convert", "-p", "-O", "qcow2", *objects, *flags, *src_args, str(dst)]
+    for _ in range(CREATE_TRIES - 1 if key is not None else 0):  # a new LUKS header: see PBKDF_FLAKE_MESSAGE
+        rc, err = _run_convert(cmd, total, progress)
+        if rc == 0 or PBKDF_FLAKE_MESSAGE not in err:
+            break
+    else:
+        rc, err = _run_convert(cmd, total, progress)
+    if rc != 0:
+        raise _fail("qemu-img convert failed for", src, err)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if progress:
+        progress(total, total)
+
+
+def _run_convert(cmd: list[str], total: int, progress: Progress | None) -> tuple[int, str]:
+    """Run one qemu-img convert -p, reporting its progress; (exit code, stderr)."""
     # a controller killed mid-copy must not leave this convert reading the base image: its lock would block the
     # block-commit that crash recovery does next
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
@@ -145,15 +199,16 @@ def convert(
         proc.kill()
         proc.wait()
         raise
-    if rc != 0:
-        raise _fail("qemu-img convert failed for", src, err)
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if progress:
-        progress(total, total)
+    return rc, err
+
+
+def run_create(cmd: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a qemu-img command that writes a new LUKS header, again while it fails with PBKDF_FLAKE_MESSAGE."""
+    for _ in range(CREATE_TRIES - 1):
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
+        if p.returncode == 0 or PBKDF_FLAKE_MESSAGE not in p.stderr:
+            return p
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
 
 
 @dataclass
@@ -165,16 +220,21 @@ class CheckResult:
     summary: str
 
 
-def check(path: Path, fmt: str) -> CheckResult:
-    """Run `qemu-img check` (qcow2 only; raw has no metadata to check). rc 3 (leaks only) counts as ok."""
+def check(path: Path, fmt: str, key: VaultKey | None = None, own_layer: bool = False) -> CheckResult:
+    """Run `qemu-img check` (qcow2 only; raw has no metadata to check). rc 3 (leaks only) counts as ok.
+
+    key: the vault key a LUKS-encrypted qcow2 opens with. With a key, or own_layer, only this file is opened
+    (its backing file is not: it may need another key, and the chain is checked file by file).
+    """
     if fmt != "qcow2":
         return CheckResult(ok=True, returncode=0, summary="raw: nothing to check")
-    p = subprocess.run(
-        [QEMU_IMG, "check", "-f", fmt, "--output=json", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    source = ["-f", fmt, str(path)]
+    if key is not None or own_layer:
+        spec: dict[str, Any] = {"driver": fmt, "file": {"driver": "file", "filename": str(path)}, "backing": None}
+        if key is not None:
+            spec["encrypt"] = {"key-secret": key.secret_id}
+        source = [*(["--object", key.secret_object()] if key else []), "json:" + json.dumps(spec)]
+    p = subprocess.run([QEMU_IMG, "check", "--output=json", *source], capture_output=True, text=True, check=False)
     summary = p.stderr.strip()
     try:
         d = json.loads(p.stdout)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.locks import flocked
-from controller.vault import chain, digest, layout, qemuimg, sparse, sums
+from controller.vault import chain, digest, keys, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
     ManifestFieldReadOnly,
     ManifestIdMismatch,
@@ -283,7 +283,7 @@ class Vault:
         if got.digest != rec.digest:
             detail = f"checksum {got.digest} != recorded {rec.digest}"
             return DiskVerify(rec.target, rec.file, "checksum-mismatch", detail)
-        chk = qemuimg.check(path, rec.format)
+        chk = keys.check_stored(path, rec.format, rec.key_id)  # with its vault key when encrypted
         if not chk.ok:
             return DiskVerify(rec.target, rec.file, "check-failed", chk.summary)
         try:

@@ -15,7 +15,7 @@ from agent.contract import CONSISTENCY_LEVELS
 from controller import locks
 from controller.datapath import qcow2holes
 from controller.errors import VmBackupError
-from controller.vault import chain, compress, layout, qemuimg, sparse, sums
+from controller.vault import chain, compress, keys, layout, qemuimg, sparse, sums
 from controller.vault.exceptions import (
     ChainMismatch,
     DiskAlreadyStored,
@@ -66,6 +66,8 @@ class PointWriter:
         self.published: RecoveryPoint | None = None
         self._aborted = False
         self._parent: str | None = None  # the point the incremental disks are backed by
+        #: the vault key new images of this point are LUKS-encrypted with (`vault encryption enable`), or None
+        self.key: keys.VaultKey | None = keys.KeyStore().current()
 
     def __enter__(self) -> PointWriter:
         return self
@@ -94,14 +96,15 @@ class PointWriter:
         self._check_new_target(target)
         src = Path(src_path)
         inf = qemuimg.info(src, force_share, fmt)
-        comp = compress.for_full_copy(compression, src)
-        convert = comp != "none" or bool(inf.backing_file) or inf.format not in ("qcow2", "raw")
+        encrypt = self.key is not None  # a LUKS qcow2, written by qemu-img; never compressed (stored_compression)
+        comp = compress.for_full_copy(qemuimg.stored_compression(compression, self.key), src)
+        convert = comp != "none" or encrypt or bool(inf.backing_file) or inf.format not in ("qcow2", "raw")
         fmt = "qcow2" if convert or inf.format == "qcow2" else "raw"
         rel = layout.disk_file_name(target, fmt)
         dst = layout.inside(self.tmp, *rel.split("/"))
         with self._storing(target, str(src), dst):
             if convert:
-                qemuimg.convert(src, dst, progress, force_share, inf.format, compression=comp)
+                qemuimg.convert(src, dst, progress, force_share, inf.format, compression=comp, key=self.key)
                 res = _hash_stored(dst)
                 method = "qemu-img-convert"
             else:
@@ -118,6 +121,7 @@ class PointWriter:
             source_path=str(src),
             method=method,
             compression=comp,
+            key_id=self.key.key_id if self.key is not None else None,
         )
         self.disks.append(rec)
         return rec
@@ -169,6 +173,11 @@ class PointWriter:
                     f"{backing!r} (qcow2)",
                     details={"target": target, "backing": inf.backing_name, "expected": backing},
                 )
+            if inf.encrypted != (self.key is not None):
+                raise VaultError(
+                    f"the incremental copy of disk {target} is {'' if inf.encrypted else 'not '}encrypted, but "
+                    f"encryption at rest is {'on' if self.key else 'off'} for this point (write() must pass writer.key)"
+                )
             res = _hash_stored(dst)
         rec = DiskRecord(
             target=target,
@@ -184,6 +193,7 @@ class PointWriter:
             backing=backing,
             changed_bytes=int(changed),
             compression=qemuimg.compression_of(inf),  # as write() created it
+            key_id=self.key.key_id if self.key is not None else None,
         )
         self._parent = parent.point_id
         self.disks.append(rec)

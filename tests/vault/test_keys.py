@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller import settings as settings_mod
-from controller.vault import keys
+from controller.vault import keys, qemuimg
 from controller.vault.key_exceptions import KeyExposed, KeyInvalid, KeyMissing, KeyWrong
 from tests.vault.helpers import MiB, images_identical, qemu_io_write, run
 
@@ -83,8 +83,8 @@ def test_qemu_reads_the_key_file_and_a_wrong_key_is_refused(private_home: Path, 
     qemu_io_write(plain, "qcow2", 0x5A, 0, 1 * MiB)
     src = keys.image_source([(plain, None)])
     assert src == ["-f", "qcow2", str(plain)]
-    enc = keys.run_create(["qemu-img", "convert", *src, "--object", key.secret_object(), "-O", "qcow2",
-                           "-o", key.create_options(), str(img)])  # fmt: skip
+    enc = qemuimg.run_create(["qemu-img", "convert", *src, "--object", key.secret_object(), "-O", "qcow2",
+                           *qemuimg.option_args(key.create_options()), str(img)])  # fmt: skip
     assert enc.returncode == 0, enc.stderr
     assert key.read_text() not in key.secret_object()  # argv names the file, never the key
     assert b"\x5a" * 4096 not in img.read_bytes()  # the data is not stored in the clear
