@@ -111,8 +111,10 @@ class BootChecker(StateUser):
         point always takes the copy path: its disks are decrypted into the throwaway VM's directory (removed after).
         """
         point = self.restorer.point(point_id)
-        if instant and keys.point_key_ids(self.restorer.vault, point):
-            instant = False  # an encrypted point boots from a decrypted temporary copy (docs/design.md)
+        # an encrypted point boots from a decrypted temporary copy (docs/design.md); a key not held or wrong is
+        # KEY_MISSING / KEY_WRONG here, before a job or a verdict is recorded (the point is not at fault)
+        if keys.check_point(self.restorer.vault, point):
+            instant = False
         uri = host_uri or self.settings.uri
         name = PREFIX + secrets.token_hex(4)
         root = self.settings.home / "bootcheck"

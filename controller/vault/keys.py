@@ -288,6 +288,16 @@ def point_key_ids(vault: Vault, point: RecoveryPoint) -> list[str]:
     return sorted(k for k in ids if k)
 
 
+def check_point(vault: Vault, point: RecoveryPoint) -> list[str]:
+    """Every key reading `point` needs is held and opens its files (KEY_MISSING / KEY_WRONG otherwise, before
+    anything is written); the key ids (empty: nothing is encrypted)."""
+    kids = point_key_ids(vault, point)
+    for rec in point.manifest.disks if kids else []:
+        layers = [(vault.disk_path(p, r), r.key_id) for p, r in reversed(chain.disk_chain(vault, point, rec.target))]
+        unlock_check(layers, f"disk {rec.target} of point {point.point_id}")
+    return kids
+
+
 def refuse_encrypted(vault: Vault, point: RecoveryPoint, what: str, remediation: str | None = None) -> None:
     """ENCRYPTED_POINT_UNSUPPORTED when reading `point` needs a vault key (for what cannot take one)."""
     kids = point_key_ids(vault, point)

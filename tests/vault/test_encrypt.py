@@ -21,6 +21,7 @@ import pytest
 
 from controller.backup import qsd
 from controller.filerestore.session import open_point
+from controller.restore.bootcheck import BootChecker
 from controller.restore.restore import Restorer
 from controller.settings import Settings
 from controller.vault import Vault, keys, merge, pins
@@ -276,3 +277,15 @@ def test_instant_restore_and_file_restore_refuse_encrypted_points(
         r.restore_as_new(e.inc.point_id, name, instant=True)
     assert "restore POINT --as NEW_NAME" in inst_err.value.remediation
     assert not (private_settings.home / "restored" / name).exists() and pins.list_pins(e.vault.root) == []
+
+
+def test_boot_check_without_the_key_records_nothing(encrypted: Encrypted, private_settings: Settings) -> None:
+    """A boot-check of an encrypted point whose key is not held stops with KEY_MISSING before any job or verdict:
+    the point is not at fault, so no failed boot-check is written into it."""
+    e = encrypted
+    e.key.path.unlink()
+    with BootChecker(private_settings) as checker:
+        with pytest.raises(KeyMissing):
+            checker.run(e.inc.point_id)
+        assert list(checker.restorer.jobs.list()) == []
+    assert e.vault.get_point(e.inc.point_id).manifest.boot_check is None
