@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import output, vault_protect
+from controller.cli import output, vault_protect, vault_usage
 from controller.cli.points_cmd import human_size
 from controller.errors import VmBackupError
-from controller.vault import RecoveryPoint, Vault, VerifyResult
+from controller.vault import RecoveryPoint, Vault, VerifyResult, usage
 from controller.vault.exceptions import ManifestInvalid
 from controller.vault.verdicts import record_verify
 
@@ -73,8 +73,8 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_usage(args: argparse.Namespace) -> int:
-    """Bytes per VM and in total."""
-    u = Vault().usage()
+    """Bytes per VM and in total, then per chain (controller/vault/usage.py)."""
+    u = usage.breakdown(Vault())
     if args.json:
         output.print_json(u)
         return 0
@@ -89,6 +89,7 @@ def run_usage(args: argparse.Namespace) -> int:
     output.table(f"vault {u['vault']}", columns, rows)
     if u["free_bytes"] is not None:
         print(f"free: {human_size(u['free_bytes'])}")
+    vault_usage.print_chains(u)
     return 0
 
 

@@ -1,7 +1,8 @@
 """`vmbackup vault protect POINT [--reason TEXT]` and `vmbackup vault unprotect POINT`.
 
 A protected point (and every point it is built on) cannot be deleted, merged or pruned (POINT_PROTECTED) until
-it is unprotected; see controller/vault/protect.py. Registered under `vault` by vault_cmd.py (not a *_cmd module: no top-level command).
+it is unprotected; see controller/vault/protect.py. Registered under `vault` by vault_cmd.py (not a *_cmd
+module: no top-level command).
 """
 
 from __future__ import annotations

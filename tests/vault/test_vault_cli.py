@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from controller.vault import Vault
+from controller.vault import Vault, usage
 from tests.vault.helpers import PointMaker
 
 VM = "0b6e4d1a-1111-4222-8333-444455556666"
@@ -101,10 +101,10 @@ def test_vault_verify_unknown_point_is_typed_error(capsys: pytest.CaptureFixture
 def test_vault_usage(
     capsys: pytest.CaptureFixture[str], vault: Vault, make_point: PointMaker, qcow2_plain: Path
 ) -> None:
-    """usage --json matches Vault.usage; the table prints."""
+    """usage --json matches usage.breakdown (Vault.usage plus the chains); the table prints."""
     make_point({"vda": qcow2_plain}, vm_uuid=VM)
     rc, out = cli_json(capsys, "vault", "usage")
-    assert rc == 0 and out == vault.usage() | {"free_bytes": out["free_bytes"]}  # type: ignore[index,operator]
+    assert rc == 0 and out == usage.breakdown(vault) | {"free_bytes": out["free_bytes"]}  # type: ignore[index,operator]
     assert out["vms"][VM]["points"] == 1 and out["total_bytes"] > 0  # type: ignore[index]
     assert main(["vault", "usage"]) == 0
     assert VM in capsys.readouterr().out
