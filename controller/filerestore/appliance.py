@@ -154,8 +154,11 @@ class Appliance:
             g.set_backend_settings(extra)
             g.set_memsize(MEMSIZE)
             g.set_network(False)
-            for _target, path, fmt in self.drives:
-                g.add_drive_opts(str(path), format=fmt, readonly=True)
+            for target, path, fmt in self.drives:
+                if fmt == "nbd":  # an encrypted disk, decrypted by qemu-storage-daemon (nbd.py): socket, export name
+                    g.add_drive_opts(target, format="raw", protocol="nbd", server=[f"unix:{path}"], readonly=True)
+                else:
+                    g.add_drive_opts(str(path), format=fmt, readonly=True)
             try:
                 g.launch()
             except RuntimeError as e:
@@ -288,11 +291,25 @@ class Appliance:
         for i in range(0, len(names), BATCH):
             part = names[i : i + BATCH]
             sts = self._call(f"lstat in {directory}", self.g.lstatnslist, directory, part)
-            links = self._call(f"readlink in {directory}", self.g.readlinklist, directory, part)
+            try:
+                links = self.g.readlinklist(directory, part)
+            except UnicodeDecodeError:  # a link target that is not UTF-8: those read one by one
+                links = [self._link(directory, n, st) for n, st in zip(part, sts, strict=True)]
+            except RuntimeError as e:
+                raise FileRestoreFailed(f"readlink in {directory}: {e}") from e
             for name, st, target in zip(part, sts, links, strict=True):
                 ent = _entry(join(directory, name), st)
                 out.append(_entry(ent.path, st, target) if ent.kind == "symlink" else ent)
         return out
+
+    def _link(self, directory: str, name: str, st: dict[str, int]) -> str:
+        """One entry's symlink target ('' for other kinds), read from a tar-out when it is not UTF-8."""
+        if stat.S_IFMT(int(st["st_mode"])) != stat.S_IFLNK:
+            return ""
+        try:
+            return str(self._call(f"readlink {join(directory, name)}", self.g.readlink, join(directory, name)))
+        except FileRestoreFailed:
+            return str(self._call(f"tar-out for {join(directory, name)}", self.raw.link_target, directory, name))
 
     def ls(self, directory: str) -> list[Entry]:
         """The directory's entries, sorted by name (names that are not UTF-8 included)."""

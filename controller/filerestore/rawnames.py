@@ -146,6 +146,18 @@ class RawEntries:
         base = parent.rstrip("/") + "/"
         return [m for p, m in self.meta.items() if p.startswith(base) and "/" not in p[len(base) :]]
 
+    def link_target(self, directory: str, name: str) -> str:
+        """The target of the symlink directory/name when it is not UTF-8 (readlink cannot return it): from a tar-out
+        of directory holding just that entry."""
+        others = [n for n in list0(self.g, directory, self.work) if n != name and addressable(n) and "\n" not in n]
+        tar = self.work / "link.tar"
+        self.g.tar_out(directory, str(tar), excludes=["./" + _GLOB.sub(r"\\\1", n) for n in others])
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.removeprefix("./") == name and m.issym():
+                    return m.linkname
+        return ""
+
     def copy(self, path: str, local: Path, progress: Callable[[int, int], None] | None = None) -> None:
         """Write the regular file at a non-UTF-8 path into local."""
         tar, member = self._where[path]

@@ -70,6 +70,7 @@ def ext4_tree(root: Path, extra: dict[str, bytes] | None = None) -> None:
     (names / RAW_DIR / RAW_INNER).write_bytes(b"inner\n")
     (names / RAW_DIR / "ok.txt").write_bytes(b"ok\n")
     (names / RAW_DIR / "link").symlink_to(RAW_INNER)
+    (names / "rawlink").symlink_to(RAW_FILE)  # a UTF-8 name whose target is not UTF-8
     for p in [root, *root.rglob("*")]:
         os.utime(p, (MTIME, MTIME), follow_symlinks=False)
 

@@ -57,10 +57,10 @@ def points(tmp_path_factory: pytest.TempPathFactory) -> Points:
     vault = Vault(work / "vault")
     vm = str(uuid.uuid4())
     meta = {"vm": {"uuid": vm, "name": "fr", "host": "qemu:///system"}, "consistency": "CRASH"}
-    with vault.new_point(vm) as w:
+    with vault.new_point(vm) as w:  # vdb and vdc stored compressed (zstd qcow2), vda plain: both read alike
         w.copy_disk("vda", vda)
-        w.copy_disk("vdb", vdb)
-        w.copy_disk("vdc", vdc)
+        assert w.copy_disk("vdb", vdb, compression="zstd").compression == "zstd"
+        assert w.copy_disk("vdc", vdc, compression="zstd").compression == "zstd"
         w.write_domain_xml(f"<domain><name>fr</name><uuid>{vm}</uuid></domain>")
         full = w.publish(dict(meta))
     tree2 = work / "tree2"
@@ -238,10 +238,12 @@ def test_names_and_links_checked_lexically() -> None:
 def test_names_that_are_not_utf8_are_listed_escaped_and_restored_with_their_bytes(
     full_files: PointFiles, tmp_path: Path
 ) -> None:
-    """/names holds a latin-1 file name and a non-UTF-8 directory (a file, a UTF-8 file and a link inside): ls shows
-    them escaped (with their exact bytes in hex), get writes them with their own bytes, nothing fails or is skipped."""
+    """/names holds a latin-1 file name, a link to it, a non-UTF-8 directory (a file, a UTF-8 file and a link
+    inside): ls shows them escaped (with their exact bytes in hex), get writes them with their own bytes, nothing
+    fails or is skipped."""
     by_name = {e.name: e for e in full_files.ls("vda1:/names")}
-    assert set(by_name) == {im.RAW_FILE, im.RAW_DIR, "plain.txt"}
+    assert set(by_name) == {im.RAW_FILE, im.RAW_DIR, "plain.txt", "rawlink"}
+    assert by_name["rawlink"].target == im.RAW_FILE
     raw = by_name[im.RAW_FILE]
     assert raw.kind == "file" and raw.size == 13 and stat.S_IMODE(raw.mode) == 0o600
     assert raw.mtime_ns == im.MTIME * 10**9
@@ -253,8 +255,9 @@ def test_names_that_are_not_utf8_are_listed_escaped_and_restored_with_their_byte
 
     res = full_files.get(["vda1:/names"], tmp_path / "out")
     out = os.fsencode(tmp_path / "out" / "names")
-    assert res.skipped == [] and (res.files, res.dirs, res.symlinks) == (4, 2, 1), res
-    assert sorted(os.listdir(out)) == sorted([b"caf\xe9.txt", b"d\xff", b"plain.txt"])
+    assert res.skipped == [] and (res.files, res.dirs, res.symlinks) == (4, 2, 2), res
+    assert sorted(os.listdir(out)) == sorted([b"caf\xe9.txt", b"d\xff", b"plain.txt", b"rawlink"])
+    assert os.readlink(os.path.join(out, b"rawlink")) == b"caf\xe9.txt"
     assert _read(out, b"caf\xe9.txt") == b"latin-1 name\n"
     st = os.lstat(os.path.join(out, b"caf\xe9.txt"))
     assert (stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (0o600, im.MTIME)
