@@ -97,21 +97,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     """Register `vault verify`, `vault usage` and `vault delete` (and the subcommands of vault_recycle.py)."""
     from controller.cli import vault_keys, vault_recycle
 
-    p = sub.add_parser("vault", help="check and measure the vault")
+    p = sub.add_parser(
+        "vault",
+        help="check and measure the vault",
+        epilog=output.examples(
+            "vmbackup vault verify",
+            "vmbackup vault usage",
+            "vmbackup vault delete 20261129T160102Z-3fa9c1",
+            "vmbackup vault encryption enable",
+        ),
+    )
     vs = p.add_subparsers(dest="vault_command", metavar="SUBCOMMAND", required=True)
     ver = vs.add_parser(
-        "verify", help="recompute checksums and run qemu-img check (exit 1 if anything is corrupt)"
+        "verify",
+        help="recompute checksums and run qemu-img check (exit 1 if anything is corrupt)",
+        epilog=output.examples("vmbackup vault verify", "vmbackup vault verify 20261129T160102Z-3fa9c1 --json"),
     )
-    ver.add_argument("point", nargs="?", help="one point id (default: every point)")
+    ver.add_argument("point", nargs="?", metavar="POINT", help="one point id (default: every point)")
     output.add_json_flag(ver)
     ver.set_defaults(func=run_verify)
-    use = vs.add_parser("usage", help="bytes used per VM and in total")
+    use = vs.add_parser(
+        "usage", help="bytes used per VM and in total", epilog=output.examples("vmbackup vault usage --json")
+    )
     output.add_json_flag(use)
     use.set_defaults(func=run_usage)
     dele = vs.add_parser(
-        "delete", help="soft-delete one point (purged after soft_delete_days; merged into the point built on it then)"
+        "delete",
+        help="soft-delete one point (purged after soft_delete_days; merged into the point built on it then)",
+        epilog=output.examples("vmbackup vault delete 20261129T160102Z-3fa9c1"),
     )
-    dele.add_argument("point", help="the point id (`vmbackup points`)")
+    dele.add_argument("point", metavar="POINT", help="the point id (`vmbackup points`)")
     output.add_json_flag(dele)
     dele.set_defaults(func=run_delete)
     vault_recycle.add_subparsers(vs)  # vault undelete, vault purge
