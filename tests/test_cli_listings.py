@@ -38,6 +38,7 @@ def _discovered(name: str) -> None:
         (["register", "--list"], "vmbackup register VM"),
         (["restore", "list"], "--instant"),
         (["prune"], "nothing to prune"),
+        (["notify", "list"], "no incidents open"),
     ],
 )
 def test_empty_listing_says_what_next(argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]) -> None:

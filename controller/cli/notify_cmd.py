@@ -104,7 +104,8 @@ def run_list(args: argparse.Namespace) -> int:
         output.print_json(rows)
         return 0
     if not rows:
-        print("no incidents" + (" in the last 30 days" if args.all else " open"))
+        when = "in the last 30 days" if args.all else "open (vmbackup notify list --all shows the resolved ones)"
+        output.hint(f"no incidents {when}")
         return 0
     output.table(
         "incidents",
