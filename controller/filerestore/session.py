@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from controller.errors import InvalidArgument
+from controller.filerestore import nbd
 from controller.filerestore.appliance import Appliance, Entry, Filesystem, Progress
 from controller.filerestore.extract import GetResult, extract
 from controller.locks import flocked
-from controller.vault import keys, layout, merge
+from controller.vault import chain, keys, layout, merge
 from controller.vault.copyout import verify_disk_chain
 from controller.vault.exceptions import PointNotFound
 from controller.vault.manifest import RecoveryPoint
@@ -106,22 +107,25 @@ def open_point(
     point = v.get_point(layout.check_point_id(point_id))
     with reading_chain(v, point.vm_uuid):
         point = v.get_point(point.point_id)  # re-read under the lock: a merge may have just finished
-        keys.refuse_encrypted(
-            v, point, "file restore (libguestfs cannot open LUKS-encrypted qcow2 images)",
-            "Copy the disks out decrypted (`vmbackup restore POINT --disks-only --to DIR`) and read the files from "
-            "that copy (e.g. guestmount -a DIR/vdb.qcow2 -i --ro /mnt).",
-        )  # fmt: skip
         targets = disks_to_read(point, disk)
-        drives = []
+        plain: dict[str, tuple[Path, str]] = {}
+        encrypted: dict[str, nbd.Layers] = {}  # LUKS chains: exported decrypted over NBD (nbd.py)
         for t in targets:
             rec = point.manifest.disk(t)
             if rec is None or rec.format not in ("qcow2", "raw"):
                 raise PointNotFound(f"point {point.point_id}: disk {t} is not a stored qcow2 or raw image")
+            layers = [(v.disk_path(p, r), r.key_id) for p, r in reversed(chain.disk_chain(v, point, t))]
+            keys.unlock_check(layers, f"disk {t} of point {point.point_id}")  # KEY_MISSING / KEY_WRONG first
             files = verify_disk_chain(v, point, t, progress)
-            drives.append((t, files[-1][2], rec.format))
-        app = Appliance(drives)
-        app.launch()
-        try:
-            yield PointFiles(point, app)
-        finally:
-            app.close()
+            if any(kid for _, kid in layers):
+                encrypted[t] = layers
+            else:
+                plain[t] = (files[-1][2], rec.format)
+        with nbd.exports(encrypted) if encrypted else contextlib.nullcontext(Path()) as sock:
+            drives = [(t, sock, nbd.NBD) if t in encrypted else (t, *plain[t]) for t in targets]
+            app = Appliance(drives)
+            app.launch()
+            try:
+                yield PointFiles(point, app)
+            finally:
+                app.close()

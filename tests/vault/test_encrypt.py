@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,14 @@ def _same(a: Path, b: Path) -> bool:
 
 def _stored(e: Encrypted, p: RecoveryPoint) -> Path:
     """The stored vdb file of a point."""
+    return _stored_of(e.vault, p)
+
+
+def _stored_of(vault: Vault, p: RecoveryPoint) -> Path:
+    """The stored vdb file of a point of `vault`."""
     rec = p.manifest.disk("vdb")
     assert rec is not None
-    return e.vault.disk_path(p, rec)
+    return vault.disk_path(p, rec)
 
 
 def test_points_are_stored_encrypted_and_name_only_the_key_id(encrypted: Encrypted) -> None:
@@ -262,21 +268,37 @@ def test_encryption_off_stores_plain_points_over_an_encrypted_chain(encrypted: E
 
 
 @pytest.mark.libvirt
-def test_instant_restore_and_file_restore_refuse_encrypted_points(
-    encrypted: Encrypted, private_settings: Settings
-) -> None:
-    """Both need QEMU/libguestfs to open the vault's files themselves: ENCRYPTED_POINT_UNSUPPORTED naming the key,
-    with the way out; nothing is defined, pinned or created. The boot-check takes its copy path instead."""
+def test_instant_restore_refuses_encrypted_points(encrypted: Encrypted, private_settings: Settings) -> None:
+    """A VM running on the vault's files would need the key in libvirt for its lifetime: ENCRYPTED_POINT_UNSUPPORTED
+    naming the key, with the way out; nothing is defined, pinned or created. (Boot-check takes its copy path.)"""
     e = encrypted
     assert keys.point_key_ids(e.vault, e.inc) == [e.key.key_id]
-    with pytest.raises(EncryptedPointUnsupported) as files_err, open_point(e.inc.point_id, vault=e.vault):
-        pass
-    assert e.key.key_id in files_err.value.message and "--disks-only" in files_err.value.remediation
     name = "vmb-enc-instant-refused"
     with Restorer(private_settings) as r, pytest.raises(EncryptedPointUnsupported) as inst_err:
         r.restore_as_new(e.inc.point_id, name, instant=True)
-    assert "restore POINT --as NEW_NAME" in inst_err.value.remediation
+    assert e.key.key_id in inst_err.value.message and "restore POINT --as NEW_NAME" in inst_err.value.remediation
     assert not (private_settings.home / "restored" / name).exists() and pins.list_pins(e.vault.root) == []
+
+
+def test_files_reads_an_encrypted_point_through_an_nbd_export(vault: Vault, tmp_path: Path) -> None:
+    """`vmbackup files` on an encrypted point: qemu-storage-daemon exports the chain decrypted over a unix socket and
+    the appliance reads the file from it; its socket directory is gone afterwards."""
+    keys.KeyStore().enable()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "hello.txt").write_bytes(MARK + b"from an encrypted point\n")
+    raw, src = tmp_path / "fs.raw", tmp_path / "fs.qcow2"
+    run("mkfs.ext4", "-q", "-F", "-d", str(tree), str(raw), "32M")
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(src))
+    p = _publish(vault, lambda w: w.copy_disk("vdb", src, fmt="qcow2"))
+    assert p.manifest.disks[0].key_id is not None and MARK not in _stored_of(vault, p).read_bytes()
+    with open_point(p.point_id, vault=vault) as files:
+        assert [f.fstype for f in files.filesystems()] == ["ext4"]
+        files.get(["vdb:/hello.txt"], tmp_path / "out")
+        socks = list(Path(tempfile.gettempdir()).glob("vmb-files-nbd-*/nbd.sock"))
+        assert socks, "the appliance reads through the NBD export"
+    assert (tmp_path / "out" / "hello.txt").read_bytes() == MARK + b"from an encrypted point\n"
+    assert not any(s.exists() for s in socks)
 
 
 def test_boot_check_without_the_key_records_nothing(encrypted: Encrypted, private_settings: Settings) -> None:
