@@ -245,6 +245,7 @@ def _vault_view(vault: Vault, n_points: int) -> dict[str, Any]:
         "path": u["vault"],
         "total_bytes": u["total_bytes"],
         "partial_bytes": sum(v["partial_bytes"] for v in u["vms"].values()),
+        "deleted_bytes": u["deleted_bytes"],  # soft-deleted points, until purged (recycle.py)
         "free_bytes": u["free_bytes"],
         "points": n_points,
     }
