@@ -15,6 +15,7 @@ import pytest
 
 from controller.cli.main import main
 from controller.vault import RecoveryPoint, Vault, layout, merge, pins, recycle
+from controller.vault.copyout import copy_out_disk
 from controller.vault.exceptions import PointDeleted, PointPinned, UndeleteRefused
 from tests.vault.chain_helpers import VM, build_chain, restore, same_content
 
@@ -58,6 +59,9 @@ def test_soft_delete_hides_keeps_files_and_undelete_brings_it_back(vault: Vault,
     after = sorted(str(p.relative_to(vault.root)) for p in vault.root.rglob("*") if p.is_file())
     assert sorted(set(after) - set(files)) == [f"{VM}/.deleted-{pts[1].point_id}.json"]  # nothing else changed
     assert same_content(before[pts[2].point_id], restore(vault, pts[2].point_id, "vdb", tmp_path / "c.qcow2"))
+    child = vault.get_point(pts[2].point_id)  # vmbackup's own restore and verify walk the chain through it
+    copy_out_disk(child, "vdb", tmp_path / "c-vmb.qcow2", vault=vault)
+    assert same_content(before[pts[2].point_id], tmp_path / "c-vmb.qcow2") and vault.verify(child).ok
     (d,) = recycle.list_deleted(vault)
     assert (d.point_id, d.tombstone and d.tombstone.by, d.error) == (pts[1].point_id, "vault delete", "")
     u = vault.usage()["vms"][VM]
