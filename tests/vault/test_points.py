@@ -94,7 +94,8 @@ def test_published_point_layout_and_manifest(make_point: PointMaker, qcow2_plain
     assert {x.name for x in p.path.iterdir()} == {"manifest.json", "domain.xml", "disks", "SHA256SUMS"}
     assert sorted(os.listdir(p.path / "disks")) == ["vda.qcow2", "vdb.qcow2"]
     m = json.loads((p.path / "manifest.json").read_text())
-    assert m["format_version"] == manifest.FORMAT_VERSION == 5 and m["type"] == "full" and m["parent"] is None and m["point_id"] == p.point_id
+    assert m["format_version"] == manifest.FORMAT_VERSION == 5
+    assert m["type"] == "full" and m["parent"] is None and m["point_id"] == p.point_id
     assert m["vm"] == {"uuid": VM, "name": "web1", "host": "qemu:///system"}
     assert m["consistency"] == "FILE_SYSTEM" and m["freeze_window_ms"] == 42.5
     assert m["guest_frozen_ms"] == 17.25 and m["freeze_hooks_ms"] == 3 and m["thaw_hooks_ms"] is None
