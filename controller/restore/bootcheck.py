@@ -4,7 +4,8 @@ Flow (one job of type ``boot-check``)::
 
     restore as vmb-bootcheck-<id> (isolated: restricted user-mode NIC; SSH + agent forwards on 127.0.0.1), by
         default instant: a throwaway qcow2 overlay per disk over the vault point (no copy; pinned meanwhile)
-    -> boot: the serial console reaches a login prompt or multi-user/graphical target within the timeout
+    -> boot: the first proof within the timeout: the serial console shows a login prompt or the multi-user /
+       graphical target, or sshd answers with its banner through the SSH forward (probes.py says what each proves)
     -> agent: GetInfo over mTLS as the ORIGINAL VM uuid (only if the point's VM was registered)
     -> command: the user's check command over SSH (optional)
     -> shutdown (ACPI, then hard) -> fsck: offline e2fsck/xfs_repair of every restored filesystem
@@ -235,7 +236,8 @@ class BootChecker(StateUser):
         with run.phase("boot"):
             t0 = time.monotonic()
             dom.create()
-            boot = probes.wait_for_boot(Path(restored.console_log), t0, timeout_s, dom.isActive)
+            ssh_port = restored.ports.get(GUEST_SSH_PORT)
+            boot = probes.wait_for_boot(Path(restored.console_log), t0, timeout_s, dom.isActive, ssh_port)
             res.checks.append(boot)
             res.boot_seconds = boot.seconds
             run.detail("boot_seconds", boot.seconds)

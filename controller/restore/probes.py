@@ -1,9 +1,18 @@
-"""What boot-check looks at in a running guest: the serial console log, the agent (mTLS), an SSH command."""
+"""What boot-check looks at in a running guest: the serial console log and the SSH banner (booted), the agent (mTLS),
+an SSH command.
+
+"Booted" is declared at the first sufficient proof, whichever comes first: the serial console shows a getty login
+prompt or systemd reaching the multi-user / graphical target, or sshd in the guest sends its banner ("SSH-2.0-...")
+through the throwaway VM's port forward. Either proves the same thing: the bootloader and kernel ran, the root
+filesystem was mounted and the init system brought up userspace services (a banner also needs the guest's network; a
+TCP connect alone proves nothing, QEMU's user-mode NIC accepts it on the host side, so only the banner counts).
+Neither proves a login works or an application runs: the agent probe and the user's check command do that."""
 
 from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,25 +71,72 @@ BOOT_POLL_S = 0.25
 AGENT_RETRY_S = 0.5
 
 
-def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any) -> Probe:
-    """Poll the console log until a login prompt / multi-user target shows, the VM stops, or timeout."""
-    while True:
-        text = console_text(path)
-        m = BOOTED_RE.search(text)
-        if m:
-            line = m.group(0).strip()
-            return Probe("console", True, f"booted: {line!r}", time.monotonic() - t0)
-        if not alive():
-            return Probe("console", False, "the VM stopped before reaching a login prompt")
-        if time.monotonic() - t0 > timeout_s:
-            why = f"no login prompt or multi-user target within {timeout_s:.0f} s"
-            if not text.strip():
-                why += (
-                    "; the serial console stayed empty: no bootloader or kernel ever ran "
-                    "(damaged boot sector / partition table, or no bootable disk)"
-                )
-            return Probe("console", False, why)
-        time.sleep(BOOT_POLL_S)
+#: how long one SSH banner attempt may wait (connect + first bytes) while a boot-check polls
+BANNER_WAIT_S = 1.0
+
+
+def ssh_banner(port: int, timeout_s: float = BANNER_WAIT_S) -> str | None:
+    """The SSH identification line 127.0.0.1:port sends (through the VM's port forward), or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            data = s.recv(255)
+    except OSError:
+        return None
+    return data.split(b"\r\n")[0].split(b"\n")[0].decode(errors="replace") if data.startswith(b"SSH-") else None
+
+
+class BannerWatch:
+    """A background thread asking 127.0.0.1:port for an SSH banner every BOOT_POLL_S until it answers or stop()."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.banner: str | None = None
+        self.seen_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"ssh-banner-{port}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        """Poll until a banner comes or stop() is called."""
+        while not self._stop.is_set():
+            banner = ssh_banner(self.port)
+            if banner is not None:
+                self.seen_at, self.banner = time.monotonic(), banner
+                return
+            self._stop.wait(BOOT_POLL_S)
+
+    def stop(self) -> None:
+        """End the polling (it ends within BANNER_WAIT_S)."""
+        self._stop.set()
+
+
+def wait_for_boot(path: Path, t0: float, timeout_s: float, alive: Any, ssh_port: int | None = None) -> Probe:
+    """Poll the console log (and, with ssh_port, the guest's SSH banner) until the first proof of a boot (see the
+    module docstring), the VM stops, or timeout."""
+    watch = BannerWatch(ssh_port) if ssh_port is not None else None
+    try:
+        while True:
+            text = console_text(path)
+            m = BOOTED_RE.search(text)
+            if m:
+                return Probe("boot", True, f"booted: console {m.group(0).strip()!r}", time.monotonic() - t0)
+            if watch is not None and watch.banner is not None and watch.seen_at is not None:
+                return Probe("boot", True, f"booted: sshd answered {watch.banner!r}", watch.seen_at - t0)
+            if not alive():
+                return Probe("boot", False, "the VM stopped before reaching a login prompt")
+            if time.monotonic() - t0 > timeout_s:
+                why = f"no login prompt, multi-user target or SSH banner within {timeout_s:.0f} s"
+                if not text.strip():
+                    why += (
+                        "; the serial console stayed empty: no bootloader or kernel ever ran "
+                        "(damaged boot sector / partition table, or no bootable disk)"
+                    )
+                return Probe("boot", False, why)
+            time.sleep(BOOT_POLL_S)
+    finally:
+        if watch is not None:
+            watch.stop()
 
 
 def check_agent(settings: Settings, port: int, vm_uuid: str, timeout_s: float) -> Probe:
@@ -108,13 +164,8 @@ def wait_for_ssh_port(port: int, timeout_s: float) -> bool:
     """True once 127.0.0.1:port answers with an SSH banner."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.settimeout(10)
-                if s.recv(64).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            pass
+        if ssh_banner(port, 5.0) is not None:
+            return True
         time.sleep(1.0)
     return False
 

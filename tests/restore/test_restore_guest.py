@@ -168,7 +168,7 @@ def test_boot_check_passes_on_good_point(settings: Settings, point: GuestPoint, 
     checks = {c["name"]: c for c in res["checks"]}
     assert res["result"] == "passed" and res["reason"] == ""
     assert all(c["ok"] for c in res["checks"]), res["checks"]
-    assert "booted" in checks["console"]["detail"]
+    assert "booted" in checks["boot"]["detail"]
     assert "mTLS" in checks["agent"]["detail"]  # answered with the ORIGINAL VM's certificate SAN
     assert checks["command"]["ok"] and "exit 0" in checks["command"]["detail"]
     assert {"fsck:vda1", "fsck:vdb", "fsck:vdc"} <= checks.keys()
@@ -215,7 +215,7 @@ def test_boot_check_fails_on_zeroed_boot_sector(settings: Settings, point: Guest
     assert e.code == "BOOT_CHECK_FAILED"
     assert "no login prompt" in e.message and "console stayed empty" in e.message
     checks = {c["name"]: c for c in e.details["checks"]}
-    assert checks["restore"]["ok"] and not checks["console"]["ok"]
+    assert checks["restore"]["ok"] and not checks["boot"]["ok"]
     assert "agent" not in checks and took < 45 + 120
     assert bootcheck_leftovers(settings, lv) == []
     assert wait_ports_free([int(v) for v in e.details["ports"].values()]) == []

@@ -139,7 +139,7 @@ def test_boot_check_fails_on_unbootable_point_and_leaves_nothing(
     e = ei.value
     assert e.code == "BOOT_CHECK_FAILED" and "no login prompt" in e.message
     checks = {c["name"]: c for c in e.details["checks"]}
-    assert checks["restore"]["ok"] and not checks["console"]["ok"]
+    assert checks["restore"]["ok"] and not checks["boot"]["ok"]
     assert checks["fsck:vda1"]["ok"]  # the filesystem itself is fine: the reason is the boot
     assert "console_tail" in e.details
     # nothing left: no domain, no files, the forwarded ports closed
