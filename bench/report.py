@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import qga_freeze
+from bench import compression, qga_freeze
 
 
 def _f(x: Any, nd: int = 1) -> str:
@@ -140,11 +140,12 @@ def _incremental(r: dict[str, Any]) -> list[str]:
 
 
 RENDER = {"freeze": _freeze, "copy": _copy, "full_backup": _full, "restore": _restore, "scale": _scale,
-          "incremental": _incremental, "qga": qga_freeze.render}
+          "incremental": _incremental, "qga": qga_freeze.render, "compression": compression.render}
 TITLES = {"freeze": "1. Freeze window", "copy": "2. Vault copy throughput",
           "full_backup": "3. Full backup of a running VM", "restore": "4. Restore + boot-check vs cold boot",
           "scale": "5. Controller scale", "incremental": "6. Incremental backups (full, 1 % rewritten, idle)",
-          "qga": "7. Freeze window: qemu-guest-agent vs the vmbackup agent (same VM)"}
+          "qga": "7. Freeze window: qemu-guest-agent vs the vmbackup agent (same VM)",
+          "compression": "8. Vault compression: full copy with zstd vs none (issue #17)"}
 
 
 def markdown(res: dict[str, Any]) -> str:

@@ -19,12 +19,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import contenders, copyspeed, freeze, hostinfo, incremental, qga_freeze, report, restore_boot, scale
+from bench import (
+    compression,
+    contenders,
+    copyspeed,
+    freeze,
+    hostinfo,
+    incremental,
+    qga_freeze,
+    report,
+    restore_boot,
+    scale,
+)
 from bench.env import Plan, make_plan, setup_home
 from bench.guest import boot_vm, destroy_vm, register
 from controller.settings import Settings
 
-NAMES = ("freeze", "copy", "full_backup", "restore", "scale", "incremental", "qga")
+NAMES = ("freeze", "copy", "full_backup", "restore", "scale", "incremental", "qga", "compression")
 VM_NAMES = {"freeze", "full_backup", "restore"}  # share one registered VM (vm_benchmarks)
 VM_LOCK = Path("/tmp/vmbackup-vm.lock")
 CACHE_STATE = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every measured backup, copy, "
@@ -140,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             out = guarded(res, "scale", scale.run_bench, plan.scale_ns, plan.scale_reps, work / "scale")
             if out:
                 res["benchmarks"]["scale"] = out
+        if "compression" in want:  # host-only: the vault writer on the lab image and on random data
+            out = guarded(res, "compression", compression.run_bench, s, plan, work / "compression")
+            if out:
+                res["benchmarks"]["compression"] = out
         if want & (VM_NAMES | {"incremental", "qga"}):
             with vm_lock():
                 if want & VM_NAMES:
