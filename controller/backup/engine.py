@@ -31,8 +31,8 @@ import libvirt
 import controller
 from agent.contract import consistency_rank
 from controller import db
-from controller.backup import cbt, faults, imagelock, qsd, quiesce
-from controller.backup.disksource import allocated, backup_plan, overlay_dir
+from controller.backup import cbt, faults, imagelock, qsd, quiesce, space
+from controller.backup.disksource import backup_plan, overlay_dir
 from controller.backup.exceptions import (
     BitmapInconsistent,
     BitmapMissing,
@@ -148,8 +148,11 @@ class BackupEngine(StateUser):
             running = state in LIVE_STATES  # paused too: QEMU holds the images open, so the snapshot path
             chain = cbt.plan_chain(self.conn, self.vault, dom, ds, req.full, req.full_every)
             run.detail("chain", {"parent": chain.parent and chain.parent.point_id, "full_reason": chain.full_reason})
-            # an incremental disk needs its changed bytes only; the mover's ENOSPC still ends in VAULT_FULL
-            self.vault.check_space(sum(allocated(d) for d in ds if not chain.copies_changes(d.target)))
+            # the predicted size (space.py) plus a margin, before any freeze (ENOSPC later still ends in VAULT_FULL)
+            pred = space.predict(self.vault, dom, ds, chain, running, overlay_dir(self.settings.home, ref.uuid),
+                                 req.compression)  # fmt: skip
+            run.detail("space", pred.to_dict())  # compared with the point's stored bytes (the job's bytes)
+            space.check(self.vault, pred)
         writer = self.vault.new_point(ref.uuid)  # its id sorts after the VM's newest point
         point_id = writer.point_id
         try:
