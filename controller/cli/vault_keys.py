@@ -52,13 +52,25 @@ def run_disable(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Whether new points are encrypted, with which key, and which keys this controller holds."""
+    """Whether new points are encrypted, with which key, which keys this controller holds, which keys the vault's
+    points need (points_by_key: key id -> number of points) and which of those are missing (import them)."""
+    from controller.vault import Vault
+
     st = KeyStore().status()
+    by_key: dict[str, int] = {}
+    for p in Vault().list_points(include_deleted=True):
+        for kid in {d.key_id for d in p.manifest.disks if d.key_id}:
+            by_key[kid] = by_key.get(kid, 0) + 1
+    st.update(points_by_key=dict(sorted(by_key.items())), missing_key_ids=sorted(set(by_key) - set(st["key_ids"])))
     if args.json:
         output.print_json(st)
         return 0
     print(f"encryption at rest: {'on, key ' + st['current_key_id'] if st['enabled'] else 'off'}")
     print(f"keys held ({st['key_dir']}): {', '.join(st['key_ids']) or 'none'}")
+    print("points per key: " + (", ".join(f"{k} {n}" for k, n in by_key.items()) or "no encrypted point"))
+    if st["missing_key_ids"]:
+        print(f"MISSING keys (their points cannot be read): {', '.join(st['missing_key_ids'])}; "
+              "import them with `vmbackup vault key import FILE`")  # fmt: skip
     return 0
 
 

@@ -129,9 +129,14 @@ class KeyStore:
 
     def disable(self) -> str | None:
         """New points are stored unencrypted from now on (keys stay: old points need them); the former current id."""
-        cur = self.current()
+        former = self.current_id()
         (self.directory / CURRENT).unlink(missing_ok=True)
-        return cur.key_id if cur else None
+        return former
+
+    def current_id(self) -> str | None:
+        """The id `current` names (its key file may be missing: current() then says KEY_MISSING), or None."""
+        path = self.directory / CURRENT
+        return path.read_text(encoding="ascii").strip() if path.is_file() else None
 
     def current(self) -> VaultKey | None:
         """The key new points are encrypted with, or None when encryption is off."""
@@ -175,9 +180,9 @@ class KeyStore:
 
     def status(self) -> dict[str, Any]:
         """Whether new points are encrypted, with which key, and which keys the store holds (never a key)."""
-        cur = self.current()
-        return {"enabled": cur is not None, "current_key_id": cur.key_id if cur else None,
-                "key_ids": self.ids(), "key_dir": str(self.directory)}  # fmt: skip
+        cur, held = self.current_id(), self.ids()
+        return {"enabled": cur is not None, "current_key_id": cur, "current_key_held": cur in held if cur else None,
+                "key_ids": held, "key_dir": str(self.directory)}  # fmt: skip
 
     def _store(self, passphrase: bytes) -> VaultKey:
         """Write <id>.key (0600) unless it exists; the key."""

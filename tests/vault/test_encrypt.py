@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from controller.backup import qsd
+from controller.cli.main import main
 from controller.filerestore.session import open_point
 from controller.restore.bootcheck import BootChecker
 from controller.restore.restore import Restorer
@@ -311,3 +312,18 @@ def test_boot_check_without_the_key_records_nothing(encrypted: Encrypted, privat
             checker.run(e.inc.point_id)
         assert list(checker.restorer.jobs.list()) == []
     assert e.vault.get_point(e.inc.point_id).manifest.boot_check is None
+
+
+def test_status_counts_points_per_key_and_names_missing_keys(
+    encrypted: Encrypted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vault encryption status --json`: how many points each key encrypts and which of those keys are not held."""
+    e = encrypted
+    assert main(["vault", "encryption", "status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["points_by_key"] == {e.key.key_id: 2} and st["missing_key_ids"] == [] and st["enabled"] is True
+    e.key.path.unlink()
+    keys.KeyStore().disable()
+    assert main(["vault", "encryption", "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"MISSING keys (their points cannot be read): {e.key.key_id}" in out and "vault key import" in out

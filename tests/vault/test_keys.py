@@ -38,6 +38,7 @@ def test_enable_makes_a_0600_key_under_pki_outside_the_vault(private_home: Path)
     assert st == {
         "enabled": True,
         "current_key_id": key.key_id,
+        "current_key_held": True,
         "key_ids": [key.key_id],
         "key_dir": str(key.path.parent),
     }
