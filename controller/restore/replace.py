@@ -25,7 +25,7 @@ from controller.backup import cbt, chainreset
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.restore.exceptions import PointFromOtherVm, RestoreDeclined, RestoreTargetInvalid, VmRunning
 from controller.restore.result import RestoreResult
-from controller.vault import RecoveryPoint, Vault, copy_out_disk
+from controller.vault import DiskRecord, RecoveryPoint, Vault, copy_out_disk, qemuimg
 from controller.virt.connection import connection, lookup
 from controller.virt.domain import disks, state_name
 
@@ -121,10 +121,11 @@ def _replace(
     incoming: dict[str, Path] = {}
     try:
         with run.phase("copy"):
+            raw = {d.target for d in disks(dom, inactive=True) if d.format == "raw"}
             for target, path in targets.items():
                 new = path.with_name(f"{path.name}{INCOMING}{run.job_id}")
                 incoming[target] = new
-                rec = copy_out_disk(point, target, new, r._progress(run, target), r.vault)
+                rec = _copy_out(r, run, point, target, new, target in raw)
                 _copy_owner(path, new)
                 res.bytes_copied += rec.logical_size
                 run.add_bytes(rec.logical_size)
@@ -162,6 +163,24 @@ def reset_chain(conn: sqlite3.Connection, run: JobRun, point: RecoveryPoint, dom
     run.detail("chain_reset", chainreset.detail(reason, cbt.reset_chain(conn, dom, dom.UUIDString(), reason)))
 
 
+def _copy_out(r: Restorer, run: JobRun, point: RecoveryPoint, target: str, new: Path, raw: bool) -> DiskRecord:
+    """copy_out_disk to new; for a raw disk whose point stored it as a qcow2 (compressed or encrypted), copied out as
+    a qcow2 beside it first and written raw into new."""
+    rec = point.manifest.disk(target)
+    if not raw or rec is None or rec.format != "qcow2":
+        return copy_out_disk(point, target, new, r._progress(run, target), r.vault)
+    tmp = new.with_name(new.name + ".qcow2")
+    try:
+        out = copy_out_disk(point, target, tmp, r._progress(run, target), r.vault, overwrite=True)
+        qemuimg.to_raw(tmp, new)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def replaced_reason(point: RecoveryPoint) -> str:
     """The full_reason of the first backup after a replace-restore from ``point``."""
     return f"VM restored or replaced from point {point.point_id}"
@@ -193,7 +212,7 @@ def _match_disks(point: RecoveryPoint, dom: libvirt.virDomain) -> dict[str, Path
                     "off, write the image onto the device yourself; or restore as a new VM (`--as NAME`)."
                 ),
             )
-        if d.format != rec.format:
+        if d.format != rec.format and (d.format, rec.format) != ("raw", "qcow2"):  # qcow2 -> raw: _copy_out
             raise RestoreTargetInvalid(
                 f"disk {rec.target} of {dom.name()!r} is {d.format}, the point holds {rec.format}",
                 remediation="Restore as a new VM or disks only (`--disks-only --to DIR`), then convert.",

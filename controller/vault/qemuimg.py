@@ -211,6 +211,20 @@ def run_create(cmd: list[str], timeout_s: float | None = None) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
 
 
+def to_raw(src: Path, dst: Path) -> None:
+    """Write the standalone qcow2 src as a sparse raw image at dst, fsynced: a raw disk restored from a point that
+    stored it as a (compressed) qcow2."""
+    cmd = [QEMU_IMG, "convert", "-f", "qcow2", "-O", "raw", str(src), str(dst)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False, preexec_fn=die_with_parent)
+    if p.returncode != 0:
+        raise _fail("qemu-img convert to raw failed for", src, p.stderr)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class CheckResult:
     """`qemu-img check` outcome: ok unless it found corruptions or could not complete."""
