@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 
 from controller.agentclient import open_agent
-from controller.backup import cbt, qga, qsd
+from controller.backup import cbt, qga, qsdproc
 from controller.backup.disksource import overlay_dir
 from controller.backup.intent import Intent, IntentStore
 from controller.backup.offline import merge_offline, remove_overlay_guarded, repoint_inactive
@@ -155,7 +155,7 @@ def _recover_one(settings: Settings, conn: sqlite3.Connection, intent: Intent, r
         if intent.freeze_token and intent.step in ("frozen", "snapshotted") and _thaw(settings, conn, intent, dom):
             report.thawed.append(intent.vm_name)
         work = overlay_dir(settings.home, intent.vm_uuid)
-        qsd.kill_stray(work)  # an incremental copy's storage daemon, if the controller died mid-copy
+        qsdproc.kill_stray(work)  # an incremental copy's storage daemon, if the controller died mid-copy
         put_back(dom, intent.originals, intent.job_id, report, work)
         # whatever step it died at, the checkpoints may not match the vault any more: the next backup is a full
         cbt.reset_chain(conn, dom, intent.vm_uuid, f"backup job {intent.job_id} did not finish (recovered)")

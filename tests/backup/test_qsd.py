@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.backup import qsd
+from controller.backup import qsd, qsdproc
 from controller.backup.exceptions import BitmapInconsistent, BitmapMissing, IncrementalCopyFailed
 
 KiB, MiB = 1024, 1024 * 1024
@@ -151,7 +151,7 @@ def test_missing_bitmap_is_typed_and_creates_nothing(chain: Chain) -> None:
     assert ei.value.code == "BITMAP_MISSING"
     assert ei.value.details["disk"] == str(chain.base) and ei.value.details["bitmap"] == "vmb-gone"
     assert not chain.dst.exists()
-    assert qsd.is_qsd_running(chain.work) == []
+    assert qsdproc.is_qsd_running(chain.work) == []
 
 
 def test_raising_progress_cancels_the_job_and_ends_the_daemon(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_raising_progress_cancels_the_job_and_ends_the_daemon(tmp_path: Path) ->
     with pytest.raises(Stop):
         qsd.backup_changed(str(c.base), "cp1", c.dst, BACKING, c.work, progress)
     assert calls and calls[0][1] == 64 * MiB
-    assert qsd.is_qsd_running(c.work) == [] and list(c.work.glob("qsd-*.pid")) == []
+    assert qsdproc.is_qsd_running(c.work) == [] and list(c.work.glob("qsd-*.pid")) == []
     assert qsd_pids_under(tmp_path) == []
     c.dst.unlink()  # the caller removes dst
 
@@ -236,31 +236,31 @@ def test_kill_stray_ends_only_our_daemon(tmp_path: Path) -> None:
     proc = subprocess.Popen(["qemu-storage-daemon", "--pidfile", str(pidfile)], stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not qsd.is_qsd_running(work) and time.monotonic() < deadline:
+        while not qsdproc.is_qsd_running(work) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert qsd.is_qsd_running(work) == [proc.pid]
+        assert qsdproc.is_qsd_running(work) == [proc.pid]
         (work / "qsd-stale.pid").write_text(f"{os.getpid()}\n")
-        assert qsd.kill_stray(work) == [proc.pid]
+        assert qsdproc.kill_stray(work) == [proc.pid]
         assert proc.wait(timeout=10) is not None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert list(work.iterdir()) == [] and qsd.is_qsd_running(work) == []
+    assert list(work.iterdir()) == [] and qsdproc.is_qsd_running(work) == []
 
 
 def test_daemon_dies_with_the_controller(tmp_path: Path) -> None:
     """PDEATHSIG: SIGKILL the process that started the daemon, and the daemon goes too."""
     work = tmp_path / "w"
-    code = ("import sys, time; from pathlib import Path; from controller.backup.qsd import daemon\n"
+    code = ("import sys, time; from pathlib import Path; from controller.backup.qsdproc import daemon\n"
             "with daemon(Path(sys.argv[1])):\n    print('up', flush=True); time.sleep(60)")  # fmt: skip
     ctl = subprocess.Popen([sys.executable, "-c", code, str(work)], stdout=subprocess.PIPE, text=True)
     assert ctl.stdout is not None and ctl.stdout.readline().strip() == "up"
-    assert len(qsd.is_qsd_running(work)) == 1
+    assert len(qsdproc.is_qsd_running(work)) == 1
     ctl.send_signal(signal.SIGKILL)
     ctl.wait()
     deadline = time.monotonic() + 10
-    while qsd.is_qsd_running(work) and time.monotonic() < deadline:
+    while qsdproc.is_qsd_running(work) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert qsd.is_qsd_running(work) == []
+    assert qsdproc.is_qsd_running(work) == []
     assert qsd_pids_under(tmp_path) == []
