@@ -79,11 +79,18 @@ def _restore(r: dict[str, Any]) -> list[str]:
     rows = ["| measure | p50 s | p95 s |", "|---|---|---|",
             f"| restore + boot-check | {_f(c['median'])} | {_f(c['p95'])} |",
             f"| cold boot to SSH | {_f(b['median'])} | {_f(b['p95'])} |"]
+    if isinstance(r.get("cold_boot_to_agent_s"), dict):
+        a = r["cold_boot_to_agent_s"]
+        rows.append(f"| cold boot to SSH + agent answering | {_f(a['median'])} | {_f(a['p95'])} |")
     for key, label in (("copy_path_restore_bootcheck_s", "copy path restore + boot-check (old)"),
                        ("bootcheck_16g_s", "boot-check, 16 GiB point")):
         if isinstance(r.get(key), dict):
             rows.append(f"| {label} | {_f(r[key]['median'])} | {_f(r[key]['p95'])} |")
-    rows.append(f"\nRatio restore+boot-check / cold boot: {_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}")
+    rows.append(f"\nRatio restore+boot-check / cold boot to the same proofs (SSH + agent): "
+                f"{_f(r.get('ratio_restore_bootcheck_to_cold_boot'), 2)}")
+    if r.get("ratio_restore_bootcheck_to_cold_boot_ssh_only") is not None:
+        rows.append(f"Ratio restore+boot-check / cold boot to SSH only: "
+                    f"{_f(r.get('ratio_restore_bootcheck_to_cold_boot_ssh_only'), 2)}")
     if r.get("ratio_16g_to_2g_bootcheck") is not None:
         rows.append(f"Ratio boot-check 16 GiB / 2 GiB point: {_f(r.get('ratio_16g_to_2g_bootcheck'), 2)}")
     for key in ("instant_restore_2g", "instant_restore_16g"):

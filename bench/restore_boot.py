@@ -90,12 +90,16 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
     small_bytes = vm.data_bytes  # the VM as the run booted it (plan.freeze_sizes[0] of data on /data1)
     small = backup_once(settings, vm.name, keep=True)["point_id"]
     cold: list[float] = []
+    cold_agent: list[float] = []
 
     def cold_boot() -> None:
-        """One cold boot of the original (after each boot-check: on a shared host both see the same load)."""
+        """One cold boot of the original (after each boot-check: on a shared host both see the same load), until
+        SSH answers and until the agent answers as well (the proofs a boot-check waits for)."""
         drop_caches()
-        cold.append(cold_boot_seconds(settings, vm))
-        print(f"  cold boot to SSH: {cold[-1]:.1f} s", flush=True)
+        ssh_s, agent_s = cold_boot_seconds(settings, vm, agent=True)
+        cold.append(ssh_s)
+        cold_agent.append(agent_s or ssh_s)
+        print(f"  cold boot: SSH after {ssh_s:.1f} s, agent after {cold_agent[-1]:.1f} s", flush=True)
 
     checks = boot_checks(settings, small, reps, between=cold_boot)
     ready_small = instant_restore_seconds(settings, small, f"{vm.name}-i2")
@@ -108,7 +112,7 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
     big = backup_once(settings, vm.name, keep=True)["point_id"]
     checks_big = boot_checks(settings, big, max(2, reps - 1))
     ready_big = instant_restore_seconds(settings, big, f"{vm.name}-i16")
-    c, b, cb = checks["total_s"], summary(cold), checks_big["total_s"]
+    c, b, ba, cb = checks["total_s"], summary(cold), summary(cold_agent), checks_big["total_s"]
     return {
         "vm": vm.name,
         "point_id": small,
@@ -120,7 +124,10 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
         "order": "boot-check and cold boot alternate (one each per repetition), so both see the same host load",
         "bootcheck_passed": checks["passed"] + checks_big["passed"],
         "cold_boot_to_ssh_s": b,
-        "ratio_restore_bootcheck_to_cold_boot": ratio(c["median"], b["median"]),
+        "cold_boot_to_agent_s": ba,
+        # the goal's ratio: a cold boot until the same proofs the boot-check gives (SSH and the agent answering)
+        "ratio_restore_bootcheck_to_cold_boot": ratio(c["median"], ba["median"]),
+        "ratio_restore_bootcheck_to_cold_boot_ssh_only": ratio(c["median"], b["median"]),
         "goal_ratio_to_cold_boot": 1.1,
         "bootcheck_16g_s": cb,
         "small_point_data_bytes": small_bytes,
@@ -132,6 +139,6 @@ def run_bench(settings: Settings, vm: BenchVm, reps: int) -> dict[str, Any]:
         "note": "boot-check (instant) = verify + overlays + define + boot (the first proof: console login prompt / "
                 "multi-user target or the guest sshd's banner) with fsck of the point "
                 "through throwaway overlays meanwhile + agent probe + power-off + cleanup; cold boot = start of the "
-                "original VM until SSH "
-                "answers; /data1 holds 1 GiB (16 GiB for the _16g rows, 8 GiB when space is short) of random data",
+                "original VM until SSH answers, and until the agent answers too (the ratio uses the latter: the same "
+                "proofs); /data1 holds 1 GiB (16 GiB for the _16g rows, 8 GiB when space is short) of random data",
     }
