@@ -129,6 +129,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     dele.add_argument("point", metavar="POINT", help="the point id (`vmbackup points`)")
     output.add_json_flag(dele)
     dele.set_defaults(func=run_delete)
+    vault_keys.add_subparsers(vs)  # vault encryption, vault key
     vault_recycle.add_subparsers(vs)  # vault undelete, vault purge
     vault_protect.add_subparsers(vs)
-    vault_keys.add_subparsers(vs)  # vault encryption, vault key
