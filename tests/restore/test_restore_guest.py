@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,7 +44,6 @@ from controller.settings import Settings
 from controller.vault import Vault, new_point_id, sums
 from controller.vault.sparse import stream
 from controller.virt import metadata as labmeta
-from controller.virt.ports import bind_free
 
 pytestmark = pytest.mark.vm
 
@@ -72,8 +72,16 @@ def macs(xml: str) -> set[str]:
 
 
 def listening(port: int) -> bool:
-    """True while something holds 127.0.0.1:port."""
-    return not bind_free(port)
+    """True while a socket listens on 127.0.0.1:port. SO_REUSEADDR lets the probe bind past TIME_WAIT entries:
+    the boot-check's SSH-banner polls through QEMU's port forward leave up to 60 s of them on the forwarded port
+    (slirp closes first when the guest refuses), and those are no leftover listener."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def wait_ports_free(ports: list[int], timeout: float = 15.0) -> list[int]:
