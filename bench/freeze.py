@@ -39,13 +39,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
     frozen, stalls, over = [], [], []
     phases: dict[str, list[float]] = {"freeze": [], "snapshot": [], "thaw": []}
     for _ in range(reps):
-        drop_caches()
-        start_writer(vm)
-        try:
-            r = backup_once(settings, vm.name, keep=True)
-        finally:
-            gaps = stop_writer(vm)
-        guest_ms = _guest_frozen_ms_and_delete(settings, r["point_id"])
+        r, gaps, guest_ms = backup_with_writer(settings, vm)
         stall = max(gaps) * 1000
         stalls.append(stall)
         if guest_ms is not None:
@@ -76,6 +70,18 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
           f"p95 {res['guest_frozen_ms']['p95']} ms; writer's longest stall p50 {res['writer_max_stall_ms']['median']} "
           f"ms over {reps} backups", flush=True)
     return res
+
+
+def backup_with_writer(settings: Settings, vm: BenchVm) -> tuple[dict[str, Any], list[float], float | None]:
+    """One full backup (page cache dropped first) while the guest's timestamp writer runs: the backup's result,
+    the writer's gaps (s) and the point's guest_frozen_ms; the point is deleted."""
+    drop_caches()
+    start_writer(vm)
+    try:
+        r = backup_once(settings, vm.name, keep=True)
+    finally:
+        gaps = stop_writer(vm)
+    return r, gaps, _guest_frozen_ms_and_delete(settings, r["point_id"])
 
 
 def _guest_frozen_ms_and_delete(settings: Settings, point_id: str) -> float | None:

@@ -15,10 +15,9 @@ import dataclasses
 import os
 from typing import Any
 
-from bench.common import GiB, drop_caches, summary
-from bench.freeze import _guest_frozen_ms_and_delete, label
-from bench.guest import BenchVm, boot_vm, destroy_vm, register, start_writer, stop_writer
-from bench.vmbackup_backup import backup_once
+from bench.common import GiB, summary
+from bench.freeze import backup_with_writer, label
+from bench.guest import BenchVm, boot_vm, destroy_vm, register
 from controller import db
 from controller.registration.store import get_registration, save
 from controller.settings import Settings
@@ -40,13 +39,7 @@ def set_quiescer(settings: Settings, vm: BenchVm, quiescer: str) -> None:
 
 def one_backup(settings: Settings, vm: BenchVm, samples: dict[str, list[Any]]) -> None:
     """One full backup with the writer running; append its numbers to samples; the point is deleted."""
-    drop_caches()
-    start_writer(vm)
-    try:
-        r = backup_once(settings, vm.name, keep=True)
-    finally:
-        gaps = stop_writer(vm)
-    guest_ms = _guest_frozen_ms_and_delete(settings, r["point_id"])
+    r, gaps, guest_ms = backup_with_writer(settings, vm)
     samples["consistency"].append(r["consistency"])
     samples["stall"].append(max(gaps) * 1000)
     if r["freeze_window_ms"] is not None:
