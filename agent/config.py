@@ -13,6 +13,7 @@ Example (all keys optional except the three TLS paths)::
     hook_timeout_s: 30               # a hook running longer is killed (its whole process group)
     allowed_mount_points: []         # non-empty: only these may ever be frozen (tests, cautious setups)
     vss_backup_type: COPY            # Windows only: COPY (keeps in-guest backup chains) or FULL
+    expedite_rcu: true               # /sys/kernel/rcu_expedited on while the FIFREEZEs run (quiesce/rcu.py)
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ class AgentConfig:
     hook_timeout_s: float = 30.0
     allowed_mount_points: tuple[str, ...] = field(default_factory=tuple)
     vss_backup_type: str = "COPY"
+    expedite_rcu: bool = True  # expedited RCU grace periods while the FIFREEZEs run (agent/quiesce/rcu.py)
 
 
 _KEYS = {
     "listen_address", "port", "tls_cert", "tls_key", "tls_ca", "hooks_dir", "freeze_timeout_s",
-    "max_freeze_timeout_s", "hook_timeout_s", "allowed_mount_points", "vss_backup_type",
+    "max_freeze_timeout_s", "hook_timeout_s", "allowed_mount_points", "vss_backup_type", "expedite_rcu",
 }
 
 
@@ -97,6 +99,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> AgentCon
         hook_timeout_s=_number(raw, "hook_timeout_s", 30.0, source, 0.1, MAX_HOOK_TIMEOUT_S),
         allowed_mount_points=_mount_list(raw.get("allowed_mount_points", []), source),
         vss_backup_type=_vss_type(raw.get("vss_backup_type", "COPY"), source),
+        expedite_rcu=_bool(raw, "expedite_rcu", True, source),
     )
     return cfg
 
@@ -113,6 +116,14 @@ def check_tls_files(cfg: AgentConfig) -> None:
             f"tls_key: {cfg.tls_key} has mode {mode:04o}; it must be 0600",
             remediation=f"chmod 600 {cfg.tls_key}, then restart vmbackup-agent.",
         )
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    """A true/false field."""
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigInvalid(f"{source}: field {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def _string(raw: dict[str, Any], key: str, default: str, source: str) -> str:

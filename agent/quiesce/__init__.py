@@ -11,6 +11,7 @@ import sys
 
 from agent.config import AgentConfig
 from agent.exceptions import QuiesceUnavailable
+from agent.quiesce import rcu
 from agent.quiesce.base import Consistency, FreezeOutcome, FsEntry, HookRun, Quiescer, ThawOutcome
 from agent.quiesce.fsfreeze import Guard
 from agent.quiesce.linux import LinuxQuiescer
@@ -22,4 +23,6 @@ def select_quiescer(cfg: AgentConfig, guard: Guard | None = None) -> Quiescer:
     """fsfreeze + hooks (armed with ``guard``); QuiesceUnavailable on any OS but Linux."""
     if not sys.platform.startswith("linux"):
         raise QuiesceUnavailable(f"the vmbackup agent quiesces Linux guests only, not {sys.platform}")
-    return LinuxQuiescer(cfg.hooks_dir, cfg.hook_timeout_s, cfg.allowed_mount_points, guard=guard)
+    rcu_switch = rcu.RCU_EXPEDITED if cfg.expedite_rcu else None
+    return LinuxQuiescer(cfg.hooks_dir, cfg.hook_timeout_s, cfg.allowed_mount_points, guard=guard,
+                         rcu_switch=rcu_switch)

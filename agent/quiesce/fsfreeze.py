@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn, Protocol
 
 from agent.exceptions import FreezeFailed
+from agent.quiesce import rcu
 from agent.quiesce.mounts import Mount, on_hardware_devices
 
 FIFREEZE = 0xC0045877
@@ -70,8 +72,12 @@ class FsFreezer:
     """Freezes and thaws a list of mounts, holding the descriptors in between."""
 
     def __init__(self, ioctl: IoctlFn | None = None, guard: Guard | None = None, sync: SyncFn | None = None,
-                 together: Callable[[list[Mount]], bool] | None = None) -> None:
+                 together: Callable[[list[Mount]], bool] | None = None,
+                 rcu_switch: Path | None = None) -> None:
         self._ioctl: IoctlFn = ioctl or fcntl.ioctl
+        #: The kernel's rcu_expedited switch, on while the FIFREEZEs run (None: not touched; the agent passes
+        #: rcu.RCU_EXPEDITED unless its config says expedite_rcu: false; see rcu.py).
+        self._rcu_switch = rcu_switch
         self._sync: SyncFn = sync or syncfs
         #: Whether a plan's filesystems may freeze at the same time (default: all on hardware-backed disks).
         self._together = together or on_hardware_devices
@@ -112,8 +118,17 @@ class FsFreezer:
                     os.close(fd)
                 raise
             self._armed = True
-        skipped: list[tuple[str, str]] = []
         self.first_freeze_at = self.last_thaw_at = None
+        with rcu.expedited(self._rcu_switch):  # switched before the clock starts, back right after the FIFREEZEs
+            skipped = self._freeze_opened(opened, together)
+        if self._armed:
+            self.guard.started(hold_s)  # type: ignore[union-attr]  # _armed implies a guard
+        return [f.mount_point for f in self.frozen], skipped
+
+    def _freeze_opened(self, opened: list[tuple[Mount, int]], together: bool) -> list[tuple[str, str]]:
+        """FIFREEZE the opened descriptors (at once or in order); return the unsupported ones. FreezeFailed after
+        rollback."""
+        skipped: list[tuple[str, str]] = []
         if together:
             failures = []
             outcomes = self._fifreeze_together([fd for _, fd in opened])
@@ -132,9 +147,7 @@ class FsFreezer:
                     for _, rest in opened[i + 1:]:
                         os.close(rest)
                     self._fail(mount, failed)
-        if self._armed:
-            self.guard.started(hold_s)  # type: ignore[union-attr]  # _armed implies a guard
-        return [f.mount_point for f in self.frozen], skipped
+        return skipped
 
     def _fifreeze(self, fd: int) -> OSError | None:
         """FIFREEZE one descriptor: None, or the error."""

@@ -29,12 +29,13 @@ class LinuxQuiescer:
         mountinfo: Path = Path("/proc/self/mountinfo"),
         ioctl: IoctlFn | None = None,
         guard: Guard | None = None,
+        rcu_switch: Path | None = None,
     ) -> None:
         self.hooks_dir = hooks_dir
         self.hook_timeout_s = hook_timeout_s
         self.allowed = tuple(allowed_mount_points)
         self.mountinfo = mountinfo
-        self.freezer = FsFreezer(ioctl, guard)
+        self.freezer = FsFreezer(ioctl, guard, rcu_switch=rcu_switch)
         self._hooks_run: list[Path] = []
 
     def filesystems(self) -> list[FsEntry]:

@@ -20,6 +20,8 @@ def test_defaults() -> None:
     cfg = config_from_dict(dict(BASE))
     assert (cfg.listen_address, cfg.port, cfg.freeze_timeout_s) == ("0.0.0.0", 7470, 10.0)
     assert cfg.max_freeze_timeout_s == MAX_FREEZE_TIMEOUT_S == 60.0 and cfg.vss_backup_type == "COPY"
+    assert cfg.expedite_rcu is True
+    assert config_from_dict({**BASE, "expedite_rcu": False}).expedite_rcu is False
 
 
 @pytest.mark.parametrize(("field", "value", "needle"), [
@@ -31,6 +33,7 @@ def test_defaults() -> None:
     ("max_freeze_timeout_s", 600, "'max_freeze_timeout_s'"),
     ("allowed_mount_points", ["relative"], "'allowed_mount_points'"),
     ("vss_backup_type", "DIFF", "'vss_backup_type'"),
+    ("expedite_rcu", "yes", "'expedite_rcu'"),
     ("bogus", 1, "unknown field"),
 ])
 def test_bad_values_name_the_field(field: str, value: object, needle: str) -> None:

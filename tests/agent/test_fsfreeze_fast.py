@@ -179,3 +179,52 @@ def test_loop_mounts_are_frozen_one_by_one(loopfs: list[LoopFs]) -> None:
     plan = [m for m in freeze_plan(read_mounts())[0] if m.mount_point in mine]
     assert len(plan) == len(loopfs)
     assert not on_hardware_devices(plan)
+
+
+def test_rcu_grace_periods_are_expedited_only_while_the_filesystems_freeze(tmp_path: Path) -> None:
+    """The rcu_expedited switch (a stand-in file) reads 1 inside every FIFREEZE, is back to 0 when freeze()
+    returns, and is not touched by the thaw."""
+    switch = tmp_path / "rcu_expedited"
+    switch.write_text("0\n")
+    seen: list[tuple[int, str]] = []
+
+    def ioctl(fd: int, op: int, arg: int) -> object:
+        seen.append((op, switch.read_text().strip()))
+        return 0
+
+    f = FsFreezer(ioctl, sync=lambda fd: None, together=all_at_once, rcu_switch=switch)
+    frozen, _ = f.freeze(mounts(tmp_path, ["a", "b"]))
+    assert len(frozen) == 2
+    assert switch.read_text().strip() == "0"
+    f.thaw()
+    assert [s for op, s in seen if op == FIFREEZE] == ["1", "1"]
+    assert [s for op, s in seen if op == FITHAW] == ["0", "0"]
+
+
+def test_rcu_switch_restored_after_a_failed_freeze_and_left_alone_when_already_on(tmp_path: Path) -> None:
+    """A FIFREEZE error still puts the old value back; a switch that was already 1 stays 1; a missing switch
+    (no sysfs file, an old kernel) does not stop the freeze."""
+    switch = tmp_path / "rcu_expedited"
+    switch.write_text("0\n")
+
+    def failing(fd: int, op: int, arg: int) -> object:
+        if op == FIFREEZE:
+            raise OSError(errno.EIO, "forced (test)")
+        return 0
+
+    with pytest.raises(FreezeFailed):
+        FsFreezer(failing, sync=lambda fd: None, together=one_by_one, rcu_switch=switch).freeze(
+            mounts(tmp_path, ["a"]))
+    assert switch.read_text().strip() == "0"
+
+    switch.write_text("1\n")
+    f = FsFreezer(lambda fd, op, arg: 0, sync=lambda fd: None, together=one_by_one, rcu_switch=switch)
+    f.freeze(mounts(tmp_path, ["b"]))
+    f.thaw()
+    assert switch.read_text().strip() == "1"
+
+    f = FsFreezer(lambda fd, op, arg: 0, sync=lambda fd: None, together=one_by_one,
+                  rcu_switch=tmp_path / "no-such-switch")
+    frozen, _ = f.freeze(mounts(tmp_path, ["c"]))
+    f.thaw()
+    assert frozen == [str(tmp_path / "c")]
