@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
 
@@ -61,6 +61,16 @@ class Guard(Protocol):
 
 
 @dataclass
+class _Thawers:
+    """The threads of a simultaneous freeze: each one that froze its descriptor waits for ``go``, then FITHAWs it
+    and leaves (start, end, error) in ``results`` under the descriptor."""
+
+    go: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    results: dict[int, tuple[float, float, OSError | None]] = field(default_factory=dict)
+
+
+@dataclass
 class FrozenFs:
     """A filesystem this process froze, with the open descriptor used to thaw it."""
 
@@ -90,6 +100,8 @@ class FsFreezer:
         self.first_freeze_at: float | None = None
         #: Monotonic time right after the last thaw's last FITHAW ioctl (None: none issued).
         self.last_thaw_at: float | None = None
+        #: The threads of the last simultaneous freeze, waiting to thaw (None: frozen one by one, or thawed).
+        self._thawers: _Thawers | None = None
 
     def freeze(self, plan: list[Mount], hold_s: float = 0.0) -> tuple[list[str], list[tuple[str, str]]]:
         """Freeze ``plan`` in order (all at once when none can write through another); return (frozen,
@@ -157,24 +169,43 @@ class FsFreezer:
             return exc
         return None
 
+    def _fithaw(self, fd: int) -> OSError | None:
+        """FITHAW one descriptor: None, or the error."""
+        try:
+            self._ioctl(fd, FITHAW, 0)
+        except OSError as exc:
+            return exc
+        return None
+
     def _fifreeze_together(self, fds: list[int]) -> list[OSError | None]:
         """FIFREEZE every descriptor at the same time, one thread each (started before the clock, waiting on one
-        event): the filesystems' journal commits and cache flushes overlap instead of adding up."""
+        event): the filesystems' journal commits and cache flushes overlap instead of adding up. A thread whose
+        FIFREEZE succeeded stays, waiting to FITHAW its descriptor when thaw() says so (_Thawers): the thaw is
+        simultaneous too, with no thread to start while the guest is frozen."""
         go = threading.Event()
         results: list[OSError | None] = [None] * len(fds)
+        frozen = [threading.Event() for _ in fds]
+        thawers = self._thawers = _Thawers()
 
         def one(i: int, fd: int) -> None:
             go.wait()
             results[i] = self._fifreeze(fd)
+            frozen[i].set()
+            if results[i] is None:
+                thawers.go.wait()
+                t0 = time.monotonic()
+                exc = self._fithaw(fd)
+                thawers.results[fd] = (t0, time.monotonic(), exc)
 
         threads = [threading.Thread(target=one, args=(i, fd), name=f"fifreeze-{i}", daemon=True)
                    for i, fd in enumerate(fds)]
+        thawers.threads = threads
         for th in threads:
             th.start()
         self.first_freeze_at = time.monotonic()
         go.set()
-        for th in threads:
-            th.join()
+        for done in frozen:
+            done.wait()
         return results
 
     def _settle(self, mount: Mount, fd: int, exc: OSError | None, skipped: list[tuple[str, str]]) -> OSError | None:
@@ -213,22 +244,28 @@ class FsFreezer:
         thawed: list[tuple[str, int]] = []
         errors: list[str] = []
         early: list[str] = []
+        together, self._thawers = self._thawers, None
+        if together is not None:  # the freeze's threads FITHAW their descriptors at once
+            together.go.set()
+            for th in together.threads:
+                th.join()
         while self.frozen:
             fs = self.frozen.pop()
-            t0 = time.monotonic()
-            try:
-                self._ioctl(fs.fd, FITHAW, 0)
-                self.last_thaw_at = time.monotonic()
-                thawed.append((fs.mount_point, int((self.last_thaw_at - t0) * 1000)))
-            except OSError as exc:
-                self.last_thaw_at = time.monotonic()
-                if exc.errno == errno.EINVAL:  # not frozen any more (someone else thawed it): already safe
-                    thawed.append((fs.mount_point, 0))
-                    early.append(fs.mount_point)
-                else:
-                    errors.append(f"{fs.mount_point}: {exc.strerror or exc}")
-            finally:
-                os.close(fs.fd)
+            done = together.results.get(fs.fd) if together is not None else None
+            if done is None:  # frozen one by one: thawed here, in reverse order
+                t0 = time.monotonic()
+                failed = self._fithaw(fs.fd)
+                done = (t0, time.monotonic(), failed)
+            t0, t1, exc = done
+            self.last_thaw_at = max(t1, self.last_thaw_at or t1)
+            os.close(fs.fd)
+            if exc is None:
+                thawed.append((fs.mount_point, int((t1 - t0) * 1000)))
+            elif exc.errno == errno.EINVAL:  # not frozen any more (someone else thawed it): already safe
+                thawed.append((fs.mount_point, 0))
+                early.append(fs.mount_point)
+            else:
+                errors.append(f"{fs.mount_point}: {exc.strerror or exc}")
         if self._armed:
             self._armed = False
             by_guard = self.guard.disarm()  # type: ignore[union-attr]  # _armed implies a guard

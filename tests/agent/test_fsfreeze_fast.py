@@ -99,16 +99,18 @@ def test_syncfs_works_on_a_real_directory(tmp_path: Path) -> None:
 
 
 def test_independent_filesystems_freeze_at_the_same_time(tmp_path: Path) -> None:
-    """With ``together``, every FIFREEZE is in flight at once (a barrier only they can pass proves it), the clock
-    starts before them, and the held list keeps plan order so the thaw still goes in reverse."""
+    """With ``together``, every FIFREEZE is in flight at once and so is every FITHAW (barriers only concurrent
+    calls can pass prove it), the clock starts before them, and the report keeps reverse plan order."""
     plan = mounts(tmp_path, ["a", "b", "c"])
-    barrier = threading.Barrier(len(plan), timeout=10)
+    freezing = threading.Barrier(len(plan), timeout=10)
+    thawing = threading.Barrier(len(plan), timeout=10)
     thawed: list[int] = []
 
     def ioctl(fd: int, op: int, arg: int) -> object:
         if op == FIFREEZE:
-            barrier.wait()  # BrokenBarrierError (the test fails) unless all three are inside FIFREEZE together
+            freezing.wait()  # BrokenBarrierError (the test fails) unless all three are inside FIFREEZE together
         else:
+            thawing.wait()  # likewise for FITHAW: the thaw is simultaneous too
             thawed.append(fd)
         return 0
 
@@ -118,7 +120,8 @@ def test_independent_filesystems_freeze_at_the_same_time(tmp_path: Path) -> None
     assert frozen == [m.mount_point for m in plan] and not skipped and f.first_freeze_at is not None
     out, errors = f.thaw()
     assert [m for m, _ in out] == [m.mount_point for m in reversed(plan)] and not errors
-    assert thawed == list(reversed(held))
+    assert sorted(thawed) == sorted(held) and f.last_thaw_at is not None
+    assert all(not th.is_alive() for th in threading.enumerate() if th.name.startswith("fifreeze-"))
 
 
 def test_together_one_failure_thaws_the_others(tmp_path: Path) -> None:
