@@ -68,7 +68,7 @@ def test_copy_equals_recipe_and_keeps_holes(holey: Path, tmp_path: Path, direct:
     assert res.data_bytes < res.logical_size  # wholly-hole chunks were not read
     assert dst.stat().st_blocks * 512 < holey.stat().st_blocks * 512  # the 4 MiB of written zeros became a hole
     assert res.stored_bytes == dst.stat().st_blocks * 512
-    assert res.direct_read is direct
+    assert not res.direct_read  # a file is read through readahead (dropped behind); a block device with O_DIRECT
 
 
 def test_hash_only_and_serial_algorithm(holey: Path) -> None:
@@ -193,7 +193,7 @@ def test_source_shorter_than_its_size_is_refused(tmp_path: Path, monkeypatch: py
 
 
 def test_memory_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """However large the file, at most BUFFERS chunk buffers exist during a copy."""
+    """However large the file, at most BUFFERS chunk buffers exist during a copy; a small file maps few."""
     made: list[int] = []
 
     def counting(size: int) -> Buffer:
@@ -203,7 +203,38 @@ def test_memory_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("controller.datapath.pipeline.Buffer", counting)
     src = make(tmp_path / "s", [(0, os.urandom(64 * MiB))], 64 * MiB)
     value, _ = copy(src, tmp_path / "d")
-    assert value == recipe(src) and made == [pipeline.CHUNK] * pipeline.BUFFERS
+    assert value == recipe(src) and made and set(made) == {pipeline.CHUNK} and len(made) <= pipeline.BUFFERS
+    made.clear()
+    small = make(tmp_path / "small", [(0, os.urandom(MiB)), (9 * MiB, os.urandom(MiB))], 10 * MiB)
+    value, _ = copy(small, tmp_path / "d2")
+    assert value == recipe(small) and 1 <= len(made) <= 2  # two data chunks: at most two buffers mapped
+
+
+def _cached_bytes(path: Path) -> int:
+    """Bytes of path resident in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], check=True,
+                         capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def test_copy_leaves_neither_file_in_the_page_cache(tmp_path: Path) -> None:
+    """The source is read through the page cache but dropped behind (readahead beyond the last chunk too), the
+    destination is written with O_DIRECT: after the copy neither file occupies the cache."""
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(tmp_path)], capture_output=True, text=True)
+    if fs.stdout.strip() == "tmpfs":
+        pytest.skip("tmp_path is on tmpfs: its files live in the page cache, nothing can be dropped")
+    src = make(tmp_path / "s", [(0, os.urandom(40 * MiB + 5)), (60 * MiB, os.urandom(3 * MiB))], 64 * MiB)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # start cold: what is cached afterwards is the copy's
+    finally:
+        os.close(fd)
+    assert _cached_bytes(src) == 0
+    dst = tmp_path / "d"
+    value, _ = copy(src, dst)
+    assert _cached_bytes(src) == 0 and _cached_bytes(dst) <= 64 * 1024  # the unaligned tail is written buffered
+    assert value == recipe(dst)  # reading dst caches it: measured before
 
 
 def test_o_direct_refused_on_write_falls_back_to_the_page_cache(
