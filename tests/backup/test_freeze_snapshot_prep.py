@@ -3,6 +3,7 @@ in a thread the engine can write its records beside. Host-only: a fake domain, r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -60,6 +61,9 @@ def test_prepare_creates_each_overlay_over_its_disk_and_a_reuse_snapshot(tmp_pat
         assert (i.format, i.backing_file, i.backing_format) == ("qcow2", d.path, d.format)
         assert i.virtual_size == dom.sizes[d.target]
         assert f'file="{ovl}"' in prep.xml
+        raw = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(ovl)], check=True,
+                                        capture_output=True, text=True).stdout)
+        assert raw["cluster-size"] == 128 << 10 and raw["format-specific"]["data"]["extended-l2"] is True
     for flag in ("REUSE_EXT", "ATOMIC", "DISK_ONLY", "NO_METADATA"):
         assert prep.flags & getattr(libvirt, f"VIR_DOMAIN_SNAPSHOT_CREATE_{flag}")
     assert take_prepared(dom, prep) == prep.overlays
