@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import compression, qga_freeze
+from bench.common import ratio
 
 
 def _f(x: Any, nd: int = 1) -> str:
@@ -70,6 +71,22 @@ def _full(r: dict[str, Any]) -> list[str]:
         rows.append(f"| {name} | {_f(c['wall_s']['median'])} | {_f((c['bytes_written']['median'] or 0) / 2**20, 0)} | "
                     f"{_f(c['max_stall_ms']['median'], 0)} | {_f(rat.get('wall_s'), 2)} | "
                     f"{_f(rat.get('max_stall_ms'), 2)} |")
+    return rows + _full_goals(r.get("contenders", {}))
+
+
+def _full_goals(cs: dict[str, Any]) -> list[str]:
+    """Issue #16 item 4 against virtnbdbackup: wall <= 0.8 x, stall <= 1.0 x, for each vmbackup row."""
+    other = cs.get("virtnbdbackup", {})
+    if "wall_s" not in other:
+        return []
+    rows = ["", "| goal (issue #16) | measured | target |", "|---|---|---|"]
+    for name, c in cs.items():
+        if not name.startswith("vmbackup") or "wall_s" not in c:
+            continue
+        wall = ratio(c["wall_s"]["median"], other["wall_s"]["median"])
+        stall = ratio(c["max_stall_ms"]["median"], other["max_stall_ms"]["median"])
+        rows += [f"| {name} wall / virtnbdbackup wall | {_f(wall, 3)} | <= 0.8 |",
+                 f"| {name} stall / virtnbdbackup stall | {_f(stall, 3)} | <= 1.0 |"]
     return rows
 
 

@@ -12,13 +12,18 @@ from controller.settings import Settings
 from controller.state import open_state
 
 
-def backup_once(settings: Settings, vm: str, keep: bool, full: bool = True) -> dict[str, Any]:
+def backup_once(
+    settings: Settings, vm: str, keep: bool, full: bool = True, compression: str | None = None
+) -> dict[str, Any]:
     """Run BackupEngine once (a full unless asked: the benchmarks compare full backups; bench/incremental.py
-    measures incrementals); return its numbers; delete the point unless keep."""
+    measures incrementals; compression None: the default); return its numbers; delete the point unless keep."""
     with open_state(settings) as st:
         t0 = time.monotonic()
         with BackupEngine(st) as engine:
-            res = engine.run(BackupRequest(vm=vm, full=full))
+            req = BackupRequest(vm=vm, full=full)
+            if compression is not None:
+                req = BackupRequest(vm=vm, full=full, compression=compression)
+            res = engine.run(req)
         wall = time.monotonic() - t0
         vault = st.vault
         phases = {p.name: p.duration_s or 0.0 for p in JobStore(st.db).get(res.job_id).phases}
