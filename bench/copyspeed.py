@@ -28,9 +28,10 @@ RESTORE = "vmbackup restore"
 MIN_REPS = 5  #: a full run repeats each copy at least this often (medians of a shared machine's disk)
 NOTE = ("page cache dropped (sync; echo 3 > drop_caches) before every copy; timed until the output file is fsynced. "
         "vmbackup's copy also computes the checksum of the full logical content (sha256-4m) and its restore "
-        "verifies it while reading; vmbackup reads and writes with O_DIRECT (4 MiB requests) where the "
-        "filesystem allows it, qemu-img -t none -T none bypasses the cache on both sides (the disk's practical "
-        "limit), cp and plain qemu-img convert go through the page cache")
+        "verifies it while reading; vmbackup reads a file through the kernel's readahead (one reader, 128 KiB "
+        "preads, pages dropped behind) and writes with O_DIRECT (4 MiB requests) where the filesystem allows it; "
+        "its time includes the vault's `qemu-img info` of the source; qemu-img -t none -T none bypasses the cache "
+        "on both sides, cp and plain qemu-img convert go through the page cache")
 Copier = Callable[[Path, Path], None]
 _PENDING: list[PointWriter] = []  #: vmbackup's unpublished points, dropped once the copy is timed
 
