@@ -53,7 +53,7 @@ from controller.settings import Settings
 from controller.state import State, StateUser
 from controller.vault import compress, merge
 from controller.vault.manifest import DiskRecord
-from controller.vault.vault import PointWriter
+from controller.vault.writer import PointWriter
 from controller.virt.connection import connection, is_this_host, lookup
 from controller.virt.domain import Disk, state_name
 

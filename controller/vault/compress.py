@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.datapath.sample import compressed_fraction
 from controller.vault.manifest import COMPRESSIONS, DiskRecord
 
 #: compress a full copy only when the sampled data shrinks below this fraction of its size
@@ -33,6 +32,8 @@ def for_full_copy(requested: str, src: Path) -> str:
     to pay for, and the chain's incrementals follow), else "none"."""
     if check(requested) == "none":
         return "none"
+    from controller.datapath.sample import compressed_fraction  # the byte mover: loaded by the writers only
+
     fraction = compressed_fraction(src)
     return "zstd" if fraction is None or fraction < PAYS_BELOW else "none"
 

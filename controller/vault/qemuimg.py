@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.vault.exceptions import DiskCopyFailed
-from controller.vault.sparse import Progress
 
-if TYPE_CHECKING:  # keys.py imports this module
+if TYPE_CHECKING:  # keys.py imports this module; sparse (the copy engine) is loaded only where bytes move
     from controller.vault.keys import VaultKey
+    from controller.vault.sparse import Progress
 
 QEMU_IMG = "qemu-img"
 _LOCK_HINT = (

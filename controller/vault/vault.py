@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.locks import flocked
-from controller.vault import chain, digest, keys, layout, qemuimg, sparse, sums
+from controller.vault import chain, digest, layout, qemuimg, sums
 from controller.vault.exceptions import (
     ManifestFieldReadOnly,
     ManifestIdMismatch,
@@ -31,12 +31,12 @@ from controller.vault.manifest import (
     fsync_dir,
     read_manifest,
 )
-from controller.vault.writer import PointWriter
 
 if TYPE_CHECKING:
     from controller.vault.merge import DeleteOutcome
+    from controller.vault.writer import PointWriter
 
-__all__ = ["DiskVerify", "PointWriter", "Vault", "VerifyResult", "new_point_id"]
+__all__ = ["DiskVerify", "Vault", "VerifyResult", "new_point_id"]
 
 #: free space kept back beyond what a point needs (filesystems misbehave when completely full).
 SPACE_MARGIN = 64 << 20
@@ -128,6 +128,8 @@ class Vault:
             vd = root / vm_uuid
             ids = [p.name.removeprefix(layout.TMP_PREFIX) for p in vd.iterdir()] if vd.is_dir() else []
             point_id = new_point_id(after=max((i for i in ids if layout.POINT_ID_RE.fullmatch(i)), default=None))
+        from controller.vault.writer import PointWriter  # the copy engine and key store: only writers load them
+
         return PointWriter(root, vm_uuid, point_id)
 
     def _vm_entries(self, vm_uuid: str | None) -> list[tuple[str, Path | None, str]]:
@@ -276,6 +278,8 @@ class Vault:
             return DiskVerify(rec.target, rec.file, "invalid-path", str(e))
         if not path.is_file():
             return DiskVerify(rec.target, rec.file, "missing", f"{path} does not exist")
+        from controller.vault import keys, sparse  # the copy engine and key store: only verification loads them
+
         try:
             got = sparse.stream(path, algo=digest.algo_of(rec.digest))
         except OSError as e:
