@@ -76,6 +76,8 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert b["freeze"]["sizes"][0]["bytes_written"][0] > 64 << 20  # the 64 MiB of random data + the root disk
     vmb = b["full_backup"]["contenders"]["vmbackup"]
     assert vmb["status"] == "ok" and vmb["max_stall_ms"]["median"] >= 10  # the writer sleeps 10 ms per line
+    plain = b["full_backup"]["contenders"]["vmbackup --compression none"]  # the contenders' work: no compression
+    assert plain["status"] == "ok" and plain["bytes_written"]["median"] > 64 << 20
     for name in ("virtnbdbackup", "virt-backup"):
         c = b["full_backup"]["contenders"][name]
         assert c["status"] == "ok" or c["status"].startswith("not run: ")
