@@ -89,8 +89,8 @@ class Source:
             os.posix_fadvise(self.fd, offset, n, os.POSIX_FADV_DONTNEED)  # read once: do not keep it cached
 
     def close(self) -> None:
-        """Drop what readahead brought in beyond the chunks read, close both descriptors."""
-        if self.fd >= 0:
+        """Drop what readahead brought in beyond the chunks read (reads through the page cache), close both."""
+        if self.fd >= 0 and self.dfd < 0:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         for fd in (self.fd, self.dfd):
             if fd >= 0:
