@@ -122,7 +122,8 @@ def _wait_for_stamps(lab_vm: Any, until: float) -> dict[str, float]:
     while time.monotonic() < until:
         try:
             rc, out, _ = lab_vm.ssh(
-                "for f in kill data1 root safety; do printf '%s=' $f; cat /run/k.$f 2>/dev/null || echo; done",
+                # one "name=stamp" line per file; a file the killer has created but not yet written reads empty
+                "for f in kill data1 root safety; do printf '%s=%s\\n' $f \"$(cat /run/k.$f 2>/dev/null)\"; done",
                 timeout=SAFETY_S + 30)
         except Exception:
             continue
