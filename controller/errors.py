@@ -17,7 +17,6 @@ Every subclass is recorded in :data:`ERROR_TABLE` when its module is imported; :
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from typing import Any, ClassVar
 
 import controller
@@ -78,6 +77,8 @@ def is_exceptions_module(name: str) -> bool:
 
 def load_all() -> dict[str, type[VmBackupError]]:
     """Import every exceptions module under controller/ and return :data:`ERROR_TABLE`, now complete."""
+    import pkgutil  # here, not at the top: every command imports this module, only `vmbackup errors` walks
+
     for mod in pkgutil.walk_packages(controller.__path__, "controller."):
         if is_exceptions_module(mod.name):
             importlib.import_module(mod.name)

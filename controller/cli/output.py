@@ -41,7 +41,15 @@ def print_json(data: Any, indent: int | None = 2) -> None:
 
     option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
     option |= orjson.OPT_PASSTHROUGH_DATACLASS | (orjson.OPT_INDENT_2 if indent else 0)
-    sys.stdout.write(orjson.dumps(data, default=str, option=option).decode() + "\n")
+    encoded = orjson.dumps(data, default=str, option=option) + b"\n"
+    out = sys.stdout
+    raw = getattr(out, "buffer", None)  # the bytes as they are (no decode): 7 MB for 10,000 VMs
+    if raw is None:  # a text-only stream (a test's StringIO)
+        out.write(encoded.decode())
+        return
+    out.flush()  # whatever was printed before stays before
+    raw.write(encoded)
+    raw.flush()
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str | None = None) -> None:

@@ -157,9 +157,10 @@ def _build(settings: Settings, conn: sqlite3.Connection, now: datetime, grace: t
     policies: dict[str, _Plan | None] = {}
     last_backups = queries.last_backups(conn, sorted(names))
     rows = []
-    for uuid, _ in sorted(names.items(), key=itemgetter(1, 0)):  # by name, then uuid
-        row = VmRow(uuid, names[uuid], registered=uuid in regs, points=len(by_vm.get(uuid, [])))
-        newest = by_vm.get(uuid, [None])[0]
+    for uuid, name in sorted(names.items(), key=itemgetter(1, 0)):  # by name, then uuid
+        pts = by_vm.get(uuid)
+        newest = pts[0] if pts else None
+        row = VmRow(uuid, name, uuid in regs, points=len(pts) if pts else 0)
         row.last_point = _point_view(newest, now) if newest else None
         row.last_backup = lb = last_backups.get(uuid)
         remedy = lb.pop("error_remediation") if lb else None

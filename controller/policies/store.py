@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from controller import db
 from controller.policies.exceptions import NotProtected, PolicyExists, PolicyInUse, PolicyNotFound
@@ -49,9 +49,9 @@ class StoredPolicy:
         }
 
 
-@dataclass(frozen=True)
-class Protection:
-    """One VM's binding to a policy."""
+class Protection(NamedTuple):
+    """One VM's binding to a policy (a named tuple: the dashboard makes one per VM, 10,000 at a time, and a
+    frozen dataclass costs twice as much to build)."""
 
     vm_uuid: str
     vm_name: str
@@ -66,7 +66,7 @@ class Protection:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""
-        return asdict(self)
+        return self._asdict()
 
 
 def _stored(row: sqlite3.Row) -> StoredPolicy:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
-import secrets
 from pathlib import Path
 
 from controller.vault.exceptions import InvalidVaultId, PathEscape, UnsupportedStoredFormat
@@ -37,7 +37,7 @@ def new_point_id(now: dt.datetime | None = None, after: str | None = None) -> st
     if after is not None:
         last = dt.datetime.strptime(check_point_id(after)[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
         t = max(t, last + dt.timedelta(seconds=1))
-    return f"{t:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{t:%Y%m%dT%H%M%SZ}-{os.urandom(3).hex()}"  # the kernel's CSPRNG, as secrets uses (without its imports)
 
 
 def check_uuid(value: str) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from controller import settings as settings_mod
 from controller.errors import VmBackupError
 from controller.locks import flocked
-from controller.vault import chain, digest, layout, qemuimg, sums
+from controller.vault import chain, digest, layout, sums
 from controller.vault.exceptions import (
     ManifestFieldReadOnly,
     ManifestIdMismatch,
@@ -278,7 +278,7 @@ class Vault:
             return DiskVerify(rec.target, rec.file, "invalid-path", str(e))
         if not path.is_file():
             return DiskVerify(rec.target, rec.file, "missing", f"{path} does not exist")
-        from controller.vault import keys, sparse  # the copy engine and key store: only verification loads them
+        from controller.vault import keys, qemuimg, sparse  # only verification loads the copy engine and tools
 
         try:
             got = sparse.stream(path, algo=digest.algo_of(rec.digest))
