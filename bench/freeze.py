@@ -12,10 +12,12 @@ agent that has run for days does not.
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from typing import Any
 
 from bench.common import GiB, drop_caches, summary
-from bench.guest import BenchVm, start_writer, stop_writer, swap_data_disk
+from bench.guest import BenchVm, guest_clock_offset, start_writer, stop_writer_stamps, swap_data_disk
 from bench.vmbackup_backup import backup_once
 from controller.settings import Settings
 from controller.state import open_state
@@ -40,6 +42,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
     reps = reps_for(vm.data_bytes, reps)
     windows, durations, copied, consistency = [], [], [], []
     frozen, stalls, over = [], [], []
+    stall_phases: list[str] = []
     phases: dict[str, list[float]] = {"freeze": [], "snapshot": [], "thaw": []}
     if reps > 1:
         backup_with_writer(settings, vm)  # warm-up after the boot, not measured (module docstring)
@@ -56,6 +59,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
         for k, v in r["phase_ms"].items():
             phases[k].append(v)
         copied.append(r["bytes_written"])
+        stall_phases.append(r["longest_stall_phase"])
         consistency.append(r["consistency"])  # a backup without a freeze window is visible here, not dropped
     res: dict[str, Any] = {
         "size": label(vm.data_bytes),
@@ -65,6 +69,7 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
         "guest_frozen_ms": summary(frozen),
         "writer_max_stall_ms": summary(stalls),
         "stall_over_guest_frozen_ms": summary(over),
+        "longest_stall_phases": dict(Counter(stall_phases)),  # in which job phase each backup's longest gap fell
         "backup_wall_s": summary(durations),
         "phase_ms": {k: summary(v) for k, v in phases.items()},
         "bytes_written": copied,
@@ -73,20 +78,35 @@ def measure_size(settings: Settings, vm: BenchVm, reps: int, swap_to: int | None
     print(f"  freeze {res['size']}: window p50 {res['freeze_window_ms']['median']} ms, "
           f"p95 {res['freeze_window_ms']['p95']} ms; guest frozen p50 {res['guest_frozen_ms']['median']} ms, "
           f"p95 {res['guest_frozen_ms']['p95']} ms; writer's longest stall p50 {res['writer_max_stall_ms']['median']} "
-          f"ms over {reps} backups", flush=True)
+          f"ms over {reps} backups, in phases {res['longest_stall_phases']}", flush=True)
     return res
 
 
 def backup_with_writer(settings: Settings, vm: BenchVm) -> tuple[dict[str, Any], list[float], float | None]:
-    """One full backup (page cache dropped first) while the guest's timestamp writer runs: the backup's result,
-    the writer's gaps (s) and the point's guest_frozen_ms; the point is deleted."""
+    """One full backup (page cache dropped first) while the guest's timestamp writer runs: the backup's result
+    (with ``longest_stall_phase``, the job phase the writer's longest gap overlapped most), the writer's gaps (s)
+    and the point's guest_frozen_ms; the point is deleted."""
     drop_caches()
+    offset = guest_clock_offset(vm)
     start_writer(vm)
     try:
         r = backup_once(settings, vm.name, keep=True)
     finally:
-        gaps = stop_writer(vm)
+        stamps = stop_writer_stamps(vm)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    i = max(range(len(gaps)), key=gaps.__getitem__)
+    r["longest_stall_phase"] = stall_phase(stamps[i] - offset, stamps[i + 1] - offset, r["phase_windows"])
     return r, gaps, _guest_frozen_ms_and_delete(settings, r["point_id"])
+
+
+def stall_phase(start: float, end: float, windows: dict[str, list[float]]) -> str:
+    """The phase whose [start, end] overlaps the gap [start, end] most (host epoch seconds); "none" if none does."""
+    best, most = "none", 0.0
+    for name, (a, b) in windows.items():
+        overlap = min(end, b) - max(start, a)
+        if overlap > most:
+            best, most = name, overlap
+    return best
 
 
 def _guest_frozen_ms_and_delete(settings: Settings, point_id: str) -> float | None:

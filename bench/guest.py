@@ -207,9 +207,28 @@ def start_writer(vm: BenchVm) -> None:
 
 def stop_writer(vm: BenchVm) -> list[float]:
     """Stop the writer; return the gaps (s) between its consecutive timestamps."""
+    return [b - a for a, b in itertools.pairwise(stop_writer_stamps(vm))]
+
+
+def stop_writer_stamps(vm: BenchVm) -> list[float]:
+    """Stop the writer; return its timestamps (guest epoch seconds, one before each write + fsync)."""
     vm.ssh(f"kill $(cat {WRITER_PID}) && rm -f {WRITER_PID}; sleep 0.2")
     stamps = [float(x) for x in vm.ssh(f"cat {WRITER_LOG}").split() if x]
     vm.ssh(f"rm -f {WRITER_LOG}")
     if len(stamps) < 2:
         raise GuestCommandFailed(f"the guest writer logged {len(stamps)} timestamps")
-    return [b - a for a, b in itertools.pairwise(stamps)]
+    return stamps
+
+
+def guest_clock_offset(vm: BenchVm, tries: int = 3) -> float:
+    """Guest epoch clock minus the host's (s), from `date` over SSH bracketed by the host clock; the try with
+    the shortest round trip wins (its error is at most half of it)."""
+    best: tuple[float, float] | None = None
+    for _ in range(tries):
+        t0 = time.time()
+        guest = float(vm.ssh("date +%s.%N").strip())
+        t1 = time.time()
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, guest - (t0 + t1) / 2)
+    assert best is not None
+    return best[1]

@@ -31,6 +31,10 @@ def _freeze(r: dict[str, Any]) -> list[str]:
         rows.append(f"| {s['size']} | {fw['n']} | {_f(gf.get('median'))} | {_f(gf.get('p95'))} "
                     f"| {_f(st.get('median'))} | {_f(over.get('max'))} | {_f(fw['median'])} | {_f(fw['p95'])} "
                     f"| {p50['snapshot']} | {p50['thaw']} | {p50['freeze']} | {_f(bw['median'])} |")
+    where = "; ".join(f"{s['size']}: " + ", ".join(f"{k} x{n}" for k, n in s["longest_stall_phases"].items())
+                      for s in r.get("sizes", []) if s.get("longest_stall_phases"))
+    if where:
+        rows.append(f"\nThe phase each backup's longest writer stall fell in (guest clock aligned over SSH): {where}.")
     rows.append(f"\nLargest / smallest median freeze window: {_f(r.get('largest_over_smallest_median'), 2)}; "
                 f"guest frozen: {_f(r.get('guest_frozen_largest_over_smallest_median'), 2)}. Goals (issue #16): "
                 "guest frozen p50 <= 60 ms, p95 <= 150 ms, flat across sizes; stall - guest frozen <= 30 ms.")

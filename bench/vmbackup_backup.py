@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from bench.common import allocated, apparent
@@ -26,7 +27,9 @@ def backup_once(
             res = engine.run(req)
         wall = time.monotonic() - t0
         vault = st.vault
-        phases = {p.name: p.duration_s or 0.0 for p in JobStore(st.db).get(res.job_id).phases}
+        job_phases = JobStore(st.db).get(res.job_id).phases
+        phases = {p.name: p.duration_s or 0.0 for p in job_phases}
+        windows = {p.name: [_epoch(p.started_at), _epoch(p.ended_at or p.started_at)] for p in job_phases}
     point = vault.get_point(res.point_id)
     pdir = vault.point_path(point)
     out = {
@@ -40,7 +43,13 @@ def backup_once(
         "bytes_written": allocated(pdir),
         "apparent_bytes": apparent(pdir),
         "point_id": res.point_id,
+        "phase_windows": windows,  # each phase's [start, end], host epoch seconds
     }
     if not keep:
         vault.delete_point(point)
     return out
+
+
+def _epoch(iso: str) -> float:
+    """A stored ISO 8601 time as epoch seconds."""
+    return datetime.fromisoformat(iso).timestamp()

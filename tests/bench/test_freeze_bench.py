@@ -33,3 +33,13 @@ def test_table_shows_guest_frozen_and_the_writers_stall() -> None:
     assert "guest frozen p50 ms" in rows[0] and "writer's longest stall p50 ms" in rows[0]
     cells = [c.strip() for c in rows[2].split("|")[1:-1]]
     assert cells[:6] == ["1 GiB", "2", "50.0", "60.0", "72.0", "35.0"]
+
+
+def test_stall_phase_is_the_phase_the_gap_overlaps_most() -> None:
+    """A writer gap is attributed to the job phase it overlaps most; a gap outside every phase is 'none'."""
+    from bench.freeze import stall_phase
+
+    windows = {"freeze": [10.0, 10.05], "snapshot": [10.05, 10.1], "thaw": [10.1, 10.12], "copy": [10.13, 14.0]}
+    assert stall_phase(10.02, 10.11, windows) == "snapshot"
+    assert stall_phase(11.0, 11.2, windows) == "copy"
+    assert stall_phase(20.0, 20.1, windows) == "none"
