@@ -46,6 +46,7 @@ from controller.backup.intent import IntentStore
 from controller.backup.quiescers import quiescer_for
 from controller.backup.recovery import put_back, recover
 from controller.backup.snapshot import SnapshotInFlight, prepare_snapshot
+from controller.datapath import ioprio
 from controller.errors import VmBackupError
 from controller.jobs.store import JobRun, JobStore, VmRef
 from controller.registration.store import Registration, get_registration
@@ -292,7 +293,7 @@ class BackupEngine(StateUser):
         allows (qemu-storage-daemon, bitmap of the parent's checkpoint), the whole image otherwise; compressed
         where `compression` asks and it pays (controller/vault/compress.py)."""
         total = 0
-        with run.phase("copy"):
+        with run.phase("copy"), ioprio.background():  # the guest's own I/O first (datapath/ioprio.py)
             self.intents.step(run.job_id, "copying")
             for d in ds:
                 progress = self._copy_progress(run, d.target)
