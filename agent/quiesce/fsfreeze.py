@@ -189,8 +189,10 @@ class FsFreezer:
 
         def one(i: int, fd: int) -> None:
             go.wait()
-            results[i] = self._fifreeze(fd)
-            frozen[i].set()
+            try:
+                results[i] = self._fifreeze(fd)
+            finally:
+                frozen[i].set()  # whatever happens, freeze() does not wait for this thread forever
             if results[i] is None:
                 thawers.go.wait()
                 t0 = time.monotonic()
