@@ -22,6 +22,7 @@ from bench.guest import BenchVm, start_writer, stop_writer
 from bench.hostinfo import contender_venv
 from bench.vmbackup_backup import backup_once
 from controller.settings import Settings
+from controller.vault import compress
 
 NAME = "full_backup"
 Runner = Callable[[Path], None]
@@ -73,9 +74,9 @@ def _virt_backup(settings: Settings, vm: BenchVm, workdir: Path) -> Runner:
 UNCOMPRESSED = "vmbackup --compression none"
 
 
-def _vmbackup(settings: Settings, vm: BenchVm, compression: str | None = None) -> Runner:
-    """vmbackup's engine (compression None: its default, zstd where it pays); the point is moved under target so it
-    is measured and removed like the others."""
+def _vmbackup(settings: Settings, vm: BenchVm, compression: str = compress.DEFAULT) -> Runner:
+    """vmbackup's engine (by default compressed with zstd where it pays); the point is moved under target so it is
+    measured and removed like the others."""
 
     def go(target: Path) -> None:
         r = backup_once(settings, vm.name, keep=True, compression=compression)

@@ -12,12 +12,11 @@ agent that has run for days does not.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from typing import Any
 
 from bench.common import GiB, drop_caches, summary
-from bench.guest import BenchVm, guest_clock_offset, start_writer, stop_writer_stamps, swap_data_disk
+from bench.guest import BenchVm, gaps_of, guest_clock_offset, start_writer, stop_writer_stamps, swap_data_disk
 from bench.vmbackup_backup import backup_once
 from controller.settings import Settings
 from controller.state import open_state
@@ -93,7 +92,7 @@ def backup_with_writer(settings: Settings, vm: BenchVm) -> tuple[dict[str, Any],
         r = backup_once(settings, vm.name, keep=True)
     finally:
         stamps = stop_writer_stamps(vm)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    gaps = gaps_of(stamps)
     i = max(range(len(gaps)), key=gaps.__getitem__)
     r["longest_stall_phase"] = stall_phase(stamps[i] - offset, stamps[i + 1] - offset, r["phase_windows"])
     return r, gaps, _guest_frozen_ms_and_delete(settings, r["point_id"])

@@ -207,7 +207,12 @@ def start_writer(vm: BenchVm) -> None:
 
 def stop_writer(vm: BenchVm) -> list[float]:
     """Stop the writer; return the gaps (s) between its consecutive timestamps."""
-    return [b - a for a, b in itertools.pairwise(stop_writer_stamps(vm))]
+    return gaps_of(stop_writer_stamps(vm))
+
+
+def gaps_of(stamps: list[float]) -> list[float]:
+    """The gaps (s) between consecutive writer timestamps."""
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def stop_writer_stamps(vm: BenchVm) -> list[float]:

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 from bench.common import allocated, apparent
 from controller.backup.engine import BackupEngine, BackupRequest
+from controller.jobs.model import parse_time
 from controller.jobs.store import JobStore
 from controller.settings import Settings
 from controller.state import open_state
+from controller.vault import compress
 
 
 def backup_once(
-    settings: Settings, vm: str, keep: bool, full: bool = True, compression: str | None = None
+    settings: Settings, vm: str, keep: bool, full: bool = True, compression: str = compress.DEFAULT
 ) -> dict[str, Any]:
     """Run BackupEngine once (a full unless asked: the benchmarks compare full backups; bench/incremental.py
-    measures incrementals; compression None: the default); return its numbers; delete the point unless keep."""
+    measures incrementals); return its numbers; delete the point unless keep."""
     with open_state(settings) as st:
         t0 = time.monotonic()
         with BackupEngine(st) as engine:
-            req = BackupRequest(vm=vm, full=full)
-            if compression is not None:
-                req = BackupRequest(vm=vm, full=full, compression=compression)
-            res = engine.run(req)
+            res = engine.run(BackupRequest(vm=vm, full=full, compression=compression))
         wall = time.monotonic() - t0
         vault = st.vault
         job_phases = JobStore(st.db).get(res.job_id).phases
@@ -50,6 +48,9 @@ def backup_once(
     return out
 
 
-def _epoch(iso: str) -> float:
-    """A stored ISO 8601 time as epoch seconds."""
-    return datetime.fromisoformat(iso).timestamp()
+
+def _epoch(stored: str) -> float:
+    """A stored job time as epoch seconds."""
+    when = parse_time(stored)
+    assert when is not None  # a phase always has its start
+    return when.timestamp()

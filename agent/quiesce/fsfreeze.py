@@ -163,16 +163,16 @@ class FsFreezer:
 
     def _fifreeze(self, fd: int) -> OSError | None:
         """FIFREEZE one descriptor: None, or the error."""
-        try:
-            self._ioctl(fd, FIFREEZE, 0)
-        except OSError as exc:
-            return exc
-        return None
+        return self._call(fd, FIFREEZE)
 
     def _fithaw(self, fd: int) -> OSError | None:
         """FITHAW one descriptor: None, or the error."""
+        return self._call(fd, FITHAW)
+
+    def _call(self, fd: int, op: int) -> OSError | None:
+        """One freeze ioctl on a descriptor: None, or the error (returned, not raised)."""
         try:
-            self._ioctl(fd, FITHAW, 0)
+            self._ioctl(fd, op, 0)
         except OSError as exc:
             return exc
         return None
